@@ -1,0 +1,181 @@
+// LIF / IF spiking neuron: per-neuron math shared by the CPU and CUDA kernels (torch-free).
+//
+// Multi-step, SpikingJelly semantics. Per neuron, t = 0 .. T-1, k = 1/tau in [0, 1], V_{-1} = v0:
+//   charge  decay_input:  H_t = V_{t-1} + k (X_t - (V_{t-1} - V_r)) = (1-k) V_{t-1} + k X_t + k V_r
+//           otherwise:    H_t = V_{t-1} - k (V_{t-1} - V_r) + X_t   = (1-k) V_{t-1} + X_t + k V_r
+//           (soft reset: V_r = 0 in the charge)
+//   fire    S_t = [H_t >= V_th]
+//   reset   hard: V_t = H_t (1 - S_t) + V_r S_t        soft: V_t = H_t - V_th S_t
+//
+// Backward (BPTT, reverse t), with sh = dS/dH and sth = dS/dV_th from the surrogate, gV = dL/dV_t from step t+1
+// (dL/dV_{T-1} = grad of the returned final membrane):
+//   hard: dV/dH = 1 - S + (V_r - H) sh      dV/dV_th = (V_r - H) sth
+//   soft: dV/dH = 1 - V_th sh               dV/dV_th = -S - V_th sth
+//   (detach_reset drops the sh / sth terms above)
+//   gH       = gS_t sh + gV dV/dH
+//   gV_th   += gS_t sth + gV dV/dV_th
+//   gX_t     = k gH  (decay_input)  or  gH
+//   gk      += gH (X_t [decay_input] + V_r - V_{t-1})
+//   gV      <- (1 - k) gH,  and finally  gv0 = gV.
+//
+// Storage: the forward writes H_t rounded to the input dtype and fires and resets on that rounded value, so the
+// backward, which recomputes S_t and V_{t-1} from the saved H, sees exactly the forward's spikes (for fp32 the
+// rounding is the identity). Only H is saved; S and V are recomputed.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define PYFAST_HD __host__ __device__ __forceinline__
+#else
+#define PYFAST_HD inline
+#endif
+
+namespace pyfast {
+namespace lif {
+
+enum class Surrogate : int { Sigmoid = 0, ATan = 1, Triangle = 2 };
+
+// Hyperparameters that are the same for every neuron. k and v_th may also vary per neuron (passed separately).
+struct Config {
+  float v_reset;      // V_r; ignored (0 in the charge) for soft reset
+  bool hard_reset;    // v_reset given (hard) or None (soft)
+  bool decay_input;
+  bool detach_reset;
+  Surrogate surrogate;
+  float alpha;
+};
+
+// Arithmetic runs in A: float for float/half/bfloat16 storage, double for double.
+PYFAST_HD float math_exp(float v) { return expf(v); }
+PYFAST_HD double math_exp(double v) { return exp(v); }
+
+template <typename A>
+PYFAST_HD A charge(A v_prev, A x, A k, const Config& c) {
+  const A v_r = c.hard_reset ? A(c.v_reset) : A(0);
+  return c.decay_input ? v_prev + k * (x - (v_prev - v_r)) : v_prev - k * (v_prev - v_r) + x;
+}
+
+template <typename A>
+PYFAST_HD A fire(A h, A v_th) {
+  return h >= v_th ? A(1) : A(0);
+}
+
+template <typename A>
+PYFAST_HD A reset(A h, A s, A v_th, const Config& c) {
+  return c.hard_reset ? h * (A(1) - s) + A(c.v_reset) * s : h - v_th * s;
+}
+
+// Surrogate partial derivatives of S = Heaviside(H - V_th): *d_h = dS/dH, *d_vth = dS/dV_th.
+template <typename A>
+PYFAST_HD void surrogate_grad(A h, A v_th, const Config& c, A* d_h, A* d_vth) {
+  const A a = A(c.alpha);
+  switch (c.surrogate) {
+    case Surrogate::Sigmoid: {
+      const A sg = A(1) / (A(1) + math_exp(-a * (h - v_th)));
+      *d_h = a * sg * (A(1) - sg);
+      *d_vth = -*d_h;
+      return;
+    }
+    case Surrogate::ATan: {
+      const A w = A(1.5707963267948966) * a * (h - v_th);
+      *d_h = A(0.5) * a / (A(1) + w * w);
+      *d_vth = -*d_h;
+      return;
+    }
+    case Surrogate::Triangle:
+    default: {
+      // IIR-SNN: z = H / V_th - 1, dS/dz = alpha max(0, 1 - |z|); chain rule through z for H and V_th.
+      const A inv_th = A(1) / v_th;
+      const A z = h * inv_th - A(1);
+      const A one_minus = A(1) - (z < A(0) ? -z : z);
+      const A d_z = one_minus > A(0) ? a * one_minus : A(0);
+      *d_h = d_z * inv_th;
+      *d_vth = -d_z * h * inv_th * inv_th;
+      return;
+    }
+  }
+}
+
+// Gradients flowing out of one backward step (see the header comment). The caller carries grad_v across steps.
+template <typename A>
+struct StepGrad {
+  A grad_h;    // dL/dH_t
+  A grad_vth;  // contribution of step t to dL/dV_th
+};
+
+template <typename A>
+PYFAST_HD StepGrad<A> backward_step(A grad_s, A grad_v, A h, A v_th, const Config& c) {
+  const A s = fire(h, v_th);
+  A sh, sth;
+  surrogate_grad(h, v_th, c, &sh, &sth);
+  const A keep = c.detach_reset ? A(0) : A(1);
+  A dv_dh, dv_dth;
+  if (c.hard_reset) {
+    dv_dh = A(1) - s + keep * (A(c.v_reset) - h) * sh;
+    dv_dth = keep * (A(c.v_reset) - h) * sth;
+  } else {
+    dv_dh = A(1) - keep * v_th * sh;
+    dv_dth = -s - keep * v_th * sth;
+  }
+  StepGrad<A> g;
+  g.grad_h = grad_s * sh + grad_v * dv_dh;
+  g.grad_vth = grad_s * sth + grad_v * dv_dth;
+  return g;
+}
+
+// dH_t/dk given the input X_t and the previous membrane V_{t-1}.
+template <typename A>
+PYFAST_HD A charge_grad_k(A x, A v_prev, const Config& c) {
+  const A v_r = c.hard_reset ? A(c.v_reset) : A(0);
+  return (c.decay_input ? x : A(0)) + v_r - v_prev;
+}
+
+// Element types the kernels are instantiated for; passed as a plain enum so the .cu stays torch-free.
+enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
+
+// Raw pointers of one lif_fwd call. Tensors are contiguous [T, N] (x, spikes, h_seq) or [N] (v0, v_last).
+// k / v_th hold one float per neuron (stride 1) or one for all (stride 0). v0 may be null (start from the reset
+// value); h_seq may be null (inference: nothing saved for backward).
+struct FwdArgs {
+  const void* x;
+  const void* v0;
+  const float* k;
+  int64_t k_stride;
+  const float* v_th;
+  int64_t v_th_stride;
+  void* spikes;
+  void* h_seq;
+  void* v_last;
+  int64_t T;
+  int64_t N;
+  Config cfg;
+};
+
+// Raw pointers of one lif_bwd call. grad_v_last may be null (zero); x is needed only for grad_k with
+// decay_input; v0 may be null (the reset value). grad_k / grad_v_th are per-neuron float32 [N] buffers, null when
+// that gradient is not wanted.
+struct BwdArgs {
+  const void* grad_spikes;
+  const void* grad_v_last;
+  const void* h_seq;
+  const void* x;
+  const void* v0;
+  const float* k;
+  int64_t k_stride;
+  const float* v_th;
+  int64_t v_th_stride;
+  void* grad_x;
+  void* grad_v0;
+  float* grad_k;
+  float* grad_v_th;
+  int64_t T;
+  int64_t N;
+  Config cfg;
+};
+
+PYFAST_HD float initial_membrane(const Config& c) { return c.hard_reset ? c.v_reset : 0.0f; }
+
+}  // namespace lif
+}  // namespace pyfast

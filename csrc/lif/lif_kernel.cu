@@ -1,0 +1,225 @@
+// LIF / IF neuron, CUDA kernels: forward and BPTT backward (the maths is in lif.h). Torch-free: raw pointers,
+// sizes and a cudaStream_t, so this file compiles in seconds; lif_cuda.cpp does the checks and the launch.
+//
+// One thread owns V neighbouring neurons for all T steps (the recurrence is sequential in t only), so global
+// traffic is exactly one read of each input and one write of each output, coalesced across the warp: a warp
+// touches 32 * V consecutive elements per time step. V = 16 bytes / sizeof(storage) when N and every pointer
+// allow 16-byte vector access, else 1. Arithmetic is float32 (float64 for double); the T loop is unrolled so the
+// loads of later steps, which do not depend on the membrane, are issued early.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "lif/lif.h"
+
+namespace pyfast {
+namespace lif {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_acc(typename Acc<T>::type v);
+template <>
+__device__ __forceinline__ float from_acc<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ double from_acc<double>(double v) { return v; }
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T e[V];
+};
+
+template <typename T, int V>
+__device__ __forceinline__ Pack<T, V> load(const T* base, int64_t i) {
+  return *reinterpret_cast<const Pack<T, V>*>(base + i);
+}
+template <typename T, int V>
+__device__ __forceinline__ void store(T* base, int64_t i, const Pack<T, V>& p) {
+  *reinterpret_cast<Pack<T, V>*>(base + i) = p;
+}
+
+template <typename T, int V, bool kStoreH>
+__global__ void __launch_bounds__(kThreads) lif_fwd_kernel(FwdArgs a) {
+  using A = typename Acc<T>::type;
+  const int64_t i0 = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
+  if (i0 >= a.N) return;
+  const Config c = a.cfg;
+  const T* x = static_cast<const T*>(a.x);
+  A v[V], k[V], th[V];
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    k[j] = a.k[(i0 + j) * a.k_stride];
+    th[j] = a.v_th[(i0 + j) * a.v_th_stride];
+    v[j] = a.v0 ? to_acc(static_cast<const T*>(a.v0)[i0 + j]) : A(initial_membrane(c));
+  }
+#pragma unroll 4
+  for (int64_t t = 0; t < a.T; ++t) {
+    const int64_t off = t * a.N + i0;
+    const Pack<T, V> xt = load<T, V>(x, off);
+    Pack<T, V> st, ht;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      // Fire and reset on H rounded to the storage dtype: the backward recomputes S from that same value.
+      ht.e[j] = from_acc<T>(charge(v[j], to_acc(xt.e[j]), k[j], c));
+      const A h = to_acc(ht.e[j]);
+      const A s = fire(h, th[j]);
+      st.e[j] = from_acc<T>(s);
+      v[j] = reset(h, s, th[j], c);
+    }
+    store<T, V>(static_cast<T*>(a.spikes), off, st);
+    if (kStoreH) store<T, V>(static_cast<T*>(a.h_seq), off, ht);
+  }
+  Pack<T, V> vl;
+#pragma unroll
+  for (int j = 0; j < V; ++j) vl.e[j] = from_acc<T>(v[j]);
+  store<T, V>(static_cast<T*>(a.v_last), i0, vl);
+}
+
+template <typename T, int V, bool kGradK>
+__global__ void __launch_bounds__(kThreads) lif_bwd_kernel(BwdArgs a) {
+  using A = typename Acc<T>::type;
+  const int64_t i0 = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
+  if (i0 >= a.N) return;
+  const Config c = a.cfg;
+  const T* h_seq = static_cast<const T*>(a.h_seq);
+  const T* grad_s = static_cast<const T*>(a.grad_spikes);
+  const T* x = static_cast<const T*>(a.x);
+  A gv[V], gk[V], gth[V], k[V], th[V];
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    k[j] = a.k[(i0 + j) * a.k_stride];
+    th[j] = a.v_th[(i0 + j) * a.v_th_stride];
+    gv[j] = a.grad_v_last ? to_acc(static_cast<const T*>(a.grad_v_last)[i0 + j]) : A(0);
+    gk[j] = A(0);
+    gth[j] = A(0);
+  }
+  // h_cur holds H_t; with grad_k, H_{t-1} is loaded once and becomes h_cur of the next (earlier) step.
+  Pack<T, V> h_cur = load<T, V>(h_seq, (a.T - 1) * a.N + i0);
+#pragma unroll 4
+  for (int64_t t = a.T - 1; t >= 0; --t) {
+    const int64_t off = t * a.N + i0;
+    const Pack<T, V> gs = load<T, V>(grad_s, off);
+    Pack<T, V> h_prev, xt;
+    if (kGradK) {
+      if (t > 0) h_prev = load<T, V>(h_seq, off - a.N);
+      if (x) xt = load<T, V>(x, off);
+    }
+    Pack<T, V> gx;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const A h = to_acc(h_cur.e[j]);
+      const StepGrad<A> g = backward_step(to_acc(gs.e[j]), gv[j], h, th[j], c);
+      gx.e[j] = from_acc<T>(c.decay_input ? k[j] * g.grad_h : g.grad_h);
+      gth[j] += g.grad_vth;
+      if (kGradK) {
+        A v_prev;
+        if (t > 0) {
+          const A hp = to_acc(h_prev.e[j]);
+          v_prev = reset(hp, fire(hp, th[j]), th[j], c);
+        } else {
+          v_prev = a.v0 ? to_acc(static_cast<const T*>(a.v0)[i0 + j]) : A(initial_membrane(c));
+        }
+        gk[j] += g.grad_h * charge_grad_k(x ? to_acc(xt.e[j]) : A(0), v_prev, c);
+      }
+      gv[j] = (A(1) - k[j]) * g.grad_h;
+    }
+    store<T, V>(static_cast<T*>(a.grad_x), off, gx);
+    if (t > 0) h_cur = kGradK ? h_prev : load<T, V>(h_seq, off - a.N);
+  }
+  Pack<T, V> g0;
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    g0.e[j] = from_acc<T>(gv[j]);
+    if (kGradK) a.grad_k[i0 + j] = static_cast<float>(gk[j]);
+    if (a.grad_v_th) a.grad_v_th[i0 + j] = static_cast<float>(gth[j]);
+  }
+  store<T, V>(static_cast<T*>(a.grad_v0), i0, g0);
+}
+
+bool aligned(const void* p, int bytes) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// Neurons per thread: a 16-byte vector when N and every [T, N] / [N] pointer allow it.
+template <typename T>
+int vector_width(int64_t n, std::initializer_list<const void*> ptrs) {
+  constexpr int kVec = 16 / sizeof(T);
+  if (n % kVec != 0) return 1;
+  for (const void* p : ptrs)
+    if (!aligned(p, 16)) return 1;
+  return kVec;
+}
+
+int64_t blocks_for(int64_t n, int v) { return (n / v + kThreads - 1) / kThreads; }
+
+template <typename T>
+void fwd(const FwdArgs& a, cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(T);
+  const int v = vector_width<T>(a.N, {a.x, a.v0, a.spikes, a.h_seq, a.v_last});
+  const dim3 grid(static_cast<unsigned>(blocks_for(a.N, v)));
+  if (v == kVec) {
+    if (a.h_seq) lif_fwd_kernel<T, kVec, true><<<grid, kThreads, 0, stream>>>(a);
+    else lif_fwd_kernel<T, kVec, false><<<grid, kThreads, 0, stream>>>(a);
+  } else {
+    if (a.h_seq) lif_fwd_kernel<T, 1, true><<<grid, kThreads, 0, stream>>>(a);
+    else lif_fwd_kernel<T, 1, false><<<grid, kThreads, 0, stream>>>(a);
+  }
+}
+
+template <typename T>
+void bwd(const BwdArgs& a, cudaStream_t stream) {
+  constexpr int kVec = 16 / sizeof(T);
+  const int v = vector_width<T>(a.N, {a.grad_spikes, a.grad_v_last, a.h_seq, a.x, a.v0, a.grad_x, a.grad_v0});
+  const dim3 grid(static_cast<unsigned>(blocks_for(a.N, v)));
+  if (v == kVec) {
+    if (a.grad_k) lif_bwd_kernel<T, kVec, true><<<grid, kThreads, 0, stream>>>(a);
+    else lif_bwd_kernel<T, kVec, false><<<grid, kThreads, 0, stream>>>(a);
+  } else {
+    if (a.grad_k) lif_bwd_kernel<T, 1, true><<<grid, kThreads, 0, stream>>>(a);
+    else lif_bwd_kernel<T, 1, false><<<grid, kThreads, 0, stream>>>(a);
+  }
+}
+
+}  // namespace
+
+cudaError_t lif_fwd_cuda_launch(const FwdArgs& a, DType dtype, cudaStream_t stream) {
+  switch (dtype) {
+    case DType::Float32: fwd<float>(a, stream); break;
+    case DType::Float64: fwd<double>(a, stream); break;
+    case DType::Float16: fwd<__half>(a, stream); break;
+    case DType::BFloat16: fwd<__nv_bfloat16>(a, stream); break;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t lif_bwd_cuda_launch(const BwdArgs& a, DType dtype, cudaStream_t stream) {
+  switch (dtype) {
+    case DType::Float32: bwd<float>(a, stream); break;
+    case DType::Float64: bwd<double>(a, stream); break;
+    case DType::Float16: bwd<__half>(a, stream); break;
+    case DType::BFloat16: bwd<__nv_bfloat16>(a, stream); break;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace lif
+}  // namespace pyfast

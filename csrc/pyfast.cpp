@@ -1,0 +1,19 @@
+// The one TORCH_LIBRARY block of pyfast: every operator schema lives here, so `grep m.def csrc/pyfast.cpp` lists
+// the whole op surface. Kernels register per device in csrc/<op>/<op>_{cpu,cuda}.cpp; fake (meta) kernels and
+// autograd are registered from Python in pyfast/ops/<op>.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(pyfast, m) {
+  // LIF / IF spiking neuron (csrc/lif/lif.h has the maths). x: [T, *]; k = 1/tau and v_th: float32 with 1 or
+  // N = x[0].numel() elements. Returns spikes [T, *], h_seq [T, *] (the charged membrane, saved for backward;
+  // shape [0] when store_h is false) and the final membrane v_last [*].
+  m.def(
+      "lif_fwd(Tensor x, Tensor? v0, Tensor k, Tensor v_th, float? v_reset, bool decay_input, str surrogate, "
+      "float alpha, bool detach_reset, bool store_h) -> (Tensor spikes, Tensor h_seq, Tensor v_last)");
+  // BPTT backward of lif_fwd. x is read only for grad_k with decay_input. grad_k / grad_v_th have the shapes of
+  // k / v_th, or shape [0] when not requested.
+  m.def(
+      "lif_bwd(Tensor grad_spikes, Tensor? grad_v_last, Tensor h_seq, Tensor? x, Tensor? v0, Tensor k, Tensor v_th, "
+      "float? v_reset, bool decay_input, str surrogate, float alpha, bool detach_reset, bool need_grad_k, "
+      "bool need_grad_v_th) -> (Tensor grad_x, Tensor grad_v0, Tensor grad_k, Tensor grad_v_th)");
+}

@@ -1,0 +1,111 @@
+"""Build of record for pyfast's compiled kernels: one extension, ``pyfast._C``.
+
+Environment:
+  PYFAST_BUILD_CUDA=auto|0|1   auto (default): build the CUDA kernels when a CUDA toolkit is found (CUDA_HOME, else
+                               /usr/local/cuda), whether or not a GPU is visible; if that build fails, warn loudly
+                               and build the CPU kernels alone. 1: CUDA is required, a failure fails the install.
+                               0: CPU kernels only.
+  TORCH_CUDA_ARCH_LIST         defaults to "8.0;9.0" (Ampere and Hopper cubins) when unset.
+
+Install with ``pip install --no-build-isolation -e .`` so _C is compiled against the torch that will load it.
+"""
+
+import glob
+import os
+import sys
+import sysconfig
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+BUILD_CUDA = os.environ.get("PYFAST_BUILD_CUDA", "auto").lower()
+if BUILD_CUDA not in ("auto", "0", "1"):
+    sys.exit(f"PYFAST_BUILD_CUDA must be auto, 0 or 1, got {BUILD_CUDA!r}")
+if not os.environ.get("CUDA_HOME") and os.path.exists("/usr/local/cuda/bin/nvcc"):
+    # torch would otherwise guess a prefix from `which nvcc` or /usr/local, and may miss libcudart.
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+
+import torch  # noqa: E402  (after the environment is set: cpp_extension reads CUDA_HOME at import)
+from torch.utils import cpp_extension  # noqa: E402
+
+CXX_FLAGS = ["-O3", "-std=c++20"]
+NVCC_FLAGS = ["-O3", "-std=c++20", "-lineinfo"]
+
+
+def _sources(pattern):
+    return sorted(glob.glob(os.path.join("csrc", pattern), recursive=True))
+
+
+def _cuda_include_dirs():
+    # torch 2.14's CUDA headers include cusparse.h & co, which live in the nvidia-* pip wheels, not in the toolkit.
+    purelib = sysconfig.get_paths()["purelib"]
+    return [d for d in glob.glob(os.path.join(purelib, "nvidia", "cu*", "include")) if os.path.isdir(d)]
+
+
+def _cuda_wanted():
+    if BUILD_CUDA == "0":
+        return False
+    found = cpp_extension.CUDA_HOME is not None and torch.version.cuda is not None
+    if BUILD_CUDA == "1" and not found:
+        sys.exit(
+            "PYFAST_BUILD_CUDA=1 but no CUDA build is possible: "
+            f"CUDA_HOME={cpp_extension.CUDA_HOME!r}, torch.version.cuda={torch.version.cuda!r}"
+        )
+    return found
+
+
+def _write_build_info(with_cuda):
+    path = os.path.join(ROOT, "pyfast", "_build_info.py")
+    with open(path, "w") as f:
+        f.write("# Written by setup.py at build time; do not edit.\n")
+        f.write(f"TORCH_VERSION = {torch.__version__!r}\n")
+        f.write(f"WITH_CUDA = {with_cuda!r}\n")
+        f.write(f"CUDA_ARCH_LIST = {os.environ.get('TORCH_CUDA_ARCH_LIST') if with_cuda else None!r}\n")
+
+
+def _extension(with_cuda):
+    common = dict(
+        name="pyfast._C",
+        include_dirs=[os.path.join(ROOT, "csrc")] + (_cuda_include_dirs() if with_cuda else []),
+        py_limited_api=False,
+    )
+    cpu_sources = [s for s in _sources("**/*.cpp") if not s.endswith("_cuda.cpp")]
+    if with_cuda:
+        sources = cpu_sources + _sources("**/*_cuda.cpp") + _sources("**/*.cu")
+        return cpp_extension.CUDAExtension(
+            sources=sources,
+            extra_compile_args={"cxx": CXX_FLAGS + ["-DPYFAST_WITH_CUDA"], "nvcc": NVCC_FLAGS},
+            **common,
+        )
+    return cpp_extension.CppExtension(sources=cpu_sources, extra_compile_args={"cxx": CXX_FLAGS}, **common)
+
+
+class BuildExt(cpp_extension.BuildExtension):
+    """Builds _C; in auto mode a failed CUDA build falls back to the CPU kernels with a loud warning."""
+
+    def build_extension(self, ext):
+        with_cuda = any(s.endswith(".cu") for s in ext.sources)
+        try:
+            super().build_extension(ext)
+            _write_build_info(with_cuda)
+        except Exception as err:  # noqa: BLE001  (re-raised unless the auto fallback applies)
+            if not with_cuda or BUILD_CUDA == "1":
+                raise
+            bar = "!" * 78
+            print(f"\n{bar}\npyfast: the CUDA build failed ({err}); building the CPU kernels only.\n"
+                  f"Set PYFAST_BUILD_CUDA=1 to make this an error.\n{bar}\n", file=sys.stderr)
+            cpu = _extension(False)
+            ext.sources, ext.extra_compile_args = cpu.sources, cpu.extra_compile_args
+            ext.include_dirs, ext.libraries, ext.library_dirs = cpu.include_dirs, cpu.libraries, cpu.library_dirs
+            super().build_extension(ext)
+            _write_build_info(False)
+
+
+setup(
+    # Triton kernels live in top-level kernels/ and install as pyfast._triton (never as a top-level `kernels`).
+    packages=find_packages(include=["pyfast", "pyfast.*"]) + ["pyfast._triton"],
+    package_dir={"pyfast._triton": "kernels"},
+    ext_modules=[_extension(_cuda_wanted())],
+    cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
+)
