@@ -1,0 +1,5 @@
+"""Thin nn.Modules over pyfast.ops."""
+
+from pyfast.nn.lif import IF, LIF
+
+__all__ = ["IF", "LIF"]

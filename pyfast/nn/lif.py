@@ -1,0 +1,101 @@
+"""``pyfast.nn.LIF`` / ``pyfast.nn.IF``: multi-step spiking-neuron layers over :func:`pyfast.ops.lif`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from pyfast.ops.lif import lif_decay
+
+
+class LIF(nn.Module):
+    """Leaky integrate-and-fire layer over a whole sequence: ``[T, *] -> spikes [T, *]``.
+
+    Arguments as :func:`pyfast.ops.lif`, plus:
+        learnable_tau: learn the decay as PLIF does, ``k = 1/tau = sigmoid(w)`` with ``w`` initialised so that
+            ``k = 1/tau`` (needs tau > 1); k stays in (0, 1) by construction.
+        learnable_threshold: learn ``v_threshold`` directly (IIR-SNN); it must stay > 0 (checked each call).
+        param_shape: shape of the learnable parameters, broadcastable to one time step ``x.shape[1:]``:
+            ``()`` for one per layer, e.g. ``(C, 1, 1)`` per channel of ``[T, B, C, H, W]`` input.
+
+    ``forward(x, v0=None)`` returns the spikes, or ``(spikes, final membrane)`` when ``return_v=True``. The layer
+    keeps no state between calls: pass ``v0`` to continue a sequence.
+    """
+
+    def __init__(
+        self,
+        tau: float = 2.0,
+        v_threshold: float = 1.0,
+        v_reset: float | None = 0.0,
+        decay_input: bool = True,
+        surrogate: str = "sigmoid",
+        alpha: float | None = None,
+        detach_reset: bool = False,
+        return_v: bool = False,
+        backend: str = "auto",
+        learnable_tau: bool = False,
+        learnable_threshold: bool = False,
+        param_shape: tuple[int, ...] = (),
+    ):
+        super().__init__()
+        tau, v_threshold = float(tau), float(v_threshold)
+        if math.isnan(tau) or tau < 1:
+            raise ValueError(f"LIF: tau must be >= 1 (k = 1/tau in [0, 1]), got {tau}")
+        if not math.isfinite(v_threshold) or v_threshold <= 0:
+            raise ValueError(f"LIF: v_threshold must be finite and > 0, got {v_threshold}")
+        if learnable_tau:
+            if not 1 < tau < math.inf:
+                raise ValueError(f"LIF: learnable_tau needs a finite tau > 1 (k = sigmoid(w) in (0, 1)), got {tau}")
+            self.w = nn.Parameter(torch.full(param_shape, -math.log(tau - 1.0)))
+        else:
+            self.register_buffer("k", torch.full(param_shape, 1.0 / tau), persistent=False)
+        if learnable_threshold:
+            self.v_threshold = nn.Parameter(torch.full(param_shape, v_threshold))
+        else:
+            self.register_buffer("v_threshold", torch.full(param_shape, v_threshold), persistent=False)
+        self.v_reset, self.decay_input, self.surrogate = v_reset, decay_input, surrogate
+        self.alpha, self.detach_reset, self.return_v, self.backend = alpha, detach_reset, return_v, backend
+        self.learnable_tau = learnable_tau
+
+    def decay(self) -> torch.Tensor:
+        """k = 1/tau, shape ``param_shape``."""
+        return torch.sigmoid(self.w) if self.learnable_tau else self.k
+
+    def forward(self, x: torch.Tensor, v0: torch.Tensor | None = None):
+        return lif_decay(
+            x, v0, k=self.decay().to(x.device), v_threshold=self.v_threshold.to(x.device), v_reset=self.v_reset,
+            decay_input=self.decay_input, surrogate=self.surrogate, alpha=self.alpha,
+            detach_reset=self.detach_reset, return_v=self.return_v, backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        tau = (1.0 / self.decay()).flatten()[:1].item() if self.decay().numel() else float("nan")
+        return (
+            f"tau={tau:.3g}{' (learnable)' if self.learnable_tau else ''}, v_reset={self.v_reset}, "
+            f"decay_input={self.decay_input}, surrogate={self.surrogate!r}, detach_reset={self.detach_reset}, "
+            f"backend={self.backend!r}"
+        )
+
+
+class IF(LIF):
+    """Integrate-and-fire layer: ``H_t = V_{t-1} + X_t`` (LIF with k = 0 and decay_input=False)."""
+
+    def __init__(
+        self,
+        v_threshold: float = 1.0,
+        v_reset: float | None = 0.0,
+        surrogate: str = "sigmoid",
+        alpha: float | None = None,
+        detach_reset: bool = False,
+        return_v: bool = False,
+        backend: str = "auto",
+        learnable_threshold: bool = False,
+        param_shape: tuple[int, ...] = (),
+    ):
+        super().__init__(
+            tau=math.inf, v_threshold=v_threshold, v_reset=v_reset, decay_input=False, surrogate=surrogate,
+            alpha=alpha, detach_reset=detach_reset, return_v=return_v, backend=backend,
+            learnable_threshold=learnable_threshold, param_shape=param_shape,
+        )

@@ -1,0 +1,5 @@
+"""Public functional ops. Each is backed by ``torch.ops.pyfast.*`` custom ops (see pyfast/ops/<op>.py)."""
+
+from pyfast.ops.lif import lif, lif_decay
+
+__all__ = ["lif", "lif_decay"]
