@@ -25,6 +25,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <bit>
 
 #if defined(__CUDACC__)
 #define PYFAST_HD __host__ __device__ __forceinline__
@@ -35,7 +36,7 @@
 namespace pyfast {
 namespace lif {
 
-enum class Surrogate : int { Sigmoid = 0, ATan = 1, Triangle = 2 };
+enum class Surrogate : int { Dynamic = -1, Sigmoid = 0, ATan = 1, Triangle = 2 };
 
 // Hyperparameters that are the same for every neuron. k and v_th may also vary per neuron (passed separately).
 struct Config {
@@ -48,7 +49,33 @@ struct Config {
 };
 
 // Arithmetic runs in A: float for float/half/bfloat16 storage, double for double.
+#if defined(__CUDACC__)
 PYFAST_HD float math_exp(float v) { return expf(v); }
+#else
+// exp for the CPU kernels, written so the compiler can vectorise the loop that calls it (libm's expf is an opaque
+// scalar call): exp(v) = 2^n * exp(r), n = round(v / ln 2), |r| <= ln(2)/2, exp(r) by its degree-6 Taylor
+// polynomial (truncation error < 2e-7 relative), 2^n assembled in the exponent bits. Input clamped to the finite
+// float range.
+inline float math_exp(float v) {
+  v = v < -87.0f ? -87.0f : (v > 88.0f ? 88.0f : v);
+  // Adding 1.5 * 2^23 rounds v / ln 2 to the integer n and leaves n + 2^22 in the low mantissa bits of `shifted`.
+  const float round_magic = 12582912.0f;
+  const float shifted = v * 1.44269504088896341f + round_magic;
+  const float n = shifted - round_magic;
+  const float r = (v - n * 0.693145751953125f) - n * 1.428606765330187e-06f;  // ln 2 split in two for accuracy
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  // 2^n: shifting left by 23 drops the exponent and the 2^22 offset, leaving (n + 127) << 23 (unsigned arithmetic
+  // throughout: a float->int conversion here stops gcc from vectorising).
+  const uint32_t scale_bits = (std::bit_cast<uint32_t>(shifted) + 127u) << 23;
+  return p * std::bit_cast<float>(scale_bits);
+}
+#endif
 PYFAST_HD double math_exp(double v) { return exp(v); }
 
 template <typename A>
@@ -68,32 +95,32 @@ PYFAST_HD A reset(A h, A s, A v_th, const Config& c) {
 }
 
 // Surrogate partial derivatives of S = Heaviside(H - V_th): *d_h = dS/dH, *d_vth = dS/dV_th.
-template <typename A>
+// S is a compile-time choice (the CPU kernels need a branch-free loop to vectorise); Surrogate::Dynamic reads
+// c.surrogate at run time (uniform across a CUDA warp, so the branch is free there).
+template <Surrogate S, typename A>
 PYFAST_HD void surrogate_grad(A h, A v_th, const Config& c, A* d_h, A* d_vth) {
   const A a = A(c.alpha);
-  switch (c.surrogate) {
-    case Surrogate::Sigmoid: {
-      const A sg = A(1) / (A(1) + math_exp(-a * (h - v_th)));
-      *d_h = a * sg * (A(1) - sg);
-      *d_vth = -*d_h;
-      return;
-    }
-    case Surrogate::ATan: {
-      const A w = A(1.5707963267948966) * a * (h - v_th);
-      *d_h = A(0.5) * a / (A(1) + w * w);
-      *d_vth = -*d_h;
-      return;
-    }
-    case Surrogate::Triangle:
-    default: {
-      // IIR-SNN: z = H / V_th - 1, dS/dz = alpha max(0, 1 - |z|); chain rule through z for H and V_th.
-      const A inv_th = A(1) / v_th;
-      const A z = h * inv_th - A(1);
-      const A one_minus = A(1) - (z < A(0) ? -z : z);
-      const A d_z = one_minus > A(0) ? a * one_minus : A(0);
-      *d_h = d_z * inv_th;
-      *d_vth = -d_z * h * inv_th * inv_th;
-      return;
+  if constexpr (S == Surrogate::Sigmoid) {
+    const A sg = A(1) / (A(1) + math_exp(-a * (h - v_th)));
+    *d_h = a * sg * (A(1) - sg);
+    *d_vth = -*d_h;
+  } else if constexpr (S == Surrogate::ATan) {
+    const A w = A(1.5707963267948966) * a * (h - v_th);
+    *d_h = A(0.5) * a / (A(1) + w * w);
+    *d_vth = -*d_h;
+  } else if constexpr (S == Surrogate::Triangle) {
+    // IIR-SNN: z = H / V_th - 1, dS/dz = alpha max(0, 1 - |z|); chain rule through z for H and V_th.
+    const A inv_th = A(1) / v_th;
+    const A z = h * inv_th - A(1);
+    const A one_minus = A(1) - (z < A(0) ? -z : z);
+    const A d_z = one_minus > A(0) ? a * one_minus : A(0);
+    *d_h = d_z * inv_th;
+    *d_vth = -d_z * h * inv_th * inv_th;
+  } else {
+    switch (c.surrogate) {
+      case Surrogate::Sigmoid: surrogate_grad<Surrogate::Sigmoid>(h, v_th, c, d_h, d_vth); return;
+      case Surrogate::ATan: surrogate_grad<Surrogate::ATan>(h, v_th, c, d_h, d_vth); return;
+      default: surrogate_grad<Surrogate::Triangle>(h, v_th, c, d_h, d_vth); return;
     }
   }
 }
@@ -105,31 +132,38 @@ struct StepGrad {
   A grad_vth;  // contribution of step t to dL/dV_th
 };
 
-template <typename A>
+template <Surrogate S, typename A>
 PYFAST_HD StepGrad<A> backward_step(A grad_s, A grad_v, A h, A v_th, const Config& c) {
   const A s = fire(h, v_th);
   A sh, sth;
-  surrogate_grad(h, v_th, c, &sh, &sth);
+  surrogate_grad<S>(h, v_th, c, &sh, &sth);
   const A keep = c.detach_reset ? A(0) : A(1);
-  A dv_dh, dv_dth;
-  if (c.hard_reset) {
-    dv_dh = A(1) - s + keep * (A(c.v_reset) - h) * sh;
-    dv_dth = keep * (A(c.v_reset) - h) * sth;
-  } else {
-    dv_dh = A(1) - keep * v_th * sh;
-    dv_dth = -s - keep * v_th * sth;
-  }
+  // Both reset modes computed and blended with a 0/1 weight: gcc cannot vectorise a select of vectors on a scalar
+  // condition, and the extra multiply-adds are free in a memory-bound loop.
+  const A hard = c.hard_reset ? A(1) : A(0);
+  const A hard_dv_dh = A(1) - s + keep * (A(c.v_reset) - h) * sh;
+  const A hard_dv_dth = keep * (A(c.v_reset) - h) * sth;
+  const A soft_dv_dh = A(1) - keep * v_th * sh;
+  const A soft_dv_dth = -s - keep * v_th * sth;
+  const A dv_dh = hard * hard_dv_dh + (A(1) - hard) * soft_dv_dh;
+  const A dv_dth = hard * hard_dv_dth + (A(1) - hard) * soft_dv_dth;
   StepGrad<A> g;
   g.grad_h = grad_s * sh + grad_v * dv_dh;
   g.grad_vth = grad_s * sth + grad_v * dv_dth;
   return g;
 }
 
+// dH_t/dX_t: k with decay_input, else 1 (per neuron; hoisted out of the time loop by the CPU kernel).
+template <typename A>
+PYFAST_HD A charge_grad_x(A k, const Config& c) {
+  return c.decay_input ? k : A(1);
+}
+
 // dH_t/dk given the input X_t and the previous membrane V_{t-1}.
 template <typename A>
 PYFAST_HD A charge_grad_k(A x, A v_prev, const Config& c) {
   const A v_r = c.hard_reset ? A(c.v_reset) : A(0);
-  return (c.decay_input ? x : A(0)) + v_r - v_prev;
+  return (c.decay_input ? A(1) : A(0)) * x + v_r - v_prev;
 }
 
 // Element types the kernels are instantiated for; passed as a plain enum so the .cu stays torch-free.

@@ -22,8 +22,10 @@ constexpr int64_t kGrain = 4096;  // neurons per task: enough work to amortise a
 template <typename scalar_t>
 using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
+// Neurons [begin, end) for all T steps. Kept out of line so there is exactly one (vectorised) copy of the loop,
+// whether parallel_for runs it on a worker or inline.
 template <typename scalar_t, bool kStoreH>
-void lif_fwd_cpu_kernel(const lif::FwdArgs& a) {
+C10_NOINLINE void lif_fwd_range(const lif::FwdArgs& a, int64_t begin, int64_t end) {
   using acc = acc_t<scalar_t>;
   const auto* x = static_cast<const scalar_t*>(a.x);
   const auto* v0 = static_cast<const scalar_t*>(a.v0);
@@ -32,7 +34,7 @@ void lif_fwd_cpu_kernel(const lif::FwdArgs& a) {
   auto* v_last = static_cast<scalar_t*>(a.v_last);
   const lif::Config c = a.cfg;
   const int64_t N = a.N;
-  at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
+  {
     acc v[kBlock], k[kBlock], th[kBlock];
     for (int64_t i0 = begin; i0 < end; i0 += kBlock) {
       const int64_t n = std::min(kBlock, end - i0);
@@ -58,11 +60,16 @@ void lif_fwd_cpu_kernel(const lif::FwdArgs& a) {
       }
       for (int64_t j = 0; j < n; ++j) v_last[i0 + j] = static_cast<scalar_t>(v[j]);
     }
-  });
+  }
 }
 
-template <typename scalar_t, bool kGradK>
-void lif_bwd_cpu_kernel(const lif::BwdArgs& a) {
+template <typename scalar_t, bool kStoreH>
+void lif_fwd_cpu_kernel(const lif::FwdArgs& a) {
+  at::parallel_for(0, a.N, kGrain, [&](int64_t begin, int64_t end) { lif_fwd_range<scalar_t, kStoreH>(a, begin, end); });
+}
+
+template <typename scalar_t, lif::Surrogate kSurrogate, bool kGradK>
+C10_NOINLINE void lif_bwd_range(const lif::BwdArgs& a, int64_t begin, int64_t end) {
   using acc = acc_t<scalar_t>;
   const auto* grad_s = static_cast<const scalar_t*>(a.grad_spikes);
   const auto* grad_v_last = static_cast<const scalar_t*>(a.grad_v_last);
@@ -73,8 +80,8 @@ void lif_bwd_cpu_kernel(const lif::BwdArgs& a) {
   auto* grad_v0 = static_cast<scalar_t*>(a.grad_v0);
   const lif::Config c = a.cfg;
   const int64_t N = a.N;
-  at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
-    acc gv[kBlock], gk[kBlock], gth[kBlock], k[kBlock], th[kBlock];
+  {
+    acc gv[kBlock], gk[kBlock], gth[kBlock], gh[kBlock], v_prev[kBlock], k[kBlock], th[kBlock], dh_dx[kBlock];
     for (int64_t i0 = begin; i0 < end; i0 += kBlock) {
       const int64_t n = std::min(kBlock, end - i0);
       for (int64_t j = 0; j < n; ++j) {
@@ -83,26 +90,34 @@ void lif_bwd_cpu_kernel(const lif::BwdArgs& a) {
         gk[j] = gth[j] = acc(0);
         k[j] = a.k[i * a.k_stride];
         th[j] = a.v_th[i * a.v_th_stride];
+        dh_dx[j] = lif::charge_grad_x(k[j], c);
       }
       for (int64_t t = a.T - 1; t >= 0; --t) {
         const int64_t off = t * N + i0;
         for (int64_t j = 0; j < n; ++j) {
           const acc h = static_cast<acc>(h_seq[off + j]);
-          const lif::StepGrad<acc> g = lif::backward_step(static_cast<acc>(grad_s[off + j]), gv[j], h, th[j], c);
-          grad_x[off + j] = static_cast<scalar_t>(c.decay_input ? k[j] * g.grad_h : g.grad_h);
+          const lif::StepGrad<acc> g = lif::backward_step<kSurrogate>(static_cast<acc>(grad_s[off + j]), gv[j], h,
+                                                                      th[j], c);
+          grad_x[off + j] = static_cast<scalar_t>(dh_dx[j] * g.grad_h);
           gth[j] += g.grad_vth;
-          if constexpr (kGradK) {
-            acc v_prev;
-            if (t > 0) {
-              const acc h_prev = static_cast<acc>(h_seq[off - N + j]);
-              v_prev = lif::reset(h_prev, lif::fire(h_prev, th[j]), th[j], c);
-            } else {
-              v_prev = v0 ? static_cast<acc>(v0[i0 + j]) : static_cast<acc>(lif::initial_membrane(c));
-            }
-            const acc x_t = x ? static_cast<acc>(x[off + j]) : acc(0);
-            gk[j] += g.grad_h * lif::charge_grad_k(x_t, v_prev, c);
-          }
+          gh[j] = g.grad_h;
           gv[j] = (acc(1) - k[j]) * g.grad_h;
+        }
+        if constexpr (kGradK) {
+          // dL/dk needs V_{t-1}: recomputed from H_{t-1} (or v0 at t = 0). Separate loops keep each branch-free.
+          if (t > 0) {
+            for (int64_t j = 0; j < n; ++j) {
+              const acc h_prev = static_cast<acc>(h_seq[off - N + j]);
+              v_prev[j] = lif::reset(h_prev, lif::fire(h_prev, th[j]), th[j], c);
+            }
+          } else {
+            for (int64_t j = 0; j < n; ++j)
+              v_prev[j] = v0 ? static_cast<acc>(v0[i0 + j]) : static_cast<acc>(lif::initial_membrane(c));
+          }
+          for (int64_t j = 0; j < n; ++j) {
+            const acc x_t = x ? static_cast<acc>(x[off + j]) : acc(0);
+            gk[j] += gh[j] * lif::charge_grad_k(x_t, v_prev[j], c);
+          }
         }
       }
       for (int64_t j = 0; j < n; ++j) {
@@ -111,6 +126,13 @@ void lif_bwd_cpu_kernel(const lif::BwdArgs& a) {
         if (a.grad_v_th) a.grad_v_th[i0 + j] = static_cast<float>(gth[j]);
       }
     }
+  }
+}
+
+template <typename scalar_t, lif::Surrogate kSurrogate, bool kGradK>
+void lif_bwd_cpu_kernel(const lif::BwdArgs& a) {
+  at::parallel_for(0, a.N, kGrain, [&](int64_t begin, int64_t end) {
+    lif_bwd_range<scalar_t, kSurrogate, kGradK>(a, begin, end);
   });
 }
 
@@ -131,6 +153,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(const at::Tensor& x, 
                            });
 }
 
+// Surrogate and grad_k as template arguments: the time loop's body stays branch-free and vectorises.
+template <typename scalar_t>
+void bwd_cpu_dispatch(const lif::BwdArgs& a) {
+  auto with_grad_k = [&](auto surrogate) {
+    constexpr lif::Surrogate S = decltype(surrogate)::value;
+    if (a.grad_k)
+      lif_bwd_cpu_kernel<scalar_t, S, true>(a);
+    else
+      lif_bwd_cpu_kernel<scalar_t, S, false>(a);
+  };
+  switch (a.cfg.surrogate) {
+    case lif::Surrogate::Sigmoid: with_grad_k(std::integral_constant<lif::Surrogate, lif::Surrogate::Sigmoid>{}); break;
+    case lif::Surrogate::ATan: with_grad_k(std::integral_constant<lif::Surrogate, lif::Surrogate::ATan>{}); break;
+    default: with_grad_k(std::integral_constant<lif::Surrogate, lif::Surrogate::Triangle>{}); break;
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_bwd_cpu(
     const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last, const at::Tensor& h_seq,
     const std::optional<at::Tensor>& x, const std::optional<at::Tensor>& v0, const at::Tensor& k,
@@ -140,10 +179,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_bwd_cpu(
                            detach_reset, need_grad_k, need_grad_v_th, [&](const lif::BwdArgs& a, lif::DType) {
                              AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h_seq.scalar_type(),
                                                              "lif_bwd_cpu", [&] {
-                                                               if (a.grad_k)
-                                                                 lif_bwd_cpu_kernel<scalar_t, true>(a);
-                                                               else
-                                                                 lif_bwd_cpu_kernel<scalar_t, false>(a);
+                                                               bwd_cpu_dispatch<scalar_t>(a);
                                                              });
                            });
 }

@@ -129,8 +129,8 @@ __global__ void __launch_bounds__(kThreads) lif_bwd_kernel(BwdArgs a) {
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       const A h = to_acc(h_cur.e[j]);
-      const StepGrad<A> g = backward_step(to_acc(gs.e[j]), gv[j], h, th[j], c);
-      gx.e[j] = from_acc<T>(c.decay_input ? k[j] * g.grad_h : g.grad_h);
+      const StepGrad<A> g = backward_step<Surrogate::Dynamic>(to_acc(gs.e[j]), gv[j], h, th[j], c);
+      gx.e[j] = from_acc<T>(charge_grad_x(k[j], c) * g.grad_h);
       gth[j] += g.grad_vth;
       if (kGradK) {
         A v_prev;

@@ -48,6 +48,8 @@ def _setup_context(ctx, inputs, output):
     keep_x = decay_input and ctx.needs_input_grad[2]
     ctx.save_for_backward(h_seq, x if keep_x else None, v0, k, v_th)
     ctx.config = (v_reset, decay_input, surrogate, alpha, detach_reset)
+    # Unused outputs (h_seq; v_last unless return_v) get None instead of materialised zeros: saves a [T, *] fill.
+    ctx.set_materialize_grads(False)
     ctx.store_h = store_h
 
 
@@ -57,6 +59,8 @@ def _make_backward(bwd_op):
             raise RuntimeError("lif: backward needs the membrane history; the forward was called with store_h=False")
         h_seq, x, v0, k, v_th = ctx.saved_tensors
         need_k, need_v_th = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
+        if grad_spikes is None:
+            grad_spikes = torch.zeros_like(h_seq)
         grad_x, grad_v0, grad_k, grad_v_th = bwd_op(
             grad_spikes, grad_v_last, h_seq, x, v0, k, v_th, *ctx.config, need_k, need_v_th
         )
