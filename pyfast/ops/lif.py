@@ -32,12 +32,11 @@ def _fwd_fake(x, v0, k, v_th, v_reset, decay_input, surrogate, alpha, detach_res
 
 def _bwd_fake(grad_spikes, grad_v_last, h_seq, x, v0, k, v_th, v_reset, decay_input, surrogate, alpha,
               detach_reset, need_grad_k, need_grad_v_th):
-    f32 = h_seq.new_empty((0,), dtype=torch.float32)
     return (
         torch.empty_like(h_seq, memory_format=torch.contiguous_format),
         h_seq.new_empty(h_seq.shape[1:]),
-        k.new_empty(k.shape) if need_grad_k else f32,
-        v_th.new_empty(v_th.shape) if need_grad_v_th else f32,
+        k.new_empty(k.shape if need_grad_k else (0,)),
+        v_th.new_empty(v_th.shape if need_grad_v_th else (0,)),
     )
 
 
@@ -128,9 +127,8 @@ def lif_bwd_triton(
         v_th.contiguous(), v_reset, decay_input, surrogate, alpha, detach_reset, grad_x, grad_v0, grad_k_n,
         grad_v_th_n,
     )
-    empty = h_seq.new_empty((0,), dtype=torch.float32)
-    grad_k = _per_neuron_grad_to_param(grad_k_n, k) if need_grad_k else empty
-    grad_v_th = _per_neuron_grad_to_param(grad_v_th_n, v_th) if need_grad_v_th else empty.clone()
+    grad_k = _per_neuron_grad_to_param(grad_k_n, k) if need_grad_k else k.new_empty((0,))
+    grad_v_th = _per_neuron_grad_to_param(grad_v_th_n, v_th) if need_grad_v_th else v_th.new_empty((0,))
     return grad_x, grad_v0, grad_k, grad_v_th
 
 

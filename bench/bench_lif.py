@@ -1,0 +1,408 @@
+"""Benchmark of the multi-step LIF neuron (``pyfast.ops.lif``): forward and forward+backward, every provider.
+
+Providers (columns of the printed table; each one that cannot run here is skipped with a one-line reason):
+
+  reference          eager ``pyfast.ops.lif(backend="reference")`` (the ``lif_ref`` step loop); the ratio denominator
+  reference+compile  ``torch.compile(lif_ref)`` (default inductor mode), recompiled for every case and warmed up
+                     before timing; in fwd+bwd its backward is the AOTAutograd-compiled graph
+  cpp / cuda / triton  ``pyfast.ops.lif(backend=...)``
+  sj-torch / sj-cuda / sj-triton  SpikingJelly's multi-step LIF with its Torch, native CUDA and Triton
+                     implementations (sj-cuda is what was the 'cupy' backend before SpikingJelly 2.0), if installed
+
+Every provider computes the same neuron: tau=2, v_threshold=1, hard reset to 0, decay_input=True, sigmoid
+surrogate with alpha=4, detach_reset=False, v0 = 0. Input x: [T, N], N = --neurons (default 2**20), mean 1,
+std 1 (about a quarter of the neurons fire at each step).
+
+Modes:
+  fwd      forward only, under ``torch.no_grad()`` (no membrane history saved).
+  fwd+bwd  forward, then the gradient of ``spikes.sum()`` w.r.t. x. It is taken as
+           ``torch.autograd.grad(spikes, x, ones)`` with a contiguous ``ones`` made once per case: the same gradient,
+           without the broadcast ``expand`` that ``sum().backward()`` hands to the op and that a kernel would have
+           to materialise on every call.
+
+GB/s counts the traffic of a fused kernel, the same bytes for every provider (so it is an effective bandwidth):
+fwd = x read + spikes written = 2*T*N*elem; fwd+bwd = forward (x read, spikes and h written) + backward
+(grad_spikes and h read, grad_x written) = 6*T*N*elem.
+
+Each provider's first call (warm-up, compilation) is checked against the reference: the CSV's ``note`` holds the
+fraction of spikes that differ and, in fwd+bwd, the largest |grad_x - reference grad_x|. In fp32 any spike
+difference is printed as a warning; in bf16/fp16 the eager reference itself computes in that dtype, so small
+differences near the threshold are expected.
+
+Examples:
+  python bench/bench_lif.py --quick --device cpu
+  python bench/bench_lif.py --device cuda --T 1 4 8 32 --dtype fp32 bf16 fp16 --neurons 4194304
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import os
+import sys
+from collections.abc import Callable
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+import torch
+
+from bench import harness
+
+OP = "lif"
+ALL_PROVIDERS = ("reference", "reference+compile", "cpp", "cuda", "triton", "sj-torch", "sj-cuda", "sj-triton")
+PYFAST_PROVIDERS = ("cpp", "cuda", "triton")
+MODES = ("fwd", "fwd+bwd")
+# The neuron every provider computes (SpikingJelly's LIFNode defaults, with the sigmoid surrogate's alpha spelled out).
+LIF_KW = {"tau": 2.0, "v_threshold": 1.0, "v_reset": 0.0, "decay_input": True, "surrogate": "sigmoid", "alpha": 4.0,
+          "detach_reset": False}
+
+
+class Unavailable(Exception):
+    """A provider cannot run on this machine/device: skipped with this reason, not counted as a failure."""
+
+
+@dataclasses.dataclass
+class Provider:
+    name: str
+    # Called once per case and mode, right before that provider is measured; returns forward(x) -> spikes.
+    prepare: Callable[[], Callable[[torch.Tensor], torch.Tensor]]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Providers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _pyfast_provider(name: str, device: torch.device) -> Provider:
+    import pyfast
+    from pyfast.backends import availability
+
+    if name == "triton" and device.type == "cpu":
+        raise Unavailable("Triton runs on the CPU only in its interpreter (TRITON_INTERPRET=1); not worth timing")
+    reason = availability(name, device) if name != "reference" else ""
+    if reason:
+        raise Unavailable(reason)
+    if name == "triton":
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec("pyfast._triton.lif") is not None
+        except ImportError:
+            found = False
+        if not found:
+            raise Unavailable("pyfast._triton.lif is not importable (kernels/lif.py missing or pyfast not installed)")
+
+    def forward(x):
+        return pyfast.ops.lif(x, backend=name, **LIF_KW)
+
+    return Provider(name, lambda: forward)
+
+
+def _compile_provider(device: torch.device) -> Provider:
+    from pyfast.reference.lif import lif_ref
+
+    if device.type == "cuda":
+        import importlib.util
+
+        if importlib.util.find_spec("triton") is None:
+            raise Unavailable("torch.compile on CUDA needs triton (pip install triton)")
+
+    def prepare():
+        # A fresh compilation per case: shapes and dtypes change between cases, and reusing one compiled function
+        # would pile up recompilations until dynamo's recompile limit silently falls back to eager.
+        torch._dynamo.reset()
+        return torch.compile(lambda x: lif_ref(x, **LIF_KW)[0])
+
+    return Provider("reference+compile", prepare)
+
+
+def _sj_provider(name: str, device: torch.device) -> Provider:
+    impl = name.removeprefix("sj-")
+    if impl != "torch" and device.type != "cuda":
+        raise Unavailable(f"SpikingJelly's {impl} implementation runs on CUDA tensors; this run is on {device}")
+    try:
+        from spikingjelly.activation_based import neuron, surrogate
+    except ImportError as err:
+        raise Unavailable(f"spikingjelly is not importable ({err}); pip install spikingjelly") from err
+    surrogate_fn = surrogate.Sigmoid(alpha=LIF_KW["alpha"])
+
+    if "backend" in inspect.signature(neuron.LIFNode.__init__).parameters:
+        # SpikingJelly < 2.0: LIFNode(backend=...) with 'torch', 'cupy' and (later versions) 'triton'.
+        backend = {"torch": "torch", "cuda": "cupy", "triton": "triton"}[impl]
+        node = neuron.LIFNode(tau=LIF_KW["tau"], v_threshold=LIF_KW["v_threshold"], v_reset=LIF_KW["v_reset"],
+                              decay_input=LIF_KW["decay_input"], surrogate_function=surrogate_fn,
+                              detach_reset=LIF_KW["detach_reset"], step_mode="m", backend="torch").to(device)
+        if backend not in node.supported_backends:
+            raise Unavailable(f"this SpikingJelly's LIFNode supports backends {node.supported_backends}, not {backend}")
+        node.backend = backend
+
+        def forward_old(x):
+            node.reset()  # v back to v_reset: every call starts from the same state
+            return node(x)
+
+        return Provider(name, lambda: forward_old)
+
+    # SpikingJelly >= 2.0. LIFNode(step_mode="m").forward is materialize_states() + functional.lif_multi_step(). We
+    # call the latter with a float32 v0 of zeros (what reset() + materialize_states() produce for fp32 input), made
+    # on every call as the module does. LIFNode itself materialises the state in x's dtype, and in 2.0 a non-fp32
+    # state drops to SpikingJelly's Torch reference loop (or raises when an implementation is forced), which would
+    # understate SpikingJelly in bf16/fp16. For fp32 both paths run the same kernels.
+    from spikingjelly.activation_based import functional
+
+    def forward(x):
+        v0 = torch.zeros(x.shape[1:], dtype=torch.float32, device=x.device)
+        return functional.lif_multi_step(
+            x, v0, LIF_KW["tau"], LIF_KW["decay_input"], LIF_KW["v_threshold"], LIF_KW["v_reset"], surrogate_fn,
+            LIF_KW["detach_reset"], False,
+        )[0]
+
+    def prepare():
+        if device.type == "cuda":
+            _sj_select(impl, device)
+        return forward
+
+    if device.type == "cuda":
+        _sj_select(impl, device)  # fail early with SpikingJelly's reason (e.g. native CUDA ops not built)
+    return Provider(name, prepare)
+
+
+def _sj_select(impl: str, device: torch.device) -> None:
+    """Make SpikingJelly 2.0 run LIF on CUDA with ``impl`` ('cuda' native, 'triton' or 'torch').
+
+    SpikingJelly reads SJ_LIF_CUDA_IMPLEMENTATION once, at import, and caches its choice per device. To time all of
+    its implementations in one process, set what that variable would have set and drop the cached choice; then ask
+    SpikingJelly which implementation it now uses, so a silent fallback cannot be mislabelled.
+    """
+    try:
+        from spikingjelly._ops import lif as sj_lif
+
+        selection = sj_lif._selection
+        selection._requested = impl
+        selection._selections.clear()
+        selection._compiled_selections.clear()
+    except (ImportError, AttributeError) as err:
+        raise Unavailable(f"cannot select SpikingJelly's LIF implementation in this version ({err})") from err
+    try:
+        got = selection.diagnostics(device)["implementation"]
+    except (RuntimeError, ImportError, OSError) as err:
+        raise Unavailable(" ".join(str(err).split())[:300]) from err
+    if got != impl:
+        raise Unavailable(f"SpikingJelly selected its {got!r} implementation when asked for {impl!r}")
+
+
+def make_provider(name: str, device: torch.device) -> Provider:
+    if name in ("reference", "cpp", "cuda", "triton"):
+        return _pyfast_provider(name, device)
+    if name == "reference+compile":
+        return _compile_provider(device)
+    if name.startswith("sj-"):
+        return _sj_provider(name, device)
+    raise ValueError(f"unknown provider {name!r}; choose from {ALL_PROVIDERS}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Measurement
+# --------------------------------------------------------------------------------------------------------------
+
+
+def make_call(forward, x: torch.Tensor, mode: str):
+    """The timed callable: returns (spikes, grad_x or None)."""
+    if mode == "fwd":
+        x_in = x.detach()
+
+        def call():
+            with torch.no_grad():
+                return forward(x_in), None
+
+        return call
+    x_in = x.detach().requires_grad_(True)
+    grad_spikes = torch.ones_like(x_in, memory_format=torch.contiguous_format)
+
+    def call():
+        spikes = forward(x_in)
+        (grad_x,) = torch.autograd.grad(spikes, x_in, grad_spikes)
+        return spikes, grad_x
+
+    return call
+
+
+def compare(out, ref) -> tuple[str, float]:
+    """Note for the CSV and the fraction of spikes that differ from the reference."""
+    spikes, grad = out
+    ref_spikes, ref_grad = ref
+    mismatch = (spikes.float() != ref_spikes.float()).float().mean().item()
+    note = f"spikes!=ref {mismatch:.4%}"
+    if grad is not None and ref_grad is not None:
+        note += f"; max|dx-dx_ref| {(grad.float() - ref_grad.float()).abs().max().item():.3g}"
+    return note, mismatch
+
+
+def bytes_moved(mode: str, t: int, n: int, dtype: torch.dtype) -> int:
+    elem = torch.empty((), dtype=dtype).element_size()
+    return (2 if mode == "fwd" else 6) * t * n * elem
+
+
+def _short(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:300]}"
+
+
+def run_case(providers, x, mode, device, min_run_time, sha, failures) -> list[harness.Row]:
+    t, n = x.shape
+    dt = harness.dtype_name(x.dtype)
+    shape = "x".join(map(str, x.shape))
+    case = f"T={t} {dt} {mode}"
+    rows, ref_out = [], None
+    for p in list(providers):
+        try:
+            call = make_call(p.prepare(), x, mode)
+            out = call()  # warm-up: compilation, autotuning, lazy imports; also the correctness probe
+            harness.synchronize(device)
+        except Unavailable as err:
+            harness.log(f"skip {p.name}: {err}")
+            providers.remove(p)
+            continue
+        except Exception as err:  # noqa: BLE001  (a provider's failure must not stop the others)
+            harness.log(f"FAILED {p.name} ({case}): {_short(err)}")
+            failures.append(f"{p.name} ({case}): {_short(err)}")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        if p.name == "reference":
+            ref_out, note = out, ""
+        elif ref_out is not None:
+            note, mismatch = compare(out, ref_out)
+            if mismatch > 0 and x.dtype == torch.float32:
+                harness.log(f"WARNING {p.name} ({case}): {note} in fp32")
+        else:
+            note = "no reference output to compare"
+        del out
+        try:
+            median = harness.time_ms(call, device, min_run_time)
+            peak = harness.peak_memory_bytes(call, device) / 2**20
+        except Exception as err:  # noqa: BLE001
+            harness.log(f"FAILED {p.name} ({case}) while timing: {_short(err)}")
+            failures.append(f"{p.name} ({case}): {_short(err)}")
+            continue
+        rows.append(harness.Row(
+            op=OP, provider=p.name, mode=mode, shape=shape, T=t, dtype=dt, device=device.type, median_ms=median,
+            GB_per_s=harness.gb_per_s(bytes_moved(mode, t, n, x.dtype), median), peak_mem_MB=peak, git_sha=sha,
+            note=note,
+        ))
+    harness.fill_ratios(rows)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--T", nargs="+", help="time steps (default 1 4 8 32; --quick: 1 4)")
+    ap.add_argument("--dtype", nargs="+", help="fp32, bf16, fp16 (default fp32 bf16)")
+    ap.add_argument("--neurons", type=int, help="N, neurons per time step (default 2**20; --quick: 4096)")
+    ap.add_argument("--providers", nargs="+", help=f"subset of {', '.join(ALL_PROVIDERS)} (default: all)")
+    ap.add_argument("--modes", nargs="+", help="fwd, fwd+bwd (default both)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), help="default cuda if available else cpu")
+    ap.add_argument("--csv", help="output CSV (default bench/results/lif_<device>.csv)")
+    ap.add_argument("--quick", action="store_true", help="tiny smoke-test sizes and short timing")
+    ap.add_argument("--min-run-time", type=float,
+                    help="seconds of measurement per timing (CPU default 0.5, CUDA 0.1; --quick: 0.02)")
+    ap.add_argument("--threads", type=int,
+                    help="CPU: torch.set_num_threads (default torch's choice). On a loaded machine, OpenMP regions of "
+                         "more threads than free cores stall at their barriers and dominate small cases")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    args.T = harness.parse_list(args.T, int) or ([1, 4] if args.quick else [1, 4, 8, 32])
+    dtypes = harness.parse_list(args.dtype) or ["fp32", "bf16"]
+    bad = [d for d in dtypes if d not in harness.DTYPES]
+    if bad:
+        ap.error(f"--dtype: unknown {bad}; choose from fp32, bf16, fp16")
+    args.dtype = [harness.DTYPES[d] for d in dtypes]
+    args.neurons = args.neurons or (4096 if args.quick else 2**20)
+    args.providers = harness.parse_list(args.providers) or list(ALL_PROVIDERS)
+    bad = [p for p in args.providers if p not in ALL_PROVIDERS]
+    if bad:
+        ap.error(f"--providers: unknown {bad}; choose from {', '.join(ALL_PROVIDERS)}")
+    if "reference" not in args.providers:
+        args.providers.insert(0, "reference")  # every ratio is taken against it
+    else:
+        args.providers.insert(0, args.providers.pop(args.providers.index("reference")))
+    args.modes = harness.parse_list(args.modes) or list(MODES)
+    bad = [m for m in args.modes if m not in MODES]
+    if bad:
+        ap.error(f"--modes: unknown {bad}; choose from {', '.join(MODES)}")
+    if min(args.T) < 1 or args.neurons < 1:
+        ap.error("--T and --neurons must be >= 1")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is visible to torch")
+    if args.min_run_time is None:
+        args.min_run_time = 0.02 if args.quick else (0.1 if args.device == "cuda" else 0.5)
+    args.csv = args.csv or os.path.join(REPO_ROOT, "bench", "results", f"lif_{args.device}.csv")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sha = harness.git_sha()
+    print(f"pyfast bench: {OP} on {harness.device_name(device)}; torch {torch.__version__}; git {sha}")
+    print(f"N={args.neurons} T={args.T} dtypes={[harness.dtype_name(d) for d in args.dtype]} modes={args.modes} "
+          f"min_run_time={args.min_run_time}")
+
+    providers = []
+    for name in args.providers:
+        try:
+            providers.append(make_provider(name, device))
+        except Unavailable as err:
+            print(f"skip {name}: {err}")
+    print(f"providers: {', '.join(p.name for p in providers)}", flush=True)
+    names = [p.name for p in providers]
+
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    all_rows, failures = [], []
+    cases = [(t, dt) for t in args.T for dt in args.dtype]
+    bar = harness.progress(range(len(cases) * len(args.modes)), desc="lif")
+    bar_iter = iter(bar)
+    with harness.CsvWriter(args.csv) as writer:
+        for t, dt in cases:
+            x = torch.randn((t, args.neurons), generator=gen, device=device, dtype=torch.float32).add_(1.0).to(dt)
+            for mode in args.modes:
+                rows = run_case(providers, x, mode, device, args.min_run_time, sha, failures)
+                writer.write(rows)
+                all_rows += rows
+                next(bar_iter, None)
+            del x
+    if hasattr(bar, "close"):
+        bar.close()
+
+    shown = [n for n in names if any(r.provider == n for r in all_rows)]
+    print(f"\nspeedup over eager reference (ratio_vs_reference; >1 is faster), device={args.device}")
+    print(harness.ratio_table(all_rows, shown, fastest_of=PYFAST_PROVIDERS))
+    if "fwd+bwd" in args.modes:
+        print("\npeak memory during one fwd+bwd (MB above what was live before the call)")
+        print(harness.memory_table(all_rows, shown, "fwd+bwd"))
+    print(f"\nCSV: {args.csv} ({len(all_rows)} rows)")
+    if failures:
+        print(f"{len(failures)} provider run(s) FAILED:")
+        for f in failures:
+            print(f"  {f}")
+        return 1
+    if not all_rows:
+        print("no measurement was made")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# GPU check of pyfast on one CUDA machine: build the extension with CUDA, print the backend table, run the CUDA tests,
+# then benchmark LIF on the GPU. Everything it prints is also written under OUTDIR.
+#
+#   bash bench/gpu_check.sh OUTDIR
+#
+# Run from anywhere; it works in the repository root. Needs python3 with torch (CUDA build), triton and nvcc; no
+# network. Stages run in order; a stage that fails (or times out) is recorded and the next one still runs; the
+# script exits non-zero at the end if any stage failed. Every stage has a timeout and the stages share one budget
+# (GPU_CHECK_BUDGET_S, default 450 s) so the whole script stays under 8 minutes; a stage with no time left is
+# recorded as failed, not run.
+#
+# Environment:
+#   PYTHON            interpreter (default python3)
+#   SJ_WHEEL_DIR      directory of wheels installed with `pip install --no-deps --no-index --target` into a private
+#                     site dir put on PYTHONPATH: spikingjelly and its loguru; add pytest, pluggy and iniconfig there
+#                     if the machine's python3 lacks pytest
+#   SKIP_BUILD=1      use the extension already built in the tree
+#   GPU_CHECK_BUDGET_S  total seconds for all stages (default 450; a stage may overrun its timeout by 10 s)
+#   BENCH_NEURONS     neurons per time step for the benchmark (default 4194304 = 2**22 = 64*65536)
+#
+# OUTDIR gets: gpu_check.log (everything), <stage>.log per stage, lif_cuda.csv, lif_cuda_compile.csv, stages.tsv.
+
+set -u -o pipefail
+
+if [ $# -ne 1 ]; then
+    echo "usage: $0 OUTDIR" >&2
+    exit 2
+fi
+mkdir -p "$1"
+OUT=$(cd "$1" && pwd)
+rm -f "$OUT"/*.log "$OUT"/*.csv "$OUT/stages.tsv"
+if [ -n "${SJ_WHEEL_DIR:-}" ]; then SJ_WHEEL_DIR=$(cd "$SJ_WHEEL_DIR" && pwd) || exit 2; fi
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY=${PYTHON:-python3}
+BUDGET=${GPU_CHECK_BUDGET_S:-450}
+NEURONS=${BENCH_NEURONS:-4194304}
+START=$SECONDS
+LOG="$OUT/gpu_check.log"
+: > "$LOG"
+printf 'stage\trc\tseconds\n' > "$OUT/stages.tsv"
+FAILED=()
+
+say() { echo "== $*" | tee -a "$LOG"; }
+
+# stage NAME CAP_S COUNTS(1|0) CMD...   run CMD with timeout min(CAP_S, budget left); COUNTS=0: a failure is only reported
+stage() {
+    local name=$1 cap=$2 counts=$3
+    shift 3
+    local left=$((BUDGET - (SECONDS - START)))
+    local limit=$((cap < left ? cap : left))
+    if [ "$limit" -lt 10 ]; then
+        say "$name: SKIPPED, out of time (${left}s of the ${BUDGET}s budget left)"
+        printf '%s\t%s\t%s\n' "$name" "no-time" 0 >> "$OUT/stages.tsv"
+        [ "$counts" = 1 ] && FAILED+=("$name(no time)")
+        return 0
+    fi
+    say "$name (timeout ${limit}s): $*"
+    local t0=$SECONDS rc
+    # --kill-after: a stage that ignores SIGTERM is killed 10 s later.
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT/$name.log" | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}
+    [ "$rc" = 124 ] && say "$name: TIMED OUT after ${limit}s"
+    say "$name: rc=$rc in $((SECONDS - t0))s"
+    printf '%s\t%s\t%s\n' "$name" "$rc" "$((SECONDS - t0))" >> "$OUT/stages.tsv"
+    if [ "$rc" != 0 ]; then
+        if [ "$counts" = 1 ]; then FAILED+=("$name(rc=$rc)"); else say "$name: failure ignored (informational stage)"; fi
+    fi
+    return 0
+}
+
+# --- environment ---------------------------------------------------------------------------------------------------
+stage nvidia_smi 30 0 nvidia-smi
+stage versions 60 0 "$PY" -c "
+import shutil, subprocess, sys, torch
+print('python', sys.version.split()[0], '| torch', torch.__version__, '| torch cuda', torch.version.cuda)
+print('gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NONE VISIBLE')
+nvcc = shutil.which('nvcc') or '/usr/local/cuda/bin/nvcc'
+try:
+    print('nvcc', subprocess.run([nvcc, '--version'], capture_output=True, text=True).stdout.strip().splitlines()[-1:])
+except OSError as err:
+    print('nvcc missing:', err)
+try:
+    import triton
+    print('triton', triton.__version__)
+except ImportError as err:
+    print('triton missing:', err)
+"
+say "repository: $ROOT at git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+
+if [ -n "${SJ_WHEEL_DIR:-}" ]; then
+    SITE=/tmp/pyfast_gpu_check_site
+    rm -rf "$SITE"
+    stage sj_install 90 1 bash -c "ls '$SJ_WHEEL_DIR'/*.whl && $PY -m pip install --no-deps --no-index --target '$SITE' '$SJ_WHEEL_DIR'/*.whl"
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+else
+    say "SJ_WHEEL_DIR not set: SpikingJelly providers run only if python3 already has spikingjelly"
+fi
+
+# --- build ---------------------------------------------------------------------------------------------------------
+export PYFAST_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+[ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ] && export CUDA_HOME=/usr/local/cuda
+export MAX_JOBS=${MAX_JOBS:-16}
+if [ "${SKIP_BUILD:-0}" = 1 ]; then
+    say "build: skipped (SKIP_BUILD=1)"
+else
+    # Editable install first (the build of record); if pip cannot do it here (old pip/setuptools, no wheel package),
+    # build the extension in place, which is all the tests and the benchmark need when run from the repository root.
+    stage build 240 0 "$PY" -m pip install --no-build-isolation --no-deps --no-index -v -e .
+    if [ "$(tail -n 1 "$OUT/stages.tsv" | cut -f2)" != 0 ]; then
+        stage build_inplace 240 1 "$PY" setup.py build_ext --inplace
+    fi
+fi
+# Whatever was built, it must import with its CUDA kernels, from the repository root.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+stage import 60 1 "$PY" -c "
+import pyfast
+from pyfast import _extension as e
+print('pyfast', pyfast.__file__, 'build', e.build_info())
+assert e.has_cpp(), e.cpp_reason()
+assert e.has_cuda(), e.cuda_reason()
+print('cpp and cuda kernels loaded')"
+
+# --- backend table (pyfast/info.py; informational) -------------------------------------------------------------------
+stage info 60 0 "$PY" -m pyfast.info
+
+# --- CUDA tests ------------------------------------------------------------------------------------------------------
+# A GPU check that tested nothing must not pass: pytest's exit code 5 (nothing selected) fails the stage, and so does
+# a run where every CUDA test was skipped.
+stage pytest_cuda 150 1 "$PY" -m pytest -m cuda -q -p no:cacheprovider tests
+if [ -f "$OUT/pytest_cuda.log" ] && ! grep -qE "[0-9]+ passed" "$OUT/pytest_cuda.log"; then
+    say "pytest_cuda: no CUDA test passed"
+    FAILED+=("pytest_cuda(none passed)")
+fi
+
+# --- benchmark -------------------------------------------------------------------------------------------------------
+# Every provider but reference+compile over all cases, then reference+compile (one inductor compilation per case,
+# tens of seconds each) on fwd+bwd of a subset. Each CSV is written case by case, so a timeout keeps the finished cases.
+stage bench_lif 200 1 "$PY" bench/bench_lif.py --device cuda --T 1 4 8 32 --dtype fp32 bf16 fp16 \
+    --neurons "$NEURONS" --providers reference cuda triton sj-cuda sj-triton --csv "$OUT/lif_cuda.csv"
+stage bench_lif_compile 150 1 "$PY" bench/bench_lif.py --device cuda --T 8 32 --dtype fp32 bf16 --modes fwd+bwd \
+    --neurons "$NEURONS" --providers reference reference+compile --csv "$OUT/lif_cuda_compile.csv"
+
+# --- summary ---------------------------------------------------------------------------------------------------------
+say "stages (name, rc, seconds):"
+column -t -s $'\t' "$OUT/stages.tsv" 2>/dev/null | tee -a "$LOG" || tee -a "$LOG" < "$OUT/stages.tsv"
+say "total $((SECONDS - START))s; logs and CSVs in $OUT"
+if [ ${#FAILED[@]} -gt 0 ]; then
+    say "FAILED: ${FAILED[*]}"
+    exit 1
+fi
+say "all stages passed"
+exit 0

@@ -1,0 +1,414 @@
+"""LIF op: reference invariants (tier 1), C++ CPU kernels against the reference (tier 2), CUDA kernels (tier 4).
+
+The Triton twin (tier 3) is tested in test_lif_triton.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+
+import pytest
+import torch
+
+import pyfast
+from pyfast import _extension, backends
+from pyfast.ops.lif import lif, lif_decay
+from pyfast.reference.lif import DEFAULT_ALPHA, SURROGATES, lif_ref, surrogate_grad_h
+from pyfast.testing import HALF_TYPES, assert_close, assert_half_error_within, lif_inputs_with_margin
+
+RESETS = (0.0, -0.3, None)  # hard to 0, hard to a negative value, soft
+CONFIGS = list(itertools.product(SURROGATES, RESETS, (True, False), (False, True)))
+CONFIG_IDS = [f"{s}-reset{r}-decay{d}-detach{dt}" for s, r, d, dt in CONFIGS]
+
+
+def _case(shape, dtype, surrogate, v_reset, decay_input, seed=0, margin=2e-2, per_neuron_tau=True, device="cpu"):
+    """Inputs with a margin from the threshold, v0, a per-neuron tau and a scalar threshold, all requiring grad."""
+    gen = torch.Generator().manual_seed(seed)
+    n_shape = shape[1:]
+    tau = 1.0 + 3.0 * torch.rand(n_shape if per_neuron_tau else (), dtype=torch.float64, generator=gen)
+    v_th = torch.tensor(0.8, dtype=torch.float64)
+    v0 = (torch.rand(n_shape, dtype=torch.float64, generator=gen) * 0.6 - 0.3).to(dtype)
+    # Hyperparameters reach the kernels in float32: place the inputs with those exact values.
+    k32 = (1.0 / tau.float()).double()
+    x = lif_inputs_with_margin(shape, k=k32, v_th=v_th.float().double(), v_reset=v_reset, decay_input=decay_input,
+                               v0=v0.double(), margin=margin, generator=gen, dtype=dtype)
+    return {
+        "x": x.to(device).requires_grad_(),
+        "v0": v0.to(device).requires_grad_(),
+        "tau": tau.float().to(device).requires_grad_(),
+        "v_threshold": v_th.float().to(device).requires_grad_(),
+    }
+
+
+def _half_case(shape, dtype, surrogate, v_reset, device="cpu"):
+    """Half-precision case with number hyperparameters, so the eager reference really computes in ``dtype`` (a
+    float32 tensor tau would promote it to float32). The kernels keep the membrane in ``dtype`` between steps."""
+    case = _case(shape, dtype, surrogate, v_reset, True, margin=0.08, per_neuron_tau=False, device=device)
+    case["tau"] = case["tau"].item()
+    case["v_threshold"] = case["v_threshold"].item()
+    return case
+
+
+def _run(fn, case, grads, **kw):
+    """Spikes, final membrane and the gradients of a random loss of both w.r.t. every input of ``case``."""
+    extra = {} if fn is lif_ref else {"return_v": True}  # lif_ref always returns (spikes, final membrane)
+    spikes, v = fn(case["x"], case["v0"], tau=case["tau"], v_threshold=case["v_threshold"], **extra, **kw)
+    g_s, g_v = grads
+    loss = (spikes.double() * g_s).sum() + (v.double() * g_v).sum()
+    named = {k: t for k, t in case.items() if isinstance(t, torch.Tensor) and t.requires_grad}
+    out = torch.autograd.grad(loss, list(named.values()))
+    return spikes, v, dict(zip(named, out))
+
+
+def _loss_weights(shape, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, dtype=torch.float64, generator=gen), torch.randn(shape[1:], dtype=torch.float64,
+                                                                                generator=gen)
+
+
+# ---------------------------------------------------------------------------------------------------- tier 1
+
+
+def test_reference_if_soft_reset_conserves_charge():
+    # IF neuron (k = 0, decay_input=False), soft reset: every unit of input charge is either still in the membrane or
+    # was removed by a spike, sum_t X_t = V_T + V_th * (number of spikes).
+    x = torch.rand(50, 7, dtype=torch.float64)
+    spikes, v = lif_ref(x, tau=math.inf, v_threshold=0.7, v_reset=None, decay_input=False)
+    torch.testing.assert_close(x.sum(0), v + 0.7 * spikes.sum(0))
+    assert spikes.sum() > 0
+
+
+def test_reference_constant_input_fires_periodically():
+    # IF neuron, hard reset, constant input 0.3 and threshold 1: H = 0.3, 0.6, 0.9, 1.2 -> spike every 4th step.
+    spikes, _ = lif_ref(torch.full((12, 1), 0.3, dtype=torch.float64), tau=math.inf, decay_input=False)
+    assert spikes.flatten().tolist() == [0, 0, 0, 1] * 3
+
+
+@pytest.mark.parametrize("surrogate", SURROGATES)
+def test_reference_surrogates_are_derivatives_of_smooth_steps(surrogate):
+    # Each surrogate is the derivative of a smooth step function of H: check against autograd of that function.
+    alpha = DEFAULT_ALPHA[surrogate]
+    h = torch.linspace(-1.0, 3.0, 401, dtype=torch.float64, requires_grad=True)
+    v_th = 0.9
+    if surrogate == "sigmoid":
+        step = torch.sigmoid(alpha * (h - v_th))
+    elif surrogate == "atan":
+        step = torch.atan(math.pi / 2 * alpha * (h - v_th)) / math.pi + 0.5
+    else:  # triangle in z = h / v_th - 1: integral of alpha * max(0, 1 - |z|) dz, times dz/dh = 1 / v_th
+        z = h / v_th - 1
+        zc = z.clamp(-1, 1)
+        step = alpha * (zc - zc * zc.abs() / 2)
+    (grad,) = torch.autograd.grad(step.sum(), h)
+    torch.testing.assert_close(surrogate_grad_h(h.detach(), torch.tensor(v_th, dtype=torch.float64), surrogate, alpha),
+                               grad)
+
+
+def test_reference_membrane_gradcheck_without_spikes():
+    # Below threshold (no spike, reset detached) the neuron is a linear filter and the surrogate BPTT is the exact
+    # derivative: gradcheck the final membrane in x, v0 and tau.
+    x = torch.rand(5, 4, dtype=torch.float64, requires_grad=True) * 0.1
+    v0 = torch.rand(4, dtype=torch.float64, requires_grad=True) * 0.1
+    tau = torch.tensor([1.5, 2.0, 3.0, 8.0], dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(
+        lambda x, v0, tau: lif_ref(x, v0, tau=tau, v_threshold=100.0, detach_reset=True)[1], (x, v0, tau)
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- tier 2
+
+
+@pytest.mark.parametrize(("surrogate", "v_reset", "decay_input", "detach_reset"), CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpp_matches_reference(dtype, surrogate, v_reset, decay_input, detach_reset):
+    shape = (6, 3, 5)
+    case = _case(shape, dtype, surrogate, v_reset, decay_input)
+    kw = dict(v_reset=v_reset, decay_input=decay_input, surrogate=surrogate, detach_reset=detach_reset)
+    grads = _loss_weights(shape)
+    s_ref, v_ref, g_ref = _run(lif_ref, case, grads, **kw)
+    s, v, g = _run(lif, case, grads, backend="cpp", **kw)
+    assert s.dtype == dtype and s.shape == shape
+    assert torch.equal(s, s_ref), "spikes differ from the reference"
+    assert_close(v, v_ref, msg="final membrane")
+    for name in g_ref:
+        assert_close(g[name], g_ref[name], dtype=dtype, msg=f"grad of {name}")
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+@pytest.mark.parametrize("surrogate", SURROGATES)
+@pytest.mark.parametrize("v_reset", [0.0, None])
+def test_cpp_half_precision_error_within_twice_eager(dtype, surrogate, v_reset):
+    shape = (8, 4, 9)
+    case = _half_case(shape, dtype, surrogate, v_reset)
+    kw = dict(v_reset=v_reset, surrogate=surrogate)
+    grads = _loss_weights(shape)
+    truth_case = {k: (t.detach().float().requires_grad_() if k in ("x", "v0") else t) for k, t in case.items()}
+    s_true, v_true, g_true = _run(lif_ref, truth_case, grads, **kw)
+    s_eager, v_eager, g_eager = _run(lif_ref, case, grads, **kw)
+    s, v, g = _run(lif, case, grads, backend="cpp", **kw)
+    assert s.dtype == dtype
+    assert torch.equal(s.float(), s_true), "spikes differ from float32 truth"
+    assert_half_error_within(v, v_true, v_eager, "final membrane")
+    for name in g_true:
+        assert_half_error_within(g[name], g_true[name], g_eager[name], f"grad of {name}")
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (1, 2, 3), (3, 1), (5, 129), (2, 3, 1, 5)])
+def test_cpp_odd_shapes_and_single_step(shape):
+    case = _case(shape, torch.float32, "atan", 0.0, True)
+    grads = _loss_weights(shape)
+    s_ref, v_ref, g_ref = _run(lif_ref, case, grads, surrogate="atan")
+    s, v, g = _run(lif, case, grads, surrogate="atan", backend="cpp")
+    assert torch.equal(s, s_ref)
+    assert_close(v, v_ref)
+    for name in g_ref:
+        assert_close(g[name], g_ref[name], msg=name)
+
+
+def test_cpp_non_contiguous_input_and_per_channel_parameters():
+    # x as [T, B, C] seen through a transpose; tau and v_threshold per channel ([C] broadcast over B).
+    base = _case((4, 6, 5), torch.float32, "sigmoid", 0.0, True, per_neuron_tau=False)
+    x = base["x"].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()  # [4, 6, 5], strides permuted
+    assert not x.is_contiguous()
+    tau = torch.tensor([1.5, 2.0, 2.5, 3.0, 4.0], requires_grad=True)
+    v_th = torch.tensor([0.7, 0.8, 0.9, 1.0, 1.1], requires_grad=True)
+    outs = []
+    for fn, kw in ((lif_ref, {}), (lif, {"backend": "cpp", "return_v": True})):
+        s, v = fn(x, tau=tau, v_threshold=v_th, **kw)
+        outs.append((s, v, *torch.autograd.grad((s * torch.arange(5.0)).sum() + v.sum(), [x, tau, v_th])))
+    for a, b in zip(*outs):
+        assert_close(a, b)
+
+
+def test_cpp_gradient_of_learnable_decay_reaches_parameter():
+    # PLIF-style k = sigmoid(w): gradients pass through lif_decay's k without the 1/tau detour.
+    x = torch.randn(6, 10) * 2
+    w = torch.zeros(10, requires_grad=True)
+    s = lif_decay(x, k=torch.sigmoid(w), backend="cpp")
+    (g,) = torch.autograd.grad((s * torch.linspace(-1, 1, 10)).sum(), w)
+    s_ref, _ = lif_ref(x, tau=1 / torch.sigmoid(w))
+    (g_ref,) = torch.autograd.grad((s_ref * torch.linspace(-1, 1, 10)).sum(), w)
+    assert_close(g, g_ref)
+    assert g.abs().sum() > 0
+
+
+def test_inference_does_not_store_membrane_history():
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        spikes, h_seq, _ = torch.ops.pyfast.lif_fwd(x, None, torch.tensor([0.5]), torch.tensor([1.0]), 0.0, True,
+                                                    "sigmoid", 4.0, False, False)
+    assert h_seq.numel() == 0
+    assert torch.equal(spikes, lif_ref(x)[0])
+
+
+def _op_args(requires_grad):
+    x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=requires_grad)
+    v0 = torch.randn(3, 4, dtype=torch.float64, requires_grad=requires_grad)
+    k = torch.rand(12, requires_grad=requires_grad)
+    v_th = torch.tensor([0.9], requires_grad=requires_grad)
+    return x, v0, k, v_th
+
+
+@pytest.mark.parametrize("surrogate", SURROGATES)
+@pytest.mark.parametrize("v_reset", [0.0, None])
+def test_opcheck_lif_fwd(surrogate, v_reset):
+    x, v0, k, v_th = _op_args(True)
+    torch.library.opcheck(torch.ops.pyfast.lif_fwd.default,
+                          (x, v0, k, v_th, v_reset, True, surrogate, 2.0, False, True))
+    torch.library.opcheck(torch.ops.pyfast.lif_fwd.default,
+                          (x.detach(), None, k.detach(), v_th.detach(), v_reset, False, surrogate, 2.0, True, False))
+
+
+def test_opcheck_lif_bwd():
+    x, v0, k, v_th = _op_args(False)
+    _, h_seq, _ = torch.ops.pyfast.lif_fwd(x, v0, k, v_th, 0.0, True, "sigmoid", 4.0, False, True)
+    g = torch.randn_like(x)
+    for args in (
+        (g, torch.randn_like(v0), h_seq, x, v0, k, v_th, 0.0, True, "sigmoid", 4.0, False, True, True),
+        (g, None, h_seq, None, None, k, v_th, None, False, "triangle", 0.3, True, False, False),
+    ):
+        torch.library.opcheck(torch.ops.pyfast.lif_bwd.default, args)
+
+
+def test_torch_compile_fullgraph_small_snn():
+    torch.manual_seed(0)
+    lin1, lin2 = torch.nn.Linear(6, 16), torch.nn.Linear(16, 3)
+    neuron = pyfast.nn.LIF(learnable_tau=True, backend="cpp")
+
+    def snn(x):  # x: [T, B, 6]
+        return lin2(neuron(lin1(x))).mean(0)
+
+    x = torch.randn(4, 5, 6)
+    compiled = torch.compile(snn, fullgraph=True)
+    eager_out = snn(x)
+    eager_grads = torch.autograd.grad(eager_out.sum(), [lin1.weight, neuron.w])
+    out = compiled(x)
+    grads = torch.autograd.grad(out.sum(), [lin1.weight, neuron.w])
+    torch.testing.assert_close(out, eager_out)
+    for a, b in zip(grads, eager_grads):
+        torch.testing.assert_close(a, b)
+
+
+# ------------------------------------------------------------------------------------------- argument checks
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "needle"),
+    [
+        ({"x": torch.ones(3, 4, dtype=torch.int32)}, TypeError, "x"),
+        ({"x": torch.ones(0, 4)}, ValueError, "T >= 1"),
+        ({"x": torch.tensor(1.0)}, ValueError, "[T, *]"),
+        ({"tau": 0.5}, ValueError, "tau"),
+        ({"tau": float("nan")}, ValueError, "tau"),
+        ({"tau": torch.tensor([2.0, 0.5, 3.0, 4.0])}, ValueError, "tau"),
+        ({"tau": torch.ones(5) * 2}, ValueError, "tau"),
+        ({"tau": math.inf}, ValueError, "decay_input=False"),
+        ({"tau": "2"}, TypeError, "tau"),
+        ({"v_threshold": 0.0}, ValueError, "v_threshold"),
+        ({"v_threshold": -1.0}, ValueError, "v_threshold"),
+        ({"v_threshold": torch.tensor(float("nan"))}, ValueError, "v_threshold"),
+        ({"v_threshold": torch.tensor(1, dtype=torch.int64)}, TypeError, "v_threshold"),
+        ({"v_reset": float("inf")}, ValueError, "v_reset"),
+        ({"v0": torch.zeros(3)}, ValueError, "v0"),
+        ({"v0": torch.zeros(4, dtype=torch.float64)}, TypeError, "v0"),
+        ({"v0": torch.zeros(4, device="meta")}, ValueError, "v0"),
+        ({"tau": torch.full((4,), 2.0, device="meta")}, ValueError, "tau"),
+        ({"surrogate": "relu"}, ValueError, "surrogate"),
+        ({"alpha": 0.0}, ValueError, "alpha"),
+        ({"alpha": float("nan")}, ValueError, "alpha"),
+        ({"backend": "fast"}, ValueError, "backend"),
+    ],
+)
+def test_bad_arguments_raise_naming_the_argument(kwargs, error, needle):
+    kw = {"x": torch.ones(3, 4)} | kwargs
+    x = kw.pop("x")
+    v0 = kw.pop("v0", None)
+    with pytest.raises(error, match=None) as info:
+        lif(x, v0, **kw)
+    assert needle in str(info.value)
+
+
+def test_bad_arguments_to_the_raw_op_raise_value_and_type_errors():
+    x = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="k must have 1 or N=4"):
+        torch.ops.pyfast.lif_fwd(x, None, torch.ones(3), torch.ones(1), 0.0, True, "sigmoid", 4.0, False, True)
+    with pytest.raises(TypeError, match="k must be float32"):
+        torch.ops.pyfast.lif_fwd(x, None, torch.ones(1, dtype=torch.float64), torch.ones(1), 0.0, True, "sigmoid",
+                                 4.0, False, True)
+    with pytest.raises(ValueError, match="surrogate"):
+        torch.ops.pyfast.lif_fwd(x, None, torch.ones(1), torch.ones(1), 0.0, True, "step", 4.0, False, True)
+    with pytest.raises(ValueError, match="T >= 1"):
+        torch.ops.pyfast.lif_fwd(x[:0], None, torch.ones(1), torch.ones(1), 0.0, True, "sigmoid", 4.0, False, True)
+    with pytest.raises(TypeError, match="floating"):
+        torch.ops.pyfast.lif_fwd(x.int(), None, torch.ones(1), torch.ones(1), 0.0, True, "sigmoid", 4.0, False, True)
+
+
+def test_backward_without_stored_history_raises():
+    x = torch.randn(3, 4, requires_grad=True)
+    spikes, _, _ = torch.ops.pyfast.lif_fwd(x, None, torch.ones(1) * 0.5, torch.ones(1), 0.0, True, "sigmoid", 4.0,
+                                            False, False)
+    with pytest.raises(RuntimeError, match="store_h=False"):
+        spikes.sum().backward()
+
+
+# ------------------------------------------------------------------------------------------- backend choice
+
+
+def test_auto_backend_on_cpu_is_cpp(monkeypatch):
+    monkeypatch.delenv("PYFAST_BACKEND", raising=False)
+    assert backends.resolve("lif", "auto", torch.device("cpu")) == "cpp"
+    monkeypatch.setenv("PYFAST_BACKEND", "reference")
+    assert backends.resolve("lif", "auto", torch.device("cpu")) == "reference"
+    monkeypatch.setenv("PYFAST_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="PYFAST_BACKEND"):
+        backends.resolve("lif", "auto", torch.device("cpu"))
+
+
+def test_missing_extension_falls_back_with_one_warning_and_explicit_request_fails(monkeypatch):
+    monkeypatch.delenv("PYFAST_BACKEND", raising=False)
+    monkeypatch.setattr(_extension, "_C", None)
+    monkeypatch.setattr(_extension, "_C_ERROR", "pyfast._C failed to load (test): built for torch 0.0")
+    monkeypatch.setattr(backends, "_warned", set())
+    x = torch.randn(4, 3)
+    with pytest.warns(UserWarning, match="built for torch 0.0"):
+        s = lif(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lif(x)  # warned once only
+    assert torch.equal(s, lif_ref(x)[0])
+    with pytest.raises(backends.BackendUnavailableError, match="pip install --no-build-isolation|built for torch"):
+        lif(x, backend="cpp")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_cuda_backend_on_cpu_tensor_is_a_clear_error():
+    with pytest.raises(backends.BackendUnavailableError, match="CUDA tensors"):
+        lif(torch.randn(2, 3), backend="cuda")
+
+
+# ---------------------------------------------------------------------------------------------------- tier 4
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("surrogate", "v_reset", "decay_input", "detach_reset"), CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("shape", [(5, 3, 7), (4, 64, 33)])  # odd N: scalar path; N % 8 == 0: vector path
+def test_cuda_matches_reference(shape, surrogate, v_reset, decay_input, detach_reset, dtype):
+    case = _case(shape, dtype, surrogate, v_reset, decay_input, device="cuda")
+    kw = dict(v_reset=v_reset, decay_input=decay_input, surrogate=surrogate, detach_reset=detach_reset)
+    grads = tuple(g.cuda() for g in _loss_weights(shape))
+    s_ref, v_ref, g_ref = _run(lif_ref, case, grads, **kw)
+    s, v, g = _run(lif, case, grads, backend="cuda", **kw)
+    assert torch.equal(s, s_ref)
+    assert_close(v, v_ref)
+    for name in g_ref:
+        assert_close(g[name], g_ref[name], dtype=dtype, msg=name)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+@pytest.mark.parametrize("surrogate", SURROGATES)
+@pytest.mark.parametrize("shape", [(8, 4, 9), (8, 16, 64)])
+def test_cuda_half_precision_error_within_twice_eager(shape, dtype, surrogate):
+    case = _half_case(shape, dtype, surrogate, 0.0, device="cuda")
+    grads = tuple(g.cuda() for g in _loss_weights(shape))
+    truth_case = {k: (t.detach().float().requires_grad_() if k in ("x", "v0") else t) for k, t in case.items()}
+    s_true, v_true, g_true = _run(lif_ref, truth_case, grads, surrogate=surrogate)
+    _, v_eager, g_eager = _run(lif_ref, case, grads, surrogate=surrogate)
+    s, v, g = _run(lif, case, grads, surrogate=surrogate, backend="cuda")
+    assert torch.equal(s.float(), s_true)
+    assert_half_error_within(v, v_true, v_eager, "final membrane")
+    for name in g_true:
+        assert_half_error_within(g[name], g_true[name], g_eager[name], f"grad of {name}")
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_opcheck_and_compile():
+    x, v0, k, v_th = (t.detach().cuda().requires_grad_() for t in _op_args(True))
+    torch.library.opcheck(torch.ops.pyfast.lif_fwd.default, (x, v0, k, v_th, 0.0, True, "atan", 2.0, False, True))
+    neuron = pyfast.nn.LIF(learnable_tau=True, learnable_threshold=True, backend="cuda").cuda()
+    lin = torch.nn.Linear(8, 8).cuda()
+    inp = torch.randn(4, 16, 8, device="cuda")
+    compiled = torch.compile(lambda t: neuron(lin(t)).sum(), fullgraph=True)
+    out = compiled(inp)
+    out.backward()
+    assert neuron.w.grad is not None and neuron.v_threshold.grad is not None
+    torch.testing.assert_close(out, neuron(lin(inp)).sum())
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_runs_on_the_current_stream_and_large_inputs():
+    x = torch.randn(16, 1 << 20, device="cuda") * 2
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        s = lif(x, backend="cuda")
+    stream.synchronize()
+    assert torch.equal(s, lif_ref(x)[0])

@@ -1,0 +1,91 @@
+"""The benchmark harness and bench/bench_lif.py: a --quick CPU run writes a complete, sane CSV."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+from bench import harness
+from pyfast import _extension
+
+
+def test_parse_list_accepts_spaces_and_commas():
+    assert harness.parse_list(["1,4", "8"], int) == [1, 4, 8]
+    assert harness.parse_list(None) is None
+
+
+def test_fill_ratios_is_speedup_over_the_reference_of_the_same_case():
+    rows = [
+        harness.Row("op", "reference", "fwd", "2x3", 2, "fp32", "cpu", 4.0),
+        harness.Row("op", "fast", "fwd", "2x3", 2, "fp32", "cpu", 1.0),
+        harness.Row("op", "fast", "fwd", "2x3", 2, "bf16", "cpu", 1.0),  # no reference for bf16
+    ]
+    harness.fill_ratios(rows)
+    assert rows[0].ratio_vs_reference == 1.0
+    assert rows[1].ratio_vs_reference == 4.0
+    assert math.isnan(rows[2].ratio_vs_reference)
+
+
+def test_cpu_peak_memory_is_the_peak_not_what_is_left():
+    n = 1 << 18  # 1 MiB of float32
+
+    def fn():
+        a = torch.ones(n)
+        b = a * 2  # 2 MiB live here
+        del a
+        return b  # 1 MiB left at the end
+
+    # The CPU allocator may round sizes up a little; the peak must see both tensors, the end only one.
+    peak = harness.peak_memory_bytes(fn, torch.device("cpu"))
+    assert 2 * 4 * n <= peak < 2 * 4 * n + 4096
+
+
+def test_cpu_peak_memory_of_a_call_that_allocates_nothing_is_zero():
+    x = torch.ones(1024)
+    assert harness.peak_memory_bytes(lambda: x, torch.device("cpu")) == 0
+
+
+def test_time_ms_is_positive():
+    x = torch.ones(1024)
+    assert harness.time_ms(lambda: x * 2, torch.device("cpu"), min_run_time=0.01) > 0
+
+
+@pytest.mark.slow
+def test_bench_lif_quick_cpu_csv(tmp_path):
+    csv_path = tmp_path / "lif.csv"
+    # 'cuda' cannot run on the CPU: it must be skipped with a printed reason, not silently.
+    cmd = [sys.executable, os.path.join(REPO_ROOT, "bench", "bench_lif.py"), "--quick", "--device", "cpu",
+           "--csv", str(csv_path), "--providers", "reference", "cpp", "cuda", "--threads", "1"]
+    proc = subprocess.run(cmd, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "skip cuda:" in proc.stdout
+    assert "speedup over eager reference" in proc.stdout
+
+    providers = ["reference"] + (["cpp"] if _extension.has_cpp() else [])
+    if not _extension.has_cpp():
+        assert "skip cpp:" in proc.stdout
+    rows = harness.read_csv(str(csv_path))
+    assert rows and list(rows[0]) == harness.COLUMNS
+    got = {(r["provider"], r["mode"], int(r["T"]), r["dtype"]) for r in rows}
+    want = {(p, m, t, d) for p in providers for m in ("fwd", "fwd+bwd") for t in (1, 4) for d in ("fp32", "bf16")}
+    assert got == want
+    assert len(rows) == len(want)
+    for r in rows:
+        assert r["op"] == "lif" and r["device"] == "cpu" and r["shape"] == f"{r['T']}x4096"
+        assert float(r["median_ms"]) > 0
+        assert float(r["GB_per_s"]) > 0
+        assert float(r["peak_mem_MB"]) > 0  # the spikes alone are allocated during every call
+        assert r["torch_version"] == torch.__version__
+        if r["provider"] == "reference":
+            assert float(r["ratio_vs_reference"]) == 1.0
+        else:
+            assert float(r["ratio_vs_reference"]) > 0
+            assert r["note"].startswith("spikes!=ref")

@@ -1,0 +1,184 @@
+"""Build checks that need no GPU: the CMake/LibTorch build, the CUDA code inside pyfast._C, the package layout."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SITE_PACKAGES = os.path.dirname(os.path.dirname(torch.__file__))
+MIN_CMAKE = (3, 26)
+
+
+def _cmake() -> str:
+    """The cmake binary (pip's `cmake` package first, as the test extra installs it); fails if none is >= 3.26."""
+    candidates = []
+    try:
+        import cmake
+
+        candidates.append(os.path.join(cmake.CMAKE_BIN_DIR, "cmake"))
+    except ImportError:
+        pass
+    candidates += [shutil.which("cmake") or ""]
+    found = []
+    for exe in filter(os.path.isfile, candidates):
+        out = subprocess.run([exe, "--version"], check=False, capture_output=True, text=True).stdout
+        version = tuple(int(v) for v in re.search(r"version (\d+)\.(\d+)", out).groups())
+        if version >= MIN_CMAKE:
+            return exe
+        found.append(f"{exe} ({'.'.join(map(str, version))})")
+    pytest.fail(
+        f"cmake >= {'.'.join(map(str, MIN_CMAKE))} is needed (the CUDA20 dialect); found: {found or 'none'}. "
+        "Install the test extra: pip install -e .[test]"
+    )
+
+
+def _ninja() -> str | None:
+    try:
+        import ninja
+
+        return os.path.join(ninja.BIN_DIR, "ninja")
+    except ImportError:
+        return shutil.which("ninja")
+
+
+def _nvcc() -> str | None:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    for path in [os.path.join(home, "bin", "nvcc") if home else "", "/usr/local/cuda/bin/nvcc"]:
+        if os.path.isfile(path):
+            return path
+    return shutil.which("nvcc")
+
+
+def _cuda_toolkit_args() -> list[str]:
+    """find_package(Torch) of a CUDA build of torch looks for the CUDA toolkit even for a CPU-only library."""
+    if torch.version.cuda is None:
+        return []
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("torch is a CUDA build, whose find_package(Torch) needs a CUDA toolkit (nvcc); none found")
+    nvcc = os.path.realpath(nvcc)  # /usr/local/bin/nvcc may be a wrapper script: use the toolkit's own
+    args = [f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DCUDA_TOOLKIT_ROOT_DIR={os.path.dirname(os.path.dirname(nvcc))}"]
+    nvrtc = sorted(glob.glob(os.path.join(SITE_PACKAGES, "nvidia", "cu*", "lib", "libnvrtc.so.*")))
+    return args + [f"-DCUDA_nvrtc_LIBRARY={nvrtc[0]}"] if nvrtc else args
+
+
+# Runs in a fresh interpreter that never imports pyfast: pyfast._C registers TORCH_LIBRARY(pyfast) too, and two
+# registrations of one library in a process clash.
+_LOAD_AND_RUN = textwrap.dedent("""
+    import ctypes, json, sys
+    import torch
+    lib = sys.argv[1]
+    torch.ops.load_library(lib)
+    x = torch.tensor([[2.5, 1.0], [0.5, 1.0], [2.0, 1.0]])
+    spikes, h_seq, v_last = torch.ops.pyfast.lif_fwd(
+        x, None, torch.tensor([0.5]), torch.tensor([1.0]), 0.0, True, "sigmoid", 4.0, False, True)
+    print(json.dumps(dict(
+        spikes=spikes.tolist(), h_seq=h_seq.tolist(), v_last=v_last.tolist(),
+        has_bwd=hasattr(torch.ops.pyfast, "lif_bwd"), pyfast_imported="pyfast" in sys.modules,
+        has_pyinit=hasattr(ctypes.CDLL(lib), "PyInit__C"),
+    )))
+""")
+
+
+@pytest.mark.slow
+def test_cmake_build_loads_with_torch_ops_load_library(tmp_path):
+    build = tmp_path / "build"
+    env = dict(os.environ, TORCH_CUDA_ARCH_LIST="8.0;9.0")
+    ninja = _ninja()
+    configure = [
+        _cmake(),
+        "-S",
+        ROOT,
+        "-B",
+        str(build),
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DPYFAST_WITH_CUDA=OFF",
+        f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+        *_cuda_toolkit_args(),
+    ]
+    if ninja:
+        configure += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
+    for cmd in (configure, [configure[0], "--build", str(build), "-j2"]):
+        proc = subprocess.run(cmd, env=env, check=False, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    lib = build / "libpyfast_ops.so"
+    assert lib.is_file(), f"the build made no {lib.name}: {sorted(p.name for p in build.iterdir())}"
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD_AND_RUN, str(lib)],
+        cwd=tmp_path,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout)
+    # By hand, k = 0.5, V_th = 1, hard reset to 0, decay_input: H_t = V_{t-1} + 0.5 (X_t - V_{t-1}).
+    #   neuron 0: H = 1.25 (fire, V=0), 0.25, 0.25 + 0.5 (2 - 0.25) = 1.125 (fire, V=0)
+    #   neuron 1: H = 0.5, 0.75, 0.875: never fires, V_last = 0.875.   (All exact in binary floating point.)
+    assert out["spikes"] == [[1.0, 0.0], [0.0, 0.0], [1.0, 0.0]]
+    assert out["h_seq"] == [[1.25, 0.5], [0.25, 0.75], [1.125, 0.875]]
+    assert out["v_last"] == [0.0, 0.875]
+    assert out["has_bwd"]
+    assert not out["pyfast_imported"]
+    assert not out["has_pyinit"], "python_module.cpp (the PyInit__C stub) belongs to the setup.py build only"
+
+
+def _cuobjdump() -> str | None:
+    candidates = [
+        shutil.which("cuobjdump") or "",
+        os.path.join(SITE_PACKAGES, "triton", "backends", "nvidia", "bin", "cuobjdump"),
+    ]
+    nvcc = _nvcc()
+    if nvcc:
+        candidates.append(os.path.join(os.path.dirname(os.path.realpath(nvcc)), "cuobjdump"))
+    return next((c for c in candidates if os.path.isfile(c)), None)
+
+
+def test_extension_holds_sm80_and_sm90_cubins():
+    if _nvcc() is None:
+        pytest.skip("no CUDA toolkit (nvcc) on this machine, so _C is built without CUDA kernels")
+    from pyfast import _extension
+
+    info = _extension.build_info()
+    assert info.get("WITH_CUDA"), (
+        f"nvcc is present ({_nvcc()}) but pyfast._C was built without CUDA kernels (build info: {info}); CI builds "
+        "with CUDA whenever a toolkit is found. Rebuild with PYFAST_BUILD_CUDA=1 pip install --no-build-isolation -e . "
+        "to see why the CUDA build failed."
+    )
+    so = importlib.util.find_spec("pyfast._C").origin
+    cuobjdump = _cuobjdump()
+    assert cuobjdump, "no cuobjdump found: install triton (pip install -e .[triton]), which ships one"
+    proc = subprocess.run([cuobjdump, "--list-elf", so], check=False, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    archs = set(re.findall(r"\bsm_(\d+)\b", proc.stdout))
+    assert {"80", "90"} <= archs, f"expected sm_80 and sm_90 cubins in {so}, got:\n{proc.stdout}"
+
+
+def test_triton_kernels_install_as_pyfast_triton_not_top_level_kernels(tmp_path):
+    script = textwrap.dedent("""
+        import importlib.util, json
+        print(json.dumps(dict(
+            pyfast_triton=importlib.util.find_spec("pyfast._triton") is not None,
+            kernels=importlib.util.find_spec("kernels") is not None,
+        )))
+    """)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, check=False, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout)
+    assert out["pyfast_triton"], "pyfast._triton (the kernels/ directory) is not importable"
+    assert not out["kernels"], "`kernels` is importable as a top-level package; it must install as pyfast._triton"
