@@ -412,3 +412,39 @@ def test_cuda_runs_on_the_current_stream_and_large_inputs():
         s = lif(x, backend="cuda")
     stream.synchronize()
     assert torch.equal(s, lif_ref(x)[0])
+
+
+def test_cpu_baseline_and_avx2_loops_agree(tmp_path):
+    # The CPU loops are compiled twice (baseline x86-64 and AVX2+FMA, chosen at run time); PYFAST_CPU_BASELINE=1
+    # forces the baseline. Both must give the same spikes and (to rounding) the same gradients.
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, torch, pyfast\n"
+        "torch.manual_seed(0)\n"
+        "x = (torch.randn(6, 1000) * 2).requires_grad_()\n"
+        "tau = torch.full((1000,), 2.0, requires_grad=True)\n"
+        "out = {}\n"
+        "for sur in ('sigmoid', 'atan', 'triangle'):\n"
+        "    s = pyfast.ops.lif(x, tau=tau, surrogate=sur, backend='cpp')\n"
+        "    gx, gt = torch.autograd.grad((s * torch.linspace(-1, 1, 1000)).sum(), [x, tau])\n"
+        "    out[sur] = (s, gx, gt)\n"
+        "torch.save(out, sys.argv[1])\n"
+    )
+    results = []
+    for baseline in (False, True):
+        env = {k: v for k, v in os.environ.items() if k != "PYFAST_CPU_BASELINE"}
+        if baseline:
+            env["PYFAST_CPU_BASELINE"] = "1"
+        path = tmp_path / f"out{int(baseline)}.pt"
+        subprocess.run([sys.executable, str(script), str(path)], check=True, env=env)
+        results.append(torch.load(path))
+    for sur in results[0]:
+        s_a, gx_a, gt_a = results[0][sur]
+        s_b, gx_b, gt_b = results[1][sur]
+        assert torch.equal(s_a, s_b), sur
+        torch.testing.assert_close(gx_a, gx_b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gt_a, gt_b, rtol=1e-4, atol=1e-5)

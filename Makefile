@@ -1,0 +1,40 @@
+# The README's commands. Each creates .venv on first use (torch 2.14.1 and the pinned tools of requirements/), builds
+# the extension pyfast._C (incrementally after the first time) and then runs.
+#   make run    the main job: the LIF microbenchmark and a short SNN training on scikit-learn's embedded digits
+#   make test   the whole test suite (what CI runs)
+#   make bench  the full LIF benchmark (default sizes: 2^20 neurons, T in 1 4 8 32)
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export CUDA_HOME ?= /usr/local/cuda
+export MAX_JOBS ?= 2
+
+.PHONY: setup build run test bench clean
+
+$(VENV)/.installed: requirements/dev.txt requirements/peers.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements/dev.txt
+	$(PY) -m pip install -q --no-deps -r requirements/peers.txt
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Incremental rebuild of _C (ninja, objects under build/), so edits to csrc/ are always picked up.
+build: setup
+	$(PY) setup.py -q build_ext --inplace
+
+run: build
+	$(PY) -m pyfast info
+	$(PY) -m pyfast bench lif --T 1 8 --dtype fp32 bf16 --neurons 262144 --csv bench/results/lif_cpu_run.csv
+	$(PY) -m pyfast train snn-digits --out runs/snn-digits
+
+test: build
+	$(PY) -m pytest -q
+
+bench: build
+	$(PY) -m pyfast bench lif
+
+clean:
+	rm -rf build runs bench/results pyfast/_C*.so pyfast/_build_info.py
