@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import torch
 
@@ -91,4 +93,22 @@ def triton_reason(device: torch.device | str | None = None) -> str:
     return "no CUDA device is visible and TRITON_INTERPRET=1 is not set (set it to run Triton on the CPU)"
 
 
+def _alias_source_kernels() -> None:
+    """Make the top-level kernels/ importable as pyfast._triton in a source checkout that was built in place
+    (``setup.py build_ext --inplace``) rather than installed: an install maps it so, and nothing else may import it
+    as a top-level ``kernels``."""
+    if importlib.util.find_spec("pyfast._triton") is not None:
+        return
+    kernels = Path(__file__).resolve().parent.parent / "kernels"
+    if not (kernels / "__init__.py").is_file():
+        return
+    spec = importlib.util.spec_from_file_location(
+        "pyfast._triton", kernels / "__init__.py", submodule_search_locations=[str(kernels)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pyfast._triton"] = module
+    spec.loader.exec_module(module)
+
+
 _load_c()
+_alias_source_kernels()

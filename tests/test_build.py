@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,3 +183,24 @@ def test_triton_kernels_install_as_pyfast_triton_not_top_level_kernels(tmp_path)
     out = json.loads(proc.stdout)
     assert out["pyfast_triton"], "pyfast._triton (the kernels/ directory) is not importable"
     assert not out["kernels"], "`kernels` is importable as a top-level package; it must install as pyfast._triton"
+
+
+def test_source_checkout_without_install_maps_kernels_to_pyfast_triton(tmp_path):
+    # After `setup.py build_ext --inplace` (no pip install), kernels/ must still import as pyfast._triton: the GPU check
+    # script builds that way. Simulated by a copy of the sources and an interpreter with the editable finder removed.
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("pyfast", "kernels"):
+        shutil.copytree(root / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    code = (
+        "import sys\n"
+        "is_editable = lambda o: getattr(o, '__module__', '').startswith('__editable__')\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if not is_editable(f)]\n"
+        "sys.path_hooks[:] = [h for h in sys.path_hooks if not is_editable(h)]\n"
+        "sys.path_importer_cache.clear()\n"
+        "import pyfast._triton.lif as k\n"
+        "print(k.__file__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert Path(out.stdout.strip()) == tmp_path / "kernels" / "lif.py"

@@ -177,6 +177,12 @@ def _values_checked() -> bool:
     return not torch.compiler.is_compiling()
 
 
+def _constant(value: float, x: torch.Tensor) -> torch.Tensor:
+    """A float32 [1] tensor on x's device. torch.full launches a fill; torch.tensor(value, device="cuda") would copy
+    from host memory and synchronise the stream on every call, stalling the GPU behind Python."""
+    return torch.full((1,), float(value), dtype=torch.float32, device=x.device)
+
+
 def _as_neuron_param(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """float32 tensor with 1 element or one per neuron (N = x[0].numel()), as the kernels take it. Differentiable."""
     p = p.float()
@@ -298,9 +304,8 @@ def lif(
                 "lif: tau=inf (k=0) with decay_input=True multiplies the input by 0; an IF neuron needs "
                 "decay_input=False"
             )
-        k = torch.tensor(1.0 / tau, dtype=torch.float32, device=x.device)
-    v_th = v_threshold if isinstance(v_threshold, torch.Tensor) else torch.tensor(
-        float(v_threshold), dtype=torch.float32, device=x.device)
+        k = _constant(1.0 / tau, x)
+    v_th = v_threshold if isinstance(v_threshold, torch.Tensor) else _constant(v_threshold, x)
     return _run(x, v0, k, v_th, tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, return_v,
                 backend)
 
@@ -334,8 +339,7 @@ def lif_decay(
         k = _check_number("k", k, low=0.0)
         if k > 1:
             raise ValueError(f"lif: k must lie in [0, 1], got {k}")
-        k = torch.tensor(k, dtype=torch.float32, device=x.device)
-    v_th = v_threshold if isinstance(v_threshold, torch.Tensor) else torch.tensor(
-        float(v_threshold), dtype=torch.float32, device=x.device)
+        k = _constant(k, x)
+    v_th = v_threshold if isinstance(v_threshold, torch.Tensor) else _constant(v_threshold, x)
     return _run(x, v0, k, v_th, 1.0 / k, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
                 return_v, backend)

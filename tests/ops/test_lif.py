@@ -132,7 +132,9 @@ def test_cpp_matches_reference(dtype, surrogate, v_reset, decay_input, detach_re
     assert torch.equal(s, s_ref), "spikes differ from the reference"
     assert_close(v, v_ref, msg="final membrane")
     for name in g_ref:
-        assert_close(g[name], g_ref[name], dtype=dtype, msg=f"grad of {name}")
+        # tau and v_threshold are float32 parameters: their gradients are float32 sums over all neurons and steps.
+        assert_close(g[name], g_ref[name], dtype=dtype if name in ("x", "v0") else torch.float32,
+                     msg=f"grad of {name}")
 
 
 @pytest.mark.parametrize("dtype", HALF_TYPES)
@@ -367,7 +369,8 @@ def test_cuda_matches_reference(shape, surrogate, v_reset, decay_input, detach_r
     assert torch.equal(s, s_ref)
     assert_close(v, v_ref)
     for name in g_ref:
-        assert_close(g[name], g_ref[name], dtype=dtype, msg=name)
+        # tau and v_threshold are float32 parameters: their gradients are float32 sums over all neurons and steps.
+        assert_close(g[name], g_ref[name], dtype=dtype if name in ("x", "v0") else torch.float32, msg=name)
 
 
 @pytest.mark.cuda
