@@ -27,7 +27,7 @@ build: setup
 
 run: build
 	$(PY) -m pyfast info
-	$(PY) -m pyfast bench lif --T 1 8 --dtype fp32 bf16 --neurons 262144 --csv bench/results/lif_cpu_run.csv
+	$(PY) -m pyfast bench lif --T 8 --dtype fp32 bf16 --csv bench/results/lif_run.csv
 	$(PY) -m pyfast train snn-digits --out runs/snn-digits
 
 test: build
