@@ -4,7 +4,11 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <c10/util/BFloat16.h>
+
 #include <algorithm>
+#include <bit>
+#include <cstdint>
 #include <cstdlib>
 #include <type_traits>
 
