@@ -152,6 +152,19 @@ def _load_param(ptr, offs, mask, SHARED: tl.constexpr, OTHER: tl.constexpr, ACC:
 
 
 # T and N are not specialised: T = 1 or N = 1 would otherwise become compile-time constants (one more compile each).
+@triton.jit
+def _neuron_params(k_ptr, v_th_ptr, offs, mask, v_reset, K_SHARED: tl.constexpr, VTH_SHARED: tl.constexpr,
+                   HARD_RESET: tl.constexpr, ACC: tl.constexpr):
+    """k and V_th of each neuron of the block, and V_r (0 for soft reset)."""
+    k = _load_param(k_ptr, offs, mask, K_SHARED, 0.0, ACC)
+    v_th = _load_param(v_th_ptr, offs, mask, VTH_SHARED, 1.0, ACC)
+    if HARD_RESET:
+        v_r = tl.full([], v_reset, ACC)
+    else:
+        v_r = tl.zeros([], ACC)
+    return k, v_th, v_r
+
+
 @triton.jit(do_not_specialize=["T", "N"])
 def lif_fwd_kernel(
     x_ptr, v0_ptr, k_ptr, v_th_ptr, spikes_ptr, h_ptr, v_last_ptr,
@@ -163,12 +176,7 @@ def lif_fwd_kernel(
     DTYPE: tl.constexpr = x_ptr.dtype.element_ty
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    k = _load_param(k_ptr, offs, mask, K_SHARED, 0.0, ACC)
-    v_th = _load_param(v_th_ptr, offs, mask, VTH_SHARED, 1.0, ACC)
-    if HARD_RESET:
-        v_r = tl.full([], v_reset, ACC)
-    else:
-        v_r = tl.zeros([], ACC)
+    k, v_th, v_r = _neuron_params(k_ptr, v_th_ptr, offs, mask, v_reset, K_SHARED, VTH_SHARED, HARD_RESET, ACC)
     if HAS_V0:
         v = tl.load(v0_ptr + offs, mask=mask, other=0.0).to(ACC)
     else:
@@ -207,13 +215,8 @@ def lif_bwd_kernel(
     DTYPE: tl.constexpr = h_ptr.dtype.element_ty
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    k = _load_param(k_ptr, offs, mask, K_SHARED, 0.0, ACC)
-    v_th = _load_param(v_th_ptr, offs, mask, VTH_SHARED, 1.0, ACC)
+    k, v_th, v_r = _neuron_params(k_ptr, v_th_ptr, offs, mask, v_reset, K_SHARED, VTH_SHARED, HARD_RESET, ACC)
     a = tl.full([], alpha, ACC)
-    if HARD_RESET:
-        v_r = tl.full([], v_reset, ACC)
-    else:
-        v_r = tl.zeros([], ACC)
     if HAS_GRAD_V_LAST:
         gv = tl.load(grad_v_last_ptr + offs, mask=mask, other=0.0).to(ACC)
     else:
