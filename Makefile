@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements/dev.txt requirements/peers.txt pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements/dev.txt
 	$(PY) -m pip install -q --no-deps -r requirements/peers.txt
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	PYFAST_SKIP_EXTENSION=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
 setup: $(VENV)/.installed

@@ -6,6 +6,8 @@ Environment:
                                and build the CPU kernels alone. 1: CUDA is required, a failure fails the install.
                                0: CPU kernels only.
   TORCH_CUDA_ARCH_LIST         defaults to "8.0;9.0" (Ampere and Hopper cubins) when unset.
+  PYFAST_SKIP_EXTENSION=1      install the Python package alone; the Makefile uses it and then builds _C once, in
+                               place and incrementally (`setup.py build_ext --inplace`), instead of twice.
 
 Install with ``pip install --no-build-isolation -e .`` so _C is compiled against the torch that will load it.
 """
@@ -108,6 +110,6 @@ setup(
     # Triton kernels live in top-level kernels/ and install as pyfast._triton (never as a top-level `kernels`).
     packages=find_packages(include=["pyfast", "pyfast.*"]) + ["pyfast._triton"],
     package_dir={"pyfast._triton": "kernels"},
-    ext_modules=[_extension(_cuda_wanted())],
+    ext_modules=[] if os.environ.get("PYFAST_SKIP_EXTENSION") == "1" else [_extension(_cuda_wanted())],
     cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
 )
