@@ -28,8 +28,8 @@ if not os.environ.get("CUDA_HOME") and os.path.exists("/usr/local/cuda/bin/nvcc"
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
 os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
 
-import torch  # noqa: E402  (after the environment is set: cpp_extension reads CUDA_HOME at import)
-from torch.utils import cpp_extension  # noqa: E402
+import torch  # after the environment is set: cpp_extension reads CUDA_HOME at import
+from torch.utils import cpp_extension
 
 # -fno-trapping-math: no FP traps, which lets gcc vectorise selects. -ffp-contract=off: no fused multiply-adds, so
 # the baseline and AVX2+FMA builds of the CPU loops (and the float32 reference) round alike: bit-identical results.
@@ -93,7 +93,7 @@ class BuildExt(cpp_extension.BuildExtension):
         try:
             super().build_extension(ext)
             _write_build_info(with_cuda)
-        except Exception as err:  # noqa: BLE001  (re-raised unless the auto fallback applies)
+        except Exception as err:  # re-raised unless the auto fallback applies
             if not with_cuda or BUILD_CUDA == "1":
                 raise
             bar = "!" * 78

@@ -4,9 +4,9 @@
 :mod:`pyfast.ops`, modules in :mod:`pyfast.nn`. ``python -m pyfast.info`` lists which backend serves which op.
 """
 
-from pyfast import _extension  # loads _C first: registers the C++ / CUDA ops
-from pyfast import nn, ops
+# _extension first: loading _C registers the C++ / CUDA ops that ops/ and nn/ wrap.
+from pyfast import _extension, nn, ops  # noqa: F401
 from pyfast.backends import BackendUnavailableError
 
 __version__ = "0.1.0"
-__all__ = ["BackendUnavailableError", "nn", "ops", "__version__"]
+__all__ = ["BackendUnavailableError", "__version__", "nn", "ops"]

@@ -21,7 +21,7 @@ _C_ERROR: str | None = None
 def _load_c() -> None:
     global _C, _C_ERROR
     try:
-        from pyfast import _C as c_module  # noqa: PLC0415  (import has side effects: registers the ops)
+        from pyfast import _C as c_module  # the import registers the ops
 
         _C = c_module
     except ImportError as err:
@@ -35,7 +35,7 @@ def _load_c() -> None:
 def build_info() -> dict:
     """What setup.py recorded when it built _C (torch version, CUDA on/off, arch list); {} if never built."""
     try:
-        from pyfast import _build_info  # noqa: PLC0415
+        from pyfast import _build_info
     except ImportError:
         return {}
     return {k: v for k, v in vars(_build_info).items() if k.isupper()}
@@ -70,7 +70,7 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 

@@ -96,7 +96,7 @@ def lif_fwd_triton(
     x: torch.Tensor, v0: torch.Tensor | None, k: torch.Tensor, v_th: torch.Tensor, v_reset: float | None,
     decay_input: bool, surrogate: str, alpha: float, detach_reset: bool, store_h: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from pyfast._triton import lif as kernels  # noqa: PLC0415  (triton is optional)
+    from pyfast._triton import lif as kernels  # triton is optional: imported on first use
 
     x = x.contiguous()
     spikes, h_seq, v_last = _fwd_fake(x, v0, k, v_th, v_reset, decay_input, surrogate, alpha, detach_reset, store_h)
@@ -113,7 +113,7 @@ def lif_bwd_triton(
     v0: torch.Tensor | None, k: torch.Tensor, v_th: torch.Tensor, v_reset: float | None, decay_input: bool,
     surrogate: str, alpha: float, detach_reset: bool, need_grad_k: bool, need_grad_v_th: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from pyfast._triton import lif as kernels  # noqa: PLC0415
+    from pyfast._triton import lif as kernels
 
     h_seq = h_seq.contiguous()
     n = h_seq[0].numel()

@@ -147,7 +147,7 @@ def test_cpp_half_precision_error_within_twice_eager(dtype, surrogate, v_reset):
     grads = _loss_weights(shape)
     truth_case = {k: (t.detach().float().requires_grad_() if k in ("x", "v0") else t) for k, t in case.items()}
     s_true, v_true, g_true = _run(lif_ref, truth_case, grads, **kw)
-    s_eager, v_eager, g_eager = _run(lif_ref, case, grads, **kw)
+    _, v_eager, g_eager = _run(lif_ref, case, grads, **kw)
     s, v, g = _run(lif, case, grads, backend="cpp", **kw)
     assert s.dtype == dtype
     assert torch.equal(s.float(), s_true), "spikes differ from float32 truth"
