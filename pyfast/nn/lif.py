@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from pyfast.ops.lif import lif_decay
+from pyfast.ops.lif import _lif_decay
 
 
 class LIF(nn.Module):
@@ -45,33 +45,36 @@ class LIF(nn.Module):
             raise ValueError(f"LIF: tau must be >= 1 (k = 1/tau in [0, 1]), got {tau}")
         if not math.isfinite(v_threshold) or v_threshold <= 0:
             raise ValueError(f"LIF: v_threshold must be finite and > 0, got {v_threshold}")
+        # Fixed hyperparameters stay Python numbers: the op makes them on the input's device without a host sync.
         if learnable_tau:
             if not 1 < tau < math.inf:
                 raise ValueError(f"LIF: learnable_tau needs a finite tau > 1 (k = sigmoid(w) in (0, 1)), got {tau}")
             self.w = nn.Parameter(torch.full(param_shape, -math.log(tau - 1.0)))
         else:
-            self.register_buffer("k", torch.full(param_shape, 1.0 / tau), persistent=False)
+            self.k = 1.0 / tau
         if learnable_threshold:
             self.v_threshold = nn.Parameter(torch.full(param_shape, v_threshold))
         else:
-            self.register_buffer("v_threshold", torch.full(param_shape, v_threshold), persistent=False)
+            self.v_threshold = v_threshold
         self.v_reset, self.decay_input, self.surrogate = v_reset, decay_input, surrogate
         self.alpha, self.detach_reset, self.return_v, self.backend = alpha, detach_reset, return_v, backend
         self.learnable_tau = learnable_tau
 
-    def decay(self) -> torch.Tensor:
-        """k = 1/tau, shape ``param_shape``."""
+    def decay(self) -> torch.Tensor | float:
+        """k = 1/tau: a tensor of shape ``param_shape`` when learnable, else a number."""
         return torch.sigmoid(self.w) if self.learnable_tau else self.k
 
     def forward(self, x: torch.Tensor, v0: torch.Tensor | None = None):
-        return lif_decay(
-            x, v0, k=self.decay().to(x.device), v_threshold=self.v_threshold.to(x.device), v_reset=self.v_reset,
-            decay_input=self.decay_input, surrogate=self.surrogate, alpha=self.alpha,
-            detach_reset=self.detach_reset, return_v=self.return_v, backend=self.backend,
+        # sigmoid keeps a learnable k inside [0, 1]: no per-call value check (a device sync on a GPU).
+        return _lif_decay(
+            x, v0, self.decay(), self.v_threshold, self.v_reset, self.decay_input, self.surrogate, self.alpha,
+            self.detach_reset, self.return_v, self.backend, k_in_range=self.learnable_tau,
         )
 
     def extra_repr(self) -> str:
-        tau = (1.0 / self.decay()).flatten()[:1].item() if self.decay().numel() else float("nan")
+        k = self.decay()
+        k = k.flatten()[0].item() if isinstance(k, torch.Tensor) else k  # learnable: the first neuron's
+        tau = 1.0 / k if k else math.inf
         return (
             f"tau={tau:.3g}{' (learnable)' if self.learnable_tau else ''}, v_reset={self.v_reset}, "
             f"decay_input={self.decay_input}, surrogate={self.surrogate!r}, detach_reset={self.detach_reset}, "

@@ -226,8 +226,9 @@ def _check_common(x, v0, v_threshold, v_reset, surrogate, alpha):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _run(x, v0, k, v_th, tau_for_reference, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
-         return_v, backend):
+def _run(x, v0, k, tau_for_reference, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, return_v,
+         backend):
+    """Dispatch a validated call. ``k`` is a tensor; ``tau_for_reference`` is what the reference loop takes."""
     chosen = resolve("lif", backend, x.device)
     if chosen == "reference":
         spikes, v_last = lif_ref(
@@ -237,6 +238,7 @@ def _run(x, v0, k, v_th, tau_for_reference, v_threshold, v_reset, decay_input, s
         return (spikes, v_last) if return_v else spikes
     op = torch.ops.pyfast.lif_fwd_triton if chosen == "triton" else torch.ops.pyfast.lif_fwd
     k_n = _as_neuron_param(k, x)
+    v_th = v_threshold if isinstance(v_threshold, torch.Tensor) else _constant(v_threshold, x)
     v_th_n = _as_neuron_param(v_th, x)
     store_h = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, v0, k_n, v_th_n)
@@ -305,9 +307,7 @@ def lif(
                 "decay_input=False"
             )
         k = _constant(1.0 / tau, x)
-    v_th = v_threshold if isinstance(v_threshold, torch.Tensor) else _constant(v_threshold, x)
-    return _run(x, v0, k, v_th, tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, return_v,
-                backend)
+    return _run(x, v0, k, tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, return_v, backend)
 
 
 def lif_decay(
@@ -330,16 +330,23 @@ def lif_decay(
     pass through 1/tau. ``k`` is a number or a tensor broadcastable to ``x.shape[1:]``; other arguments as in
     :func:`lif`.
     """
+    return _lif_decay(x, v0, k, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, return_v, backend,
+                      k_in_range=False)
+
+
+def _lif_decay(x, v0, k, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, return_v, backend, *,
+               k_in_range: bool):
+    """:func:`lif_decay`; ``k_in_range=True`` skips the value check of a tensor k that is in [0, 1] by construction
+    (``pyfast.nn.LIF``'s sigmoid), which on a GPU would synchronise on every call."""
     alpha = _check_common(x, v0, v_threshold, v_reset, surrogate, alpha)
     if isinstance(k, torch.Tensor):
         _check_param_tensor("k", k, x)
-        if _values_checked() and not bool(((k >= 0) & (k <= 1)).all()):
+        if not k_in_range and _values_checked() and not bool(((k >= 0) & (k <= 1)).all()):
             raise ValueError("lif: k must lie in [0, 1] everywhere")
     else:
         k = _check_number("k", k, low=0.0)
         if k > 1:
             raise ValueError(f"lif: k must lie in [0, 1], got {k}")
         k = _constant(k, x)
-    v_th = v_threshold if isinstance(v_threshold, torch.Tensor) else _constant(v_threshold, x)
-    return _run(x, v0, k, v_th, 1.0 / k, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
-                return_v, backend)
+    return _run(x, v0, k, 1.0 / k, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, return_v,
+                backend)

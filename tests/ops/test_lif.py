@@ -343,7 +343,6 @@ def test_missing_extension_falls_back_with_one_warning_and_explicit_request_fail
         lif(x, backend="cpp")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
 def test_cuda_backend_on_cpu_tensor_is_a_clear_error():
     with pytest.raises(backends.BackendUnavailableError, match="CUDA tensors"):
         lif(torch.randn(2, 3), backend="cuda")
