@@ -96,11 +96,13 @@ def triton_reason(device: torch.device | str | None = None) -> str:
 def _alias_source_kernels() -> None:
     """Make the top-level kernels/ importable as pyfast._triton in a source checkout that was built in place
     (``setup.py build_ext --inplace``) rather than installed: an install maps it so, and nothing else may import it
-    as a top-level ``kernels``."""
-    if importlib.util.find_spec("pyfast._triton") is not None:
-        return
+    as a top-level ``kernels``. The kernels/ beside the imported pyfast/ wins over any other mapping, so a second
+    checkout (a git worktree on PYTHONPATH) never runs the Triton kernels of the editable install's checkout."""
     kernels = Path(__file__).resolve().parent.parent / "kernels"
     if not (kernels / "__init__.py").is_file():
+        return
+    installed = importlib.util.find_spec("pyfast._triton")
+    if installed is not None and installed.origin and Path(installed.origin).resolve().parent == kernels:
         return
     spec = importlib.util.spec_from_file_location(
         "pyfast._triton", kernels / "__init__.py", submodule_search_locations=[str(kernels)]
@@ -108,6 +110,7 @@ def _alias_source_kernels() -> None:
     module = importlib.util.module_from_spec(spec)
     sys.modules["pyfast._triton"] = module
     spec.loader.exec_module(module)
+    sys.modules["pyfast"]._triton = module  # what the import system does for a submodule it loads itself
 
 
 _load_c()
