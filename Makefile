@@ -1,8 +1,8 @@
 # The README's commands. Each creates .venv on first use (torch 2.14.1 and the pinned tools of requirements/), builds
 # the extension pyfast._C (incrementally after the first time) and then runs.
-#   make run    the main job: the LIF microbenchmark and a short SNN training on scikit-learn's embedded digits
+#   make run    the main job: a short weighted-convolution ResNet-18 training on scikit-learn's embedded digits
 #   make test   the whole test suite (what CI runs)
-#   make bench  the full LIF benchmark (default sizes: 2^20 neurons, T in 1 4 8 32)
+#   make bench  every op benchmark at its default sizes (CSV + PNG under bench/results)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -27,14 +27,13 @@ build: setup
 
 run: build
 	$(PY) -m pyfast info
-	$(PY) -m pyfast bench lif --T 8 --dtype fp32 bf16 --csv bench/results/lif_run.csv
-	$(PY) -m pyfast train snn-digits --out runs/snn-digits
+	$(PY) -m pyfast train --method weighted-conv --model resnet18 --data digits --epochs 3
 
 test: build
 	$(PY) -m pytest -q
 
 bench: build
-	$(PY) -m pyfast bench lif
+	$(PY) -m pyfast bench
 
 clean:
 	rm -rf build runs bench/results pyfast/_C*.so pyfast/_build_info.py

@@ -343,3 +343,43 @@ def parse_list(values: Sequence[str] | None, cast=str) -> list | None:
     if values is None:
         return None
     return [cast(v) for item in values for v in str(item).split(",") if v.strip()]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# PNG bar chart
+# --------------------------------------------------------------------------------------------------------------
+
+
+def plot_ratio_bars(csv_rows: Sequence[dict], path: str, title: str = "") -> bool:
+    """Grouped bar chart of ``ratio_vs_reference`` (one group per case, one bar per provider) from rows read back
+    with :func:`read_csv`; log scale, a line at 1x. Returns False (and writes nothing) without matplotlib or rows."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [r for r in csv_rows if r.get("ratio_vs_reference") not in ("", None)]
+    if not rows:
+        return False
+    cases = list(dict.fromkeys(" ".join(str(r[k]) for k in ("mode", "shape", "dtype")) for r in rows))
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    ratio = {(" ".join(str(r[k]) for k in ("mode", "shape", "dtype")), r["provider"]): float(r["ratio_vs_reference"])
+             for r in rows}
+    width = 0.8 / len(providers)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(cases) * max(1, len(providers)) / 3), 4.5))
+    for i, p in enumerate(providers):
+        xs = [c + (i - (len(providers) - 1) / 2) * width for c in range(len(cases))]
+        ax.bar(xs, [ratio.get((case, p), 0.0) for case in cases], width, label=p)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(cases)), cases, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("speedup over the eager reference (x)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -3,13 +3,15 @@
 ``backend="auto"`` picks from static facts only (DESIGN.md):
   CUDA tensor -> ``cuda`` if compiled, else ``triton``, else ``reference``;
   CPU tensor  -> ``cpp`` if compiled, else ``reference``.
-The ``PYFAST_BACKEND`` environment variable replaces ``auto``. ``auto`` falling back to ``reference`` warns once
+Inside ``with use_backend(name):`` (the training harness's ``--backend``), ``auto`` means ``name``; otherwise the
+``PYFAST_BACKEND`` environment variable replaces ``auto``. ``auto`` falling back to ``reference`` warns once
 with the reason; an explicitly requested backend that cannot run raises :class:`BackendUnavailableError` saying
 what to build or install.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 
@@ -25,6 +27,19 @@ class BackendUnavailableError(RuntimeError):
 
 
 _warned: set[tuple[str, str]] = set()
+_default: list[str] = []  # stack of use_backend() overrides of "auto"
+
+
+@contextlib.contextmanager
+def use_backend(backend: str):
+    """Within the block, calls with ``backend="auto"`` use ``backend`` (``"auto"``: no override)."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _default.append(backend)
+    try:
+        yield
+    finally:
+        _default.pop()
 
 
 def _warn_once(op: str, reason: str) -> None:
@@ -54,6 +69,8 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
     """The concrete backend that serves ``op`` for a tensor on ``device``."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto" and _default:
+        backend = _default[-1]
     if backend == "auto":
         backend = os.environ.get("PYFAST_BACKEND", "auto")
         if backend not in BACKENDS:

@@ -1,7 +1,10 @@
 """The ``pyfast`` command (also ``python -m pyfast``).
 
-    pyfast train snn-digits [--epochs 5 --T 4 --batch-size 64 --lr 3e-3 --seed 0 --out runs/snn-digits --resume]
-    pyfast bench lif [args of bench/bench_lif.py]
+    pyfast train --list                                  methods, models and datasets
+    pyfast train --method iir-snn --data digits --epochs 2 [--model --batch-size --lr --seed --out --resume --amp ...]
+    pyfast train --config run.yaml [--flags override the file]
+    torchrun --nproc_per_node 2 -m pyfast train ...      data-parallel (gloo on CPU, nccl on CUDA)
+    pyfast bench [--op lif ...] [--out DIR] [args for the benchmark scripts]
     pyfast info [args of pyfast.info]
 
 Bad arguments exit with status 2 and an argparse-style message naming the argument.
@@ -10,6 +13,7 @@ Bad arguments exit with status 2 and an argparse-style message naming the argume
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import inspect
 import math
@@ -17,7 +21,9 @@ import sys
 from pathlib import Path
 
 from pyfast.backends import BACKENDS, BackendUnavailableError
-from pyfast.train import RECIPES, ConfigError, TrainConfig, resolve_device, train
+from pyfast.registry import DATASETS, METHODS, MODELS
+from pyfast.train import (OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig, config_from_dict, load_config_file,
+                          resolve_device, train)
 
 # The bench/ directory of a source checkout (present with an editable install, absent from a wheel).
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
@@ -42,14 +48,22 @@ _positive_int = _int_at_least(1)
 _nonnegative_int = _int_at_least(0)
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
+def _float_at_least(minimum: float, strict: bool):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be a finite number {'>' if strict else '>='} {minimum}, "
+                                             f"got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_float = _float_at_least(0.0, strict=True)
+_nonnegative_float = _float_at_least(0.0, strict=False)
 
 
 def _device(text: str) -> str:
@@ -60,41 +74,101 @@ def _device(text: str) -> str:
     return text
 
 
+def _key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as YAML (``3``, ``0.5``, ``true``, ``[5, 4]``, or a plain string)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"must look like KEY=VALUE with KEY a name, got {text!r}")
+    import yaml
+
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError:
+        return key, value
+
+
 def _add_train(sub) -> None:
     d = TrainConfig()
-    p = sub.add_parser("train", help="train a bundled recipe, checkpointing every epoch",
-                       description="Train a bundled recipe. Writes OUT/last.pt after every epoch and OUT/metrics.json.")
-    p.add_argument("model", choices=sorted(RECIPES), help="recipe to train")
-    p.add_argument("--epochs", type=_positive_int, default=d.epochs, help="total epochs (default %(default)s)")
-    p.add_argument("--T", type=_positive_int, default=d.T, help="time steps (default %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="(default %(default)s)")
-    p.add_argument("--lr", type=_positive_float, default=d.lr, help="Adam learning rate (default %(default)s)")
-    p.add_argument("--seed", type=_nonnegative_int, default=d.seed, help="(default %(default)s)")
-    p.add_argument("--out", default=None, help="output directory (default runs/MODEL)")
+    p = sub.add_parser(
+        "train", help="train a method x model x dataset, checkpointing every epoch",
+        description="Train a model with a bundled training method. Writes OUT/config.json, OUT/last.pt (every "
+                    "epoch, atomically), OUT/metrics.jsonl|csv and OUT/curves.png. Options come from the defaults, "
+                    "then --config FILE, then the flags given here. Under torchrun every process runs this command.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=argparse.SUPPRESS)
+    p.add_argument("--list", action="store_true", help="list the methods, models and datasets, then exit")
+    p.add_argument("--config", help="YAML, TOML or JSON file of options (keys as the flags, e.g. batch_size)")
+    p.add_argument("--method", help=f"training method (see --list; default {d.method})")
+    p.add_argument("--model", help="model name (default: the method's default)")
+    p.add_argument("--data", help="dataset name (default: the method's default, digits)")
+    p.add_argument("--data-dir", help="directory with the dataset files (CIFAR)")
+    p.add_argument("--epochs", type=_positive_int, help=f"epochs (per stage for multi-stage methods; default "
+                                                        f"{d.epochs})")
+    p.add_argument("--batch-size", type=_positive_int, help=f"global batch size (default {d.batch_size})")
+    p.add_argument("--lr", type=_positive_float, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default {d.optimizer})")
+    p.add_argument("--momentum", type=_nonnegative_float, help=f"SGD momentum, Nesterov (default {d.momentum})")
+    p.add_argument("--weight-decay", type=_nonnegative_float, help=f"(default {d.weight_decay})")
+    p.add_argument("--schedule", choices=SCHEDULES, help=f"learning-rate schedule per stage (default {d.schedule})")
+    p.add_argument("--warmup-epochs", type=_nonnegative_float, help=f"linear warm-up (default {d.warmup_epochs})")
+    p.add_argument("--label-smoothing", type=_nonnegative_float, help=f"(default {d.label_smoothing})")
+    p.add_argument("--seed", type=_nonnegative_int, help=f"(default {d.seed})")
+    p.add_argument("--out", help="run directory (default runs/METHOD-MODEL-DATA)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
-    p.add_argument("--backend", choices=BACKENDS, default=d.backend, help="LIF backend (default %(default)s)")
-    p.add_argument("--device", type=_device, default=d.device, help="auto, cpu, cuda, cuda:N (default %(default)s)")
-    p.add_argument("--max-steps-per-epoch", type=_positive_int, default=None,
-                   help="train on at most this many batches an epoch (smoke tests)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast on CPU, fp16 on CUDA)")
+    p.add_argument("--device", type=_device, help=f"auto, cpu, cuda, cuda:N (default {d.device})")
+    p.add_argument("--backend", choices=BACKENDS, help=f"kernel backend of pyfast ops (default {d.backend})")
+    p.add_argument("--model-arg", dest="model_args", action="append", type=_key_value, metavar="KEY=VALUE",
+                   help="model option, e.g. width=0.5 (repeatable)")
+    p.add_argument("--method-arg", dest="method_args", action="append", type=_key_value, metavar="KEY=VALUE",
+                   help="method option, e.g. timesteps=[2,1] (repeatable)")
+    p.add_argument("--max-steps-per-epoch", type=_positive_int, help="train on at most this many batches an epoch")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=_cmd_train, parser=p)
 
 
+def _list_registries() -> str:
+    lines = []
+    for title, registry in (("methods", METHODS), ("models", MODELS), ("datasets", DATASETS)):
+        lines.append(f"{title}:")
+        width = max(len(n) for n in registry.names())
+        for e in registry.entries():
+            extra = ""
+            if registry is METHODS and not getattr(e.builder, "reason", ""):
+                extra = f" (default model {e.builder.default_model})"
+            lines.append(f"  {e.name.ljust(width)}  {e.description}{extra}")
+    return "\n".join(lines)
+
+
+def config_from_args(args) -> TrainConfig:
+    """Defaults, then ``--config FILE``, then the flags given on the command line."""
+    values = load_config_file(args.config) if getattr(args, "config", None) else {}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name in fields & set(vars(args)):
+        value = getattr(args, name)
+        if name in ("model_args", "method_args"):
+            value = {**values.get(name, {}), **dict(value)}
+        values[name] = value
+    return config_from_dict(values)
+
+
 def _cmd_train(args) -> int:
-    cfg = TrainConfig(
-        model=args.model, epochs=args.epochs, T=args.T, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        out=args.out or f"runs/{args.model}", resume=args.resume, backend=args.backend, device=args.device,
-        max_steps_per_epoch=args.max_steps_per_epoch, progress=args.progress,
-    )
+    if getattr(args, "list", False):
+        print(_list_registries())
+        return 0
     try:
+        cfg = config_from_args(args)
         history = train(cfg, log=lambda line: print(line, flush=True))
-    except (ConfigError, BackendUnavailableError) as err:
+    except (ConfigError, BackendUnavailableError, FileNotFoundError) as err:
         args.parser.error(str(err))
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with --resume (checkpoint in {cfg.out}/last.pt)", file=sys.stderr)
+        print("\ninterrupted; the last completed epoch's checkpoint (OUT/last.pt) is intact: continue with --resume",
+              file=sys.stderr)
         return 130
     if history:
-        print(f"final test_acc {history[-1]['test_acc']:.2%}; checkpoint {cfg.out}/last.pt", flush=True)
+        out = Path(cfg.resolved().out)
+        last = history[-1]
+        print(f"final test_acc {last['test_acc']:.2%} (epoch {last['epoch']}); run files in {out}/: config.json, "
+              "last.pt, metrics.jsonl, metrics.csv, curves.png", flush=True)
     return 0
 
 
@@ -109,29 +183,55 @@ def _call_main(fn, argv: list[str], what: str) -> int:
     return result if isinstance(result, int) else 0
 
 
+def available_benchmarks() -> list[str]:
+    return sorted(p.stem.removeprefix("bench_") for p in BENCH_DIR.glob("bench_*.py"))
+
+
+def _run_benchmark(op: str, argv: list[str]) -> int:
+    """Import bench/bench_OP.py as ``python bench/bench_OP.py`` would (bench/ first on sys.path) and call main."""
+    script = BENCH_DIR / f"bench_{op}.py"
+    name = f"bench_{op}"
+    spec = importlib.util.spec_from_file_location(name, script)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCH_DIR))
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        if not callable(getattr(module, "main", None)):
+            raise SystemExit(f"pyfast bench: {script} has no main(argv) function")
+        return _call_main(module.main, argv, f"bench {op}")
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+
+
 def _cmd_bench(args) -> int:
     if not BENCH_DIR.is_dir():
         args.parser.error(
             f"the benchmarks live in the source checkout's bench/ directory, which is not at {BENCH_DIR} "
             "(a non-editable install?); clone the repository and `pip install --no-build-isolation -e .`"
         )
-    script = BENCH_DIR / f"bench_{args.op}.py"
-    if not script.is_file():
-        found = sorted(p.stem.removeprefix("bench_") for p in BENCH_DIR.glob("bench_*.py"))
-        args.parser.error(f"argument op: no benchmark {script}; available: {', '.join(found) or 'none'}")
-    name = f"bench_{args.op}"
-    spec = importlib.util.spec_from_file_location(name, script)
-    module = importlib.util.module_from_spec(spec)
-    # As `python bench/bench_<op>.py` would: bench/ first on sys.path so the script finds its shared harness.
-    sys.path.insert(0, str(BENCH_DIR))
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-        if not callable(getattr(module, "main", None)):
-            args.parser.error(f"{script} has no main(argv) function")
-        return _call_main(module.main, args.args, f"bench {args.op}")
-    finally:
-        sys.path.remove(str(BENCH_DIR))
+    found = available_benchmarks()
+    ops = args.op or found
+    for op in ops:
+        if op not in found:
+            args.parser.error(f"argument --op: no benchmark bench/bench_{op}.py; available: {', '.join(found)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    status = 0
+    for op in ops:
+        csv_path = out / f"{op}.csv"
+        print(f"==== pyfast bench --op {op} {' '.join(args.args)}", flush=True)
+        status = max(status, _run_benchmark(op, [*args.args, "--csv", str(csv_path)]))
+        if csv_path.is_file():
+            sys.path.insert(0, str(BENCH_DIR))
+            try:
+                import harness
+            finally:
+                sys.path.remove(str(BENCH_DIR))
+            png = out / f"{op}.png"
+            if harness.plot_ratio_bars(harness.read_csv(str(csv_path)), str(png), title=f"pyfast {op}"):
+                print(f"PNG: {png}")
+    return status
 
 
 def _cmd_info(args) -> int:
@@ -148,11 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyfast", description="pyfast: compiled-kernel backend for PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
-    p = sub.add_parser("bench", help="run a kernel benchmark from bench/ (source checkout)",
-                       description="Run bench/bench_OP.py's main() with the remaining arguments.")
-    p.add_argument("op", help="operation, e.g. lif (runs bench/bench_lif.py)")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark script")
-    p.set_defaults(func=_cmd_bench, parser=p)
+    p = sub.add_parser("bench", help="run kernel benchmarks from bench/ (source checkout): ratio tables, CSV, PNG",
+                       description="Run bench/bench_OP.py for every op (or those named with --op); unknown "
+                                   "arguments go to each script (e.g. --quick, --T 8, --dtype fp32). Writes "
+                                   "OUT/OP.csv and a bar chart OUT/OP.png of the speedups over the eager reference.")
+    p.add_argument("--op", action="append", help="benchmark only this op (repeatable; default: all)")
+    p.add_argument("--out", default="bench/results", help="directory for the CSV and PNG (default %(default)s)")
+    p.set_defaults(func=_cmd_bench, parser=p, args=[])
     p = sub.add_parser("info", help="which backend serves which op here", add_help=False,
                        description="Run pyfast.info's main() with the remaining arguments.")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for pyfast.info")
@@ -164,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pyfast`` console script. Returns the exit status."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command in ("bench", "info"):  # forwarded verbatim, leading options included (REMAINDER skips those)
+    if args.command == "bench":  # what pyfast bench does not know goes to the benchmark scripts
+        args.args = extra
+    elif args.command == "info":  # forwarded verbatim, leading options included (REMAINDER skips those)
         args.args = extra + args.args
     elif extra:
         args.parser.error(f"unrecognized arguments: {' '.join(extra)}")

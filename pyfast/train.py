@@ -1,18 +1,24 @@
-"""Training loop of ``pyfast train``: a recipe (data + model) trained with Adam, checkpointed every epoch.
+"""The training harness behind ``pyfast train``: a method (:mod:`pyfast.methods`) trains a model
+(:mod:`pyfast.models`) on a dataset (:mod:`pyfast.data`), on one process or several (torchrun + DDP).
 
-Reproducibility contract: a run is a function of its :class:`TrainConfig`. The model is initialised from
-``seed``; epoch ``e`` visits the training set in an order drawn from a generator seeded by ``(seed, e)`` only; every
-epoch ends with an atomic checkpoint ``OUT/last.pt`` (model, optimizer, RNG states, epoch, metrics history). So a
-run stopped after any epoch and continued with ``resume=True`` ends with the same parameters, bit for bit, as one
-that was never stopped (same machine, same backend, same thread count).
+Reproducibility contract: a run is a function of its :class:`TrainConfig` (and the world size). The model is
+initialised from ``seed``; epoch ``e`` visits the training images in the order of a ``DistributedSampler`` seeded by
+``seed`` at epoch ``e``, and draws its augmentation per image from a generator seeded by ``(seed, e)``; dropout and
+other global randomness continue from RNG states saved with each checkpoint. So a run stopped after any epoch and
+continued with ``resume=True`` ends with the same parameters, bit for bit, as one never stopped (same machine,
+backend and thread count). The last incomplete global batch of an epoch is dropped, so every step sees
+``batch_size`` images however many processes share them.
 
-Files written to ``OUT``: ``last.pt`` (see :func:`save_checkpoint`) and ``metrics.json`` (config and one record per
-epoch), both replaced atomically, so a crash leaves the previous complete file.
+Files written to ``OUT`` (rank 0 only, each replaced atomically, so a crash or Ctrl-C leaves the previous complete
+file): ``config.json`` (the resolved config), ``last.pt`` (see :func:`save_checkpoint`), ``metrics.jsonl`` and
+``metrics.csv`` (one record per epoch) and ``curves.png`` (loss and accuracy curves).
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -21,17 +27,22 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from pyfast.backends import BACKENDS, resolve
-from pyfast.data import Split, load_digits
-from pyfast.models import DigitsSNN
+from pyfast.backends import BACKENDS, use_backend
+from pyfast.data import Augmentation, ImageData
+from pyfast.methods.base import Method, MethodUnavailableError, Stage
+from pyfast.registry import DATASETS, METHODS, MODELS, RegistryError
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+OPTIMIZERS = ("sgd", "adamw", "adam")
+SCHEDULES = ("cosine", "constant")
 
 
 class ConfigError(ValueError):
@@ -40,61 +51,134 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything a run depends on. Defaults reach > 90 % test accuracy on snn-digits in about 10 s on 2 CPU cores."""
+    """Everything a run depends on. ``model`` / ``data`` / ``out`` of ``None`` take the method's defaults.
 
-    model: str = "snn-digits"
+    The defaults (AdamW, lr 2e-3, weight decay 0.05, cosine schedule, batch 64) train every bundled model from
+    scratch; ResNet-18 reaches ~98 % test accuracy on the embedded digits in 3 epochs (about a minute an epoch on
+    2 CPU cores).
+
+    ``batch_size`` is the global batch: with N processes each takes ``batch_size / N`` images a step.
+    ``epochs`` counts per stage (only multi-stage methods such as iir-snn have more than one).
+    """
+
+    method: str = "standard"
+    model: str | None = None
+    data: str | None = None
+    data_dir: str | None = None
     epochs: int = 5
-    T: int = 4
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 2e-3
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    weight_decay: float = 0.05
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
     seed: int = 0
-    out: str = "runs/snn-digits"
+    out: str | None = None
     resume: bool = False
-    backend: str = "auto"
+    amp: bool = False
     device: str = "auto"
-    max_steps_per_epoch: int | None = None  # cap on training batches per epoch (smoke tests); None: the whole set
-    progress: bool = True  # tqdm bar per epoch
+    backend: str = "auto"
+    model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    method_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    max_steps_per_epoch: int | None = None
+    eval_batch_size: int = 500
+    progress: bool = True
+
+    def resolved(self) -> TrainConfig:
+        """A copy with ``model``, ``data`` and ``out`` filled in from the method's defaults."""
+        method = METHODS.get(self.method).builder
+        model = self.model or method.default_model
+        data = self.data or method.default_data
+        out = self.out or f"runs/{self.method}-{model}-{data}"
+        return dataclasses.replace(self, model=model, data=data, out=out)
 
 
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """A named training task: how to load its data and build its model from a config."""
-
-    data: Callable[[], Split]
-    model: Callable[[TrainConfig], nn.Module]
+# Config fields that may change between a checkpoint and its resumption (epochs may also grow).
+_RESUME_MAY_CHANGE = {"epochs", "out", "resume", "device", "backend", "progress", "eval_batch_size", "data_dir"}
 
 
-RECIPES: dict[str, Recipe] = {
-    # The split is fixed (seed 0) whatever the training seed, so runs with different seeds share one test set.
-    "snn-digits": Recipe(data=lambda: load_digits(seed=0), model=lambda cfg: DigitsSNN(T=cfg.T, backend=cfg.backend)),
-}
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from a mapping (e.g. a parsed YAML/TOML file); unknown keys are an error."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    return TrainConfig(**values)
 
-# Config fields that change the trajectory: a checkpoint resumes only under the same values. epochs may grow, and
-# out / device / backend / progress may change (backends compute the same maths).
-_RESUME_MUST_MATCH = ("model", "T", "batch_size", "lr", "seed", "max_steps_per_epoch")
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a config file (``.yaml``/``.yml``, ``.toml`` or ``.json``) into a dict of :class:`TrainConfig` fields
+    (dashes in keys become underscores)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"config file {path}: {err.strerror}") from err
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        elif suffix == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                raise ConfigError(f"config file {path}: TOML needs Python 3.11+; use YAML or JSON") from None
+            values = tomllib.loads(text)
+        elif suffix == ".json":
+            values = json.loads(text)
+        else:
+            raise ConfigError(f"config file {path}: unknown format {suffix!r} (use .yaml, .toml or .json)")
+    except ConfigError:
+        raise
+    except Exception as err:  # each parser has its own error type
+        raise ConfigError(f"config file {path} does not parse: {err}") from err
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of options, got {type(values).__name__}")
+    return {k.replace("-", "_"): v for k, v in values.items()}
 
 
 def check_config(cfg: TrainConfig) -> None:
     """Raise :class:`ConfigError` naming the first field of ``cfg`` whose value cannot run."""
 
-    def positive_int(name: str, value, allow_none: bool = False) -> None:
+    def integer(name: str, minimum: int, allow_none: bool = False) -> None:
+        value = getattr(cfg, name)
         if value is None and allow_none:
             return
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"{name} must be an integer > 0, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
-    if cfg.model not in RECIPES:
-        raise ConfigError(f"model must be one of {sorted(RECIPES)}, got {cfg.model!r}")
-    positive_int("epochs", cfg.epochs)
-    positive_int("T", cfg.T)
-    positive_int("batch_size", cfg.batch_size)
-    positive_int("max_steps_per_epoch", cfg.max_steps_per_epoch, allow_none=True)
-    if isinstance(cfg.lr, bool) or not isinstance(cfg.lr, (int, float)) or not math.isfinite(cfg.lr) or cfg.lr <= 0:
-        raise ConfigError(f"lr must be a finite number > 0, got {cfg.lr!r}")
-    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
-        raise ConfigError(f"seed must be an integer >= 0, got {cfg.seed!r}")
-    if cfg.backend not in BACKENDS:
-        raise ConfigError(f"backend must be one of {BACKENDS}, got {cfg.backend!r}")
+    def number(name: str, low: float, high: float = math.inf, low_open: bool = False) -> None:
+        value = getattr(cfg, name)
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+        ok = ok and (value > low if low_open else value >= low) and value <= high
+        if not ok:
+            bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high < math.inf else "")
+            raise ConfigError(f"{name} must be a finite number {bound}, got {value!r}")
+
+    for name, registry in (("method", METHODS), ("model", MODELS), ("data", DATASETS)):
+        value = getattr(cfg, name)
+        if value is not None and value not in registry:
+            raise ConfigError(f"{name} must be one of {', '.join(registry.names())}; got {value!r}")
+    integer("epochs", 1)
+    integer("batch_size", 1)
+    integer("seed", 0)
+    integer("eval_batch_size", 1)
+    integer("max_steps_per_epoch", 1, allow_none=True)
+    number("lr", 0.0, low_open=True)
+    number("momentum", 0.0, 1.0)
+    number("weight_decay", 0.0)
+    number("warmup_epochs", 0.0)
+    number("label_smoothing", 0.0, 1.0)
+    for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("backend", BACKENDS)):
+        if getattr(cfg, name) not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {getattr(cfg, name)!r}")
+    for name in ("model_args", "method_args"):
+        if not isinstance(getattr(cfg, name), dict):
+            raise ConfigError(f"{name} must be a mapping of option names to values, got {getattr(cfg, name)!r}")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -113,13 +197,56 @@ def resolve_device(device: str) -> torch.device:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Determinism: RNG states and the per-epoch data order
+# Distributed: torchrun sets WORLD_SIZE / RANK / LOCAL_RANK
 # --------------------------------------------------------------------------------------------------------------
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """CPU generator for epoch ``epoch``'s data order, a function of ``(seed, epoch)`` alone."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+@dataclasses.dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> tuple[World, torch.device, bool]:
+    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA), or a world of one.
+
+    Returns ``(world, device, owns_group)``; on CUDA each process takes ``cuda:LOCAL_RANK``. ``owns_group`` says
+    whether this call created the group (and :func:`train` must destroy it).
+    """
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1 and not dist.is_initialized():
+        return World(), device, False
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return World(dist.get_rank(), dist.get_world_size(), local_rank), device, owns
+
+
+def _all_reduce_sum(values: list[float], device: torch.device, world: World) -> list[float]:
+    if world.size == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Determinism: RNG states and per-epoch generators
+# --------------------------------------------------------------------------------------------------------------
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """CPU generator for epoch ``epoch``'s random choices of kind ``stream``, a function of its arguments alone."""
+    state = np.random.SeedSequence([seed, epoch, stream]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
 
 
@@ -150,7 +277,7 @@ def set_rng_state(state: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Atomic files
+# Atomic files and checkpoints
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -158,8 +285,8 @@ def atomic_write(path: str | os.PathLike, write: Callable) -> None:
     """Write ``path`` so that it is either the old complete file or the new complete file, never a torn one.
 
     ``write(f)`` fills a temporary file (binary mode) in the same directory; it is flushed, fsync-ed and renamed
-    over ``path`` with ``os.replace`` (atomic on POSIX and Windows). If ``write`` raises, the temporary file is
-    removed and ``path`` is untouched.
+    over ``path`` with ``os.replace`` (atomic on POSIX and Windows). If ``write`` raises (or Ctrl-C arrives), the
+    temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -182,31 +309,127 @@ def atomic_write(path: str | os.PathLike, write: Callable) -> None:
             os.close(dir_fd)
 
 
-def save_checkpoint(path, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be read or does not belong to this run."""
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`; a truncated or foreign file is a :class:`CheckpointError`
+    saying so (never an unpickling traceback)."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path} is unreadable (truncated, corrupted or not a pyfast checkpoint: "
+                              f"{type(err).__name__}); delete it to start over or pass another --out") from err
+    if not isinstance(ckpt, dict) or "format" not in ckpt:
+        raise CheckpointError(f"{path} is not a pyfast training checkpoint")
+    if ckpt["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {ckpt['format']!r}; this pyfast reads "
+                              f"{CHECKPOINT_FORMAT} (it was written by another version)")
+    return ckpt
+
+
+def save_checkpoint(path, cfg: TrainConfig, model: nn.Module, optimizer, scheduler, scaler, epoch: int,
                     history: list[dict]) -> None:
-    """Atomically save the state after ``epoch`` completed epochs: everything :func:`train` needs to resume."""
+    """Atomically save the state after ``epoch`` completed epochs (over all stages): everything a resume needs."""
     ckpt = {
         "format": CHECKPOINT_FORMAT,
         "config": dataclasses.asdict(cfg),
         "epoch": epoch,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
         "rng": rng_state(),
         "history": history,
     }
     atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
-def load_checkpoint(path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def _check_resumable(saved: dict, cfg: TrainConfig, path: Path) -> None:
-    diffs = [f"{k}={saved.get(k)!r} (now {getattr(cfg, k)!r})" for k in _RESUME_MUST_MATCH
-             if saved.get(k) != getattr(cfg, k)]
+    now = dataclasses.asdict(cfg)
+    diffs = [f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in now
+             if k not in _RESUME_MAY_CHANGE and saved.get(k) != now[k]]
     if diffs:
-        raise ConfigError(f"cannot resume from {path}: it was trained with " + ", ".join(diffs) +
-                          "; use the same settings or another --out")
+        raise CheckpointError(f"cannot resume from {path}: it was trained with " + ", ".join(diffs) +
+                              "; use the same settings or another --out")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Metrics files
+# --------------------------------------------------------------------------------------------------------------
+
+
+def write_metrics(out: Path, history: list[dict]) -> None:
+    """``metrics.jsonl``, ``metrics.csv`` and ``curves.png`` from the whole history (rewritten atomically)."""
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(out / "metrics.csv", buf.getvalue())
+    plot_curves(out / "curves.png", history)
+
+
+def plot_curves(path: Path, history: list[dict]) -> bool:
+    """Loss and accuracy against epoch as a PNG; returns False (and writes nothing) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split in ("train", "test"):
+        ax_loss.plot(epochs, [r[f"{split}_loss"] for r in history], marker="o", label=split)
+        ax_acc.plot(epochs, [100 * r[f"{split}_acc"] for r in history], marker="o", label=split)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    return True
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Optimiser and schedule
+# --------------------------------------------------------------------------------------------------------------
+
+
+def make_optimizer(cfg: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.momentum > 0)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int, epochs: int):
+    """Per-step schedule over one stage: linear warm-up for ``warmup_epochs``, then cosine to 0 (or constant)."""
+    total = max(1, steps_per_epoch * epochs)
+    warmup = min(total - 1, round(cfg.warmup_epochs * steps_per_epoch))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if cfg.schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -214,95 +437,208 @@ def _check_resumable(saved: dict, cfg: TrainConfig, path: Path) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def train_epoch(model: nn.Module, optimizer, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                generator: torch.Generator, max_steps: int | None = None, desc: str = "", progress: bool = True
-                ) -> tuple[float, float]:
-    """One pass over ``x [N, ...]`` / ``y [N]`` in the order drawn from ``generator``. Returns (mean loss, accuracy)."""
-    model.train()
-    order = torch.randperm(len(x), generator=generator).to(x.device)
-    batches = order.split(batch_size)
-    if max_steps is not None:
-        batches = batches[:max_steps]
-    total_loss = torch.zeros((), device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
-    seen = 0
-    with tqdm(batches, desc=desc, leave=False, disable=not progress, unit="batch", dynamic_ncols=True) as bar:
-        for idx in bar:
-            logits = model(x[idx])
-            loss = nn.functional.cross_entropy(logits, y[idx])
+@dataclasses.dataclass
+class Run:
+    """The live objects of a run (what :func:`train` builds; tests and methods may inspect them)."""
+
+    cfg: TrainConfig
+    method: Method
+    data: ImageData
+    model: nn.Module  # the bare model (state_dict keys without a DDP prefix)
+    trainer: nn.Module  # what the loop calls: the model, or its DistributedDataParallel wrapper
+    device: torch.device
+    world: World
+    stages: list[Stage]
+
+
+def build_run(cfg: TrainConfig, world: World, device: torch.device) -> Run:
+    """Data, method and model of a resolved, checked ``cfg`` (the model on ``device``, DDP-wrapped if distributed)."""
+    try:
+        method = METHODS.get(cfg.method).builder(cfg)
+    except MethodUnavailableError as err:
+        raise ConfigError(str(err)) from err
+    except ValueError as err:  # a bad method_args value: the method's message names it
+        raise ConfigError(str(err)) from err
+    data = DATASETS.get(cfg.data).builder(cfg.data_dir)
+    channels, size, _ = data.image_shape
+    options = {**method.model_options(), **cfg.model_args}
+    seed_everything(cfg.seed)
+    try:
+        model = MODELS.get(cfg.model).builder(data.num_classes, in_channels=channels, image_size=size, **options)
+    except TypeError as err:  # an option the builder does not take
+        raise ConfigError(f"model {cfg.model!r} rejects model_args {options}: {err}") from err
+    model = method.prepare_model(model).to(device)
+    trainer = model
+    if world.size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        trainer = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return Run(cfg, method, data.to(device), model, trainer, device, world, method.stages())
+
+
+def steps_per_epoch(cfg: TrainConfig, num_train: int) -> int:
+    steps = num_train // cfg.batch_size
+    if steps == 0:
+        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set ({num_train} images)")
+    return min(steps, cfg.max_steps_per_epoch or steps)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=cfg.amp)
+
+
+def train_epoch(run: Run, optimizer, scheduler, scaler, epoch: int, desc: str) -> tuple[float, float]:
+    """One epoch over this rank's share of the training set. Returns (mean loss, accuracy) over all ranks."""
+    cfg, data, world = run.cfg, run.data, run.world
+    n = len(data.y_train)
+    sampler = torch.utils.data.DistributedSampler(range(n), num_replicas=world.size, rank=world.rank, shuffle=True,
+                                                  seed=cfg.seed, drop_last=False)
+    sampler.set_epoch(epoch)
+    local_batch = cfg.batch_size // world.size
+    steps = steps_per_epoch(cfg, n)
+    order = torch.tensor(list(sampler), dtype=torch.int64)[: steps * local_batch].to(run.device)
+    augment = Augmentation.draw(n, data.crop_padding, data.hflip, epoch_generator(cfg.seed, epoch, 1)).to(run.device)
+    run.trainer.train()
+    total_loss = torch.zeros((), dtype=torch.float64, device=run.device)
+    correct = torch.zeros((), dtype=torch.int64, device=run.device)
+    t0 = time.perf_counter()
+    with tqdm(order.split(local_batch), desc=desc, leave=False, disable=not (cfg.progress and world.is_main),
+              unit="batch", dynamic_ncols=True) as bar:
+        for step, idx in enumerate(bar):
+            x = data.normalize(augment.apply(data.x_train[idx], idx))
+            y = data.y_train[idx]
+            with _autocast(cfg, run.device):
+                loss, logits = run.method.loss(run.trainer, x, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.detach() * len(idx)
-            correct += (logits.argmax(1) == y[idx]).sum()
-            seen += len(idx)
-            if progress:
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    return total_loss.item() / seen, correct.item() / seen
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total_loss += loss.detach().double() * len(idx)
+            correct += (logits.detach().argmax(1) == y).sum()
+            if bar.disable:
+                continue
+            seconds = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct.item() / ((step + 1) * len(idx)):.1%}",
+                            img_s=f"{(step + 1) * cfg.batch_size / seconds:.0f}", refresh=False)
+    loss_sum, correct_sum, count = _all_reduce_sum([total_loss.item(), correct.item(), len(order)], run.device, world)
+    return loss_sum / count, correct_sum / count
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` in eval mode on ``x [N, ...]`` / ``y [N]``."""
-    model.eval()
-    total_loss, correct = 0.0, 0
-    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-        logits = model(xb)
-        total_loss += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
-        correct += (logits.argmax(1) == yb).sum().item()
-    return total_loss / len(x), correct / len(x)
+def evaluate(run: Run) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) on the test set in eval mode; each rank takes every world-size-th image."""
+    data, world = run.data, run.world
+    run.model.eval()
+    index = torch.arange(world.rank, len(data.y_test), world.size, device=run.device)
+    loss_sum, correct = 0.0, 0
+    for idx in index.split(run.cfg.eval_batch_size):
+        with _autocast(run.cfg, run.device):
+            logits = run.model(data.normalize(data.x_test[idx])).float()
+        loss_sum += nn.functional.cross_entropy(logits, data.y_test[idx], reduction="sum").item()
+        correct += (logits.argmax(1) == data.y_test[idx]).sum().item()
+    loss_sum, correct, count = _all_reduce_sum([loss_sum, correct, len(index)], run.device, world)
+    return loss_sum / count, correct / count
+
+
+def _stage_at(stages: list[Stage], epoch: int) -> tuple[int, int]:
+    """(stage index, first global epoch of that stage) of global epoch ``epoch`` (0-based)."""
+    first = 0
+    for i, stage in enumerate(stages):
+        if epoch < first + stage.epochs:
+            return i, first
+        first += stage.epochs
+    return len(stages) - 1, first - stages[-1].epochs
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> list[dict]:
-    """Train ``cfg.model`` for ``cfg.epochs`` epochs (continuing ``OUT/last.pt`` if ``cfg.resume``).
+    """Run ``cfg`` to the end of its last stage (continuing ``OUT/last.pt`` if ``cfg.resume``).
 
-    Returns the metrics history: one dict per epoch with ``epoch, train_loss, train_acc, test_loss, test_acc,
-    seconds``. Raises :class:`ConfigError` for a config that cannot run and
-    :class:`pyfast.BackendUnavailableError` for a backend that is missing here.
+    Returns the metrics history: one dict per epoch with ``epoch, stage, lr, train_loss, train_acc, test_loss,
+    test_acc, seconds, images_per_s``. Raises :class:`ConfigError` for a config (or checkpoint) that cannot run and
+    :class:`pyfast.BackendUnavailableError` for an explicit backend that is missing here. Under torchrun, every rank
+    calls this; only rank 0 logs and writes files.
     """
     check_config(cfg)
+    try:
+        cfg = cfg.resolved()
+    except RegistryError as err:
+        raise ConfigError(str(err)) from err
+    check_config(cfg)
     device = resolve_device(cfg.device)
-    resolve("lif", cfg.backend, device)  # fail now, not at the first forward, if an explicit backend is missing
+    world, device, owns_group = init_distributed(device)
+    if cfg.batch_size % world.size:
+        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world.size})")
+    say = log if world.is_main else (lambda line: None)
+    try:
+        with use_backend(cfg.backend):
+            return _train(cfg, world, device, say)
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, world: World, device: torch.device, say: Callable[[str], None]) -> list[dict]:
     out = Path(cfg.out)
     ckpt_path = out / "last.pt"
+    run = build_run(cfg, world, device)
+    steps = steps_per_epoch(cfg, len(run.data.y_train))
+    total_epochs = sum(s.epochs for s in run.stages)
 
-    seed_everything(cfg.seed)
-    recipe = RECIPES[cfg.model]
-    data = Split(*(t.to(device) for t in recipe.data()))
-    model = recipe.model(cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-
-    start, history = 0, []
+    start, history, ckpt = 0, [], None
     if cfg.resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ConfigError(f"cannot resume from {ckpt_path}: checkpoint format {ckpt.get('format')!r}, "
-                              f"this pyfast writes {CHECKPOINT_FORMAT}")
         _check_resumable(ckpt["config"], cfg, ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"])
         start, history = ckpt["epoch"], ckpt["history"]
-        log(f"resuming {ckpt_path} after epoch {start}")
+        say(f"resuming {ckpt_path} after epoch {start}")
     elif cfg.resume:
-        log(f"no checkpoint at {ckpt_path}; starting from scratch")
-    if start >= cfg.epochs:
-        log(f"{ckpt_path} has already trained {start} epochs (--epochs {cfg.epochs}); nothing to do")
-    out.mkdir(parents=True, exist_ok=True)
+        say(f"no checkpoint at {ckpt_path}; starting from scratch")
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    n_params = sum(p.numel() for p in run.model.parameters())
+    say(f"{cfg.method} | {cfg.model} ({n_params / 1e6:.2f}M parameters) | {cfg.data} "
+        f"({len(run.data.y_train)} train / {len(run.data.y_test)} test) | {device}"
+        f"{f' x {world.size} processes' if world.size > 1 else ''} | {total_epochs} epochs of {steps} steps")
+    if start >= total_epochs:
+        say(f"{ckpt_path} has already trained {start} epochs (of {total_epochs}); nothing to do")
+        return history
 
-    for epoch in range(start, cfg.epochs):
+    stage_index, stage_first = _stage_at(run.stages, start)
+    optimizer = scheduler = None
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+    for epoch in range(start, total_epochs):
+        stage_index, stage_first = _stage_at(run.stages, epoch)
+        stage = run.stages[stage_index]
+        if optimizer is None or epoch == stage_first:  # a new stage (or the resumed one): fresh optimiser
+            run.method.enter_stage(run.model, stage)
+            optimizer = make_optimizer(cfg, run.method.param_groups(run.model))
+            scheduler = make_scheduler(cfg, optimizer, steps, stage.epochs)
+            if ckpt is not None:  # weights always carry over; the optimiser only within the stage
+                run.model.load_state_dict(ckpt["model"])
+                if epoch != stage_first:
+                    optimizer.load_state_dict(ckpt["optimizer"])
+                    scheduler.load_state_dict(ckpt["scheduler"])
+                    scaler.load_state_dict(ckpt["scaler"])
+                set_rng_state(ckpt["rng"])
+                ckpt = None
+            if len(run.stages) > 1:
+                say(f"stage {stage_index + 1}/{len(run.stages)}: {stage.name}, {stage.epochs} epochs")
         t0 = time.perf_counter()
-        train_loss, train_acc = train_epoch(
-            model, optimizer, data.x_train, data.y_train, cfg.batch_size, epoch_generator(cfg.seed, epoch),
-            max_steps=cfg.max_steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", progress=cfg.progress,
-        )
-        test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = train_epoch(run, optimizer, scheduler, scaler, epoch,
+                                            desc=f"epoch {epoch + 1}/{total_epochs}")
+        train_seconds = time.perf_counter() - t0
+        test_loss, test_acc = evaluate(run)
         seconds = time.perf_counter() - t0
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc,
-                        "test_loss": test_loss, "test_acc": test_acc, "seconds": seconds})
-        log(f"epoch {epoch + 1}/{cfg.epochs}  train_loss {train_loss:.4f}  train_acc {train_acc:6.2%}  "
-            f"test_loss {test_loss:.4f}  test_acc {test_acc:6.2%}  {seconds:.1f}s")
-        save_checkpoint(ckpt_path, cfg, model, optimizer, epoch + 1, history)
-        metrics = json.dumps({"config": dataclasses.asdict(cfg), "device": str(device), "history": history}, indent=2)
-        atomic_write(out / "metrics.json", lambda f, text=metrics: f.write(text.encode()))
+        record = {"epoch": epoch + 1, "stage": stage.name, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+                  "test_loss": test_loss, "test_acc": test_acc, "seconds": round(seconds, 3),
+                  "images_per_s": round(steps * cfg.batch_size / train_seconds, 1)}
+        history.append(record)
+        say(f"epoch {epoch + 1}/{total_epochs}{f' [{stage.name}]' if len(run.stages) > 1 else ''}  "
+            f"train_loss {train_loss:.4f}  train_acc {train_acc:6.2%}  test_loss {test_loss:.4f}  "
+            f"test_acc {test_acc:6.2%}  {seconds:.1f}s ({record['images_per_s']:.0f} img/s)")
+        if world.is_main:
+            save_checkpoint(ckpt_path, cfg, run.model, optimizer, scheduler, scaler, epoch + 1, history)
+            write_metrics(out, history)
     return history

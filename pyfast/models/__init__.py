@@ -1,5 +1,15 @@
-"""Models of the training harness: ``nn.Module`` networks assembled from pyfast.nn layers."""
+"""Models of the training harness, registered by name in :data:`pyfast.registry.MODELS`.
 
-from pyfast.models.snn import DigitsSNN, MultiStep
+Every builder takes ``(num_classes, in_channels=3, image_size=32, **options)`` and returns an ``nn.Module`` mapping
+``[B, in_channels, image_size, image_size]`` images to logits ``[B, num_classes]``.
+"""
 
-__all__ = ["DigitsSNN", "MultiStep"]
+from pyfast.models.resnet import ResNet, resnet18
+from pyfast.models.snn import ConvSNN, MultiStep, snn_small
+from pyfast.models.vgg import VGG16, SpikingVGG16, fuse_bn, iir_neuron
+from pyfast.models.vit import ATTENTIONS, VisionTransformer, vit_small, vit_tiny
+
+__all__ = [
+    "ATTENTIONS", "VGG16", "ConvSNN", "MultiStep", "ResNet", "SpikingVGG16", "VisionTransformer", "fuse_bn",
+    "iir_neuron", "resnet18", "snn_small", "vit_small", "vit_tiny",
+]

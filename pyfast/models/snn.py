@@ -1,4 +1,4 @@
-"""Small convolutional spiking network for 8x8 digits, built on :class:`pyfast.nn.LIF`."""
+"""Small convolutional spiking network, built on :class:`pyfast.nn.LIF` (registered as ``snn-small``)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from pyfast.nn import LIF
+from pyfast.registry import MODELS
 
 
 class MultiStep(nn.Module):
@@ -23,15 +24,15 @@ class MultiStep(nn.Module):
         return y.unflatten(0, x.shape[:2])
 
 
-class DigitsSNN(nn.Module):
-    """Convolutional SNN for ``[B, 1, 8, 8]`` images with direct (analog) input encoding over ``T`` time steps.
+class ConvSNN(nn.Module):
+    """Convolutional SNN for ``[B, C, S, S]`` images with direct (analog) input encoding over ``T`` time steps.
 
-    Shapes, with ``c1, c2 = channels`` and ``B`` the batch::
+    Shapes, with ``c1, c2 = channels``, ``B`` the batch, ``C = in_channels``, ``S = image_size`` (a multiple of 4)::
 
-        x [B, 1, 8, 8] --repeat T--> [T, B, 1, 8, 8]
-        Conv3x3(1->c1) + BN + LIF, MaxPool2        -> [T, B, c1, 4, 4]
-        Conv3x3(c1->c2) + BN + LIF, MaxPool2       -> [T, B, c2, 2, 2]
-        flatten, Linear(4*c2 -> hidden) + BN + LIF -> [T, B, hidden]
+        x [B, C, S, S] --repeat T--> [T, B, C, S, S]
+        Conv3x3(C->c1) + BN + LIF, MaxPool2                  -> [T, B, c1, S/2, S/2]
+        Conv3x3(c1->c2) + BN + LIF, MaxPool2                 -> [T, B, c2, S/4, S/4]
+        flatten, Linear(c2 S^2/16 -> hidden) + BN + LIF      -> [T, B, hidden]
         Linear(hidden -> num_classes)              -> [T, B, num_classes] --mean over T--> logits [B, num_classes]
 
     Every synaptic layer is followed by BatchNorm (it keeps the neurons firing at initialisation). Convolutions,
@@ -42,6 +43,7 @@ class DigitsSNN(nn.Module):
     Args:
         T: time steps (>= 1).
         num_classes: outputs of the readout.
+        in_channels, image_size: input geometry (8x8 grey digits: 1, 8).
         channels: ``(c1, c2)`` of the two conv layers.
         hidden: width of the spiking fully-connected layer.
         bn_momentum: BatchNorm running-statistics momentum. 0.3 rather than PyTorch's 0.1: digits gives ~23 steps an
@@ -55,6 +57,8 @@ class DigitsSNN(nn.Module):
         self,
         T: int = 4,
         num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int = 8,
         channels: tuple[int, int] = (16, 32),
         hidden: int = 128,
         bn_momentum: float = 0.3,
@@ -62,25 +66,33 @@ class DigitsSNN(nn.Module):
     ):
         super().__init__()
         if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-            raise ValueError(f"DigitsSNN: T must be an int >= 1, got {T!r}")
+            raise ValueError(f"ConvSNN: T must be an int >= 1, got {T!r}")
+        if image_size % 4:
+            raise ValueError(f"ConvSNN: image_size must be a multiple of 4, got {image_size}")
         c1, c2 = channels
-        self.T = T
+        self.T, self.in_shape = T, (in_channels, image_size, image_size)
         self.features = nn.Sequential(
-            MultiStep(nn.Conv2d(1, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1, momentum=bn_momentum)),
+            MultiStep(nn.Conv2d(in_channels, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1, momentum=bn_momentum)),
             LIF(**neuron),
             MultiStep(nn.MaxPool2d(2)),
             MultiStep(nn.Conv2d(c1, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2, momentum=bn_momentum)),
             LIF(**neuron),
             MultiStep(nn.MaxPool2d(2), nn.Flatten()),
-            MultiStep(nn.Linear(4 * c2, hidden, bias=False), nn.BatchNorm1d(hidden, momentum=bn_momentum)),
+            MultiStep(nn.Linear(c2 * (image_size // 4) ** 2, hidden, bias=False), nn.BatchNorm1d(hidden, momentum=bn_momentum)),
             LIF(**neuron),
         )
         self.readout = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [B, 1, 8, 8]`` (or an already time-expanded ``[T, B, 1, 8, 8]``) -> logits ``[B, num_classes]``."""
+        """``x [B, C, S, S]`` (or an already time-expanded ``[T, B, C, S, S]``) -> logits ``[B, num_classes]``."""
         if x.dim() == 4:
             x = x.unsqueeze(0).expand(self.T, *x.shape)
-        if x.dim() != 5 or x.shape[2:] != (1, 8, 8):
-            raise ValueError(f"DigitsSNN: x must have shape [B, 1, 8, 8] or [T, B, 1, 8, 8], got {tuple(x.shape)}")
+        if x.dim() != 5 or x.shape[2:] != self.in_shape:
+            shape = ", ".join(map(str, self.in_shape))
+            raise ValueError(f"ConvSNN: x must have shape [B, {shape}] or [T, B, {shape}], got {tuple(x.shape)}")
         return self.readout(self.features(x)).mean(0)
+
+
+@MODELS.register("snn-small", "small conv SNN (2 conv + 1 linear LIF layers, T=4): seconds an epoch on digits")
+def snn_small(num_classes: int, in_channels: int = 3, image_size: int = 32, **kw) -> ConvSNN:
+    return ConvSNN(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kw)

@@ -16,6 +16,8 @@ class LIF(nn.Module):
     Arguments as :func:`pyfast.ops.lif`, plus:
         learnable_tau: learn the decay as PLIF does, ``k = 1/tau = sigmoid(w)`` with ``w`` initialised so that
             ``k = 1/tau`` (needs tau > 1); k stays in (0, 1) by construction.
+        learnable_leak: learn the leak ``lambda = 1 - k`` directly, as IIR-SNN does (initialised to ``1 - 1/tau``;
+            ``tau=inf`` gives 1, an IF neuron); k = clamp(1 - lambda, 0, 1). Excludes ``learnable_tau``.
         learnable_threshold: learn ``v_threshold`` directly (IIR-SNN); it must stay > 0 (checked each call).
         param_shape: shape of the learnable parameters, broadcastable to one time step ``x.shape[1:]``:
             ``()`` for one per layer, e.g. ``(C, 1, 1)`` per channel of ``[T, B, C, H, W]`` input.
@@ -37,6 +39,7 @@ class LIF(nn.Module):
         backend: str = "auto",
         learnable_tau: bool = False,
         learnable_threshold: bool = False,
+        learnable_leak: bool = False,
         param_shape: tuple[int, ...] = (),
     ):
         super().__init__()
@@ -46,7 +49,11 @@ class LIF(nn.Module):
         if not math.isfinite(v_threshold) or v_threshold <= 0:
             raise ValueError(f"LIF: v_threshold must be finite and > 0, got {v_threshold}")
         # Fixed hyperparameters stay Python numbers: the op makes them on the input's device without a host sync.
-        if learnable_tau:
+        if learnable_tau and learnable_leak:
+            raise ValueError("LIF: learnable_tau and learnable_leak are two parametrisations of k; choose one")
+        if learnable_leak:
+            self.leak = nn.Parameter(torch.full(param_shape, 1.0 - 1.0 / tau))
+        elif learnable_tau:
             if not 1 < tau < math.inf:
                 raise ValueError(f"LIF: learnable_tau needs a finite tau > 1 (k = sigmoid(w) in (0, 1)), got {tau}")
             self.w = nn.Parameter(torch.full(param_shape, -math.log(tau - 1.0)))
@@ -58,17 +65,19 @@ class LIF(nn.Module):
             self.v_threshold = v_threshold
         self.v_reset, self.decay_input, self.surrogate = v_reset, decay_input, surrogate
         self.alpha, self.detach_reset, self.return_v, self.backend = alpha, detach_reset, return_v, backend
-        self.learnable_tau = learnable_tau
+        self.learnable_tau, self.learnable_leak = learnable_tau, learnable_leak
 
     def decay(self) -> torch.Tensor | float:
         """k = 1/tau: a tensor of shape ``param_shape`` when learnable, else a number."""
+        if self.learnable_leak:
+            return (1.0 - self.leak).clamp(0.0, 1.0)
         return torch.sigmoid(self.w) if self.learnable_tau else self.k
 
     def forward(self, x: torch.Tensor, v0: torch.Tensor | None = None):
-        # sigmoid keeps a learnable k inside [0, 1]: no per-call value check (a device sync on a GPU).
+        # sigmoid / clamp keep a learnable k inside [0, 1]: no per-call value check (a device sync on a GPU).
         return _lif_decay(
             x, v0, self.decay(), self.v_threshold, self.v_reset, self.decay_input, self.surrogate, self.alpha,
-            self.detach_reset, self.return_v, self.backend, k_in_range=self.learnable_tau,
+            self.detach_reset, self.return_v, self.backend, k_in_range=self.learnable_tau or self.learnable_leak,
         )
 
     def extra_repr(self) -> str:

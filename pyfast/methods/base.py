@@ -1,0 +1,91 @@
+"""The training-method interface of ``pyfast train --method NAME``.
+
+A method wraps the standard supervised loop at a few hooks; everything else (data, augmentation, optimiser, schedule,
+AMP, DDP, checkpoints) is the harness's (:mod:`pyfast.train`). A run is a list of :class:`Stage` s trained one after
+the other on the same model; each stage gets a fresh optimiser and learning-rate schedule.
+
+To add a method: subclass :class:`Method`, override what differs, and register it::
+
+    @METHODS.register("my-method", "one line for `pyfast train --list`")
+    class MyMethod(Method):
+        default_model = "resnet18"
+        def prepare_model(self, model): ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class MethodUnavailableError(ValueError):
+    """A registered method whose implementation has not landed in this version (the message says which issue)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of a run: ``epochs`` epochs with a fresh optimiser; ``options`` are method-specific (e.g. T)."""
+
+    name: str
+    epochs: int
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Method:
+    """Plain supervised training with cross-entropy (optionally label-smoothed). Subclasses override the hooks.
+
+    ``cfg`` is the run's :class:`pyfast.train.TrainConfig`; ``cfg.method_args`` holds the method's own options (from
+    ``--method-arg KEY=VALUE`` or the config file), validated by :meth:`check_args`.
+    """
+
+    default_model = "resnet18"
+    default_data = "digits"
+    arg_defaults: dict[str, Any] = {}  # the method's options and their defaults
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        unknown = sorted(set(cfg.method_args) - set(self.arg_defaults))
+        if unknown:
+            known = ", ".join(sorted(self.arg_defaults)) or "none"
+            raise ValueError(f"method_args: unknown option(s) {', '.join(unknown)} for this method; known: {known}")
+        self.args = {**self.arg_defaults, **cfg.method_args}
+        self.check_args()
+
+    def check_args(self) -> None:
+        """Raise ValueError naming a bad ``self.args`` entry."""
+
+    def model_options(self) -> dict[str, Any]:
+        """Extra keyword arguments for the model builder (``--model-arg`` values override them)."""
+        return {}
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Transform the freshly built model (e.g. swap layers); called once, before the weights are loaded."""
+        return model
+
+    def stages(self) -> list[Stage]:
+        """The run's stages; the default is one stage of ``cfg.epochs`` epochs."""
+        return [Stage("train", self.cfg.epochs)]
+
+    def enter_stage(self, model: nn.Module, stage: Stage) -> None:
+        """Adapt ``model`` (the unwrapped module) to ``stage``; called at the start of each stage and on resume."""
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        """Optimiser parameter groups (default: one group of every parameter that requires grad)."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, logits)`` of one training batch ``x [B, C, H, W]`` (normalised, augmented), ``y [B]``."""
+        logits = model(x)
+        return nn.functional.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing), logits
+
+
+class UnavailableMethod(Method):
+    """A slot for a kernel-backed method whose issue has not landed: listed by ``--list``, refused by ``train``."""
+
+    reason = ""
+
+    def __init__(self, cfg):
+        raise MethodUnavailableError(self.reason)
