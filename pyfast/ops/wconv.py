@@ -142,17 +142,13 @@ def pack_den(den, kernel_size: Sequence[int], *, device=None, dtype: torch.dtype
     concatenated (differentiably). Numbers become a tensor of ``dtype`` on ``device``.
     """
     kernel_size = tuple(kernel_size)
-    if isinstance(den, torch.Tensor):
-        packed = den
-    elif isinstance(den, Sequence) and not isinstance(den, str) and all(_is_number(v) for v in den):
-        packed = torch.tensor([float(v) for v in den], dtype=dtype, device=device)
-    elif isinstance(den, Sequence) and not isinstance(den, str):
+    if isinstance(den, Sequence) and not isinstance(den, str) and not all(_is_number(v) for v in den):
         if len(den) != len(kernel_size):
             raise ValueError(f"wconv: den given per axis must have one entry per kernel axis ({len(kernel_size)} for "
                              f"kernel {kernel_size}), got {len(den)}")
         parts = []
         for a, (d, m) in enumerate(zip(den, half_widths(kernel_size))):
-            part = pack_den(d, (2 * m + 1,), device=device, dtype=dtype)
+            part = _den_tensor(d, f"den[{a}]", device, dtype)
             if part.numel() != m:
                 raise ValueError(f"wconv: den[{a}] must have (K-1)/2 = {m} values for kernel size {2 * m + 1} on "
                                  f"axis {a}, got {part.numel()}")
@@ -162,16 +158,26 @@ def pack_den(den, kernel_size: Sequence[int], *, device=None, dtype: torch.dtype
             raise ValueError(f"wconv: the per-axis den tensors are on different devices: {sorted(map(str, devices))}")
         packed = torch.cat(parts) if parts else torch.empty(0, dtype=dtype, device=device)
     else:
-        raise TypeError(f"wconv: den must be a tensor or a sequence of numbers (or one per kernel axis), got "
-                        f"{type(den).__name__}")
-    if not packed.is_floating_point():
-        raise TypeError(f"wconv: den must be a floating-point tensor, got {packed.dtype}")
-    if packed.dim() != 1:
-        raise ValueError(f"wconv: den must be 1-D, got shape {tuple(packed.shape)}")
+        packed = _den_tensor(den, "den", device, dtype)
     try:
         den_layout(packed.numel(), kernel_size)
     except ValueError as err:
         raise ValueError(f"wconv: {err}") from None
+    return packed
+
+
+def _den_tensor(den, name: str, device, dtype) -> torch.Tensor:
+    if isinstance(den, torch.Tensor):
+        packed = den
+    elif isinstance(den, Sequence) and not isinstance(den, str) and all(_is_number(v) for v in den):
+        packed = torch.tensor([float(v) for v in den], dtype=dtype, device=device)
+    else:
+        raise TypeError(f"wconv: {name} must be a tensor or a sequence of numbers (or one per kernel axis), got "
+                        f"{type(den).__name__}")
+    if not packed.is_floating_point():
+        raise TypeError(f"wconv: {name} must be a floating-point tensor, got {packed.dtype}")
+    if packed.dim() != 1:
+        raise ValueError(f"wconv: {name} must be 1-D, got shape {tuple(packed.shape)}")
     return packed
 
 

@@ -56,7 +56,7 @@ def den_layout(den_numel: int, kernel_size) -> str:
         return "per_axis"
     if len(set(m)) == 1 and den_numel == m[0]:
         return "shared"
-    shared = f" or {m[0]} (one den shared by every axis)" if len(set(m)) == 1 else ""
+    shared = f" or {m[0]} (one den shared by every axis)" if len(m) > 1 and len(set(m)) == 1 else ""
     raise ValueError(
         f"den must have sum((K-1)/2) = {sum(m)} values for kernel {tuple(kernel_size)} (one den per axis, "
         f"concatenated){shared}, got {den_numel}"
