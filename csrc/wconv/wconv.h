@@ -42,6 +42,23 @@ struct Geometry {
   int64_t rows;         // C_out * C_in / groups
 };
 
+struct FwdArgs {
+  const void* in;   // W (forward) or dW~ (backward without d(den)): [rows, taps]
+  void* out;        // in * Phi
+  const void* den;  // den in the arithmetic type
+  Geometry g;
+};
+
+struct BwdArgs {
+  const void* grad;  // dW~ [rows, taps]
+  const void* w;     // W [rows, taps]
+  const void* den;   // den in the arithmetic type
+  void* grad_w;      // dW [rows, taps], or nullptr
+  void* grad_den;    // d(den) [den_numel] in the arithmetic type, zeroed
+  void* scratch;     // [taps] of the arithmetic type, zeroed (the per-tap sums S; used by the CUDA kernels)
+  Geometry g;
+};
+
 // alpha_a[k] from den (already in the arithmetic type).
 template <class A>
 PYFAST_HD A alpha_at(const A* den, const Geometry& g, int a, int k) {

@@ -73,23 +73,6 @@ inline Geometry geometry_of(const at::Tensor& w, const at::Tensor& den, const ch
   return g;
 }
 
-struct FwdArgs {
-  const void* in;   // W (forward) or dW~ (backward without d(den)): [rows, taps]
-  void* out;        // in * Phi
-  const void* den;  // den in the arithmetic type
-  Geometry g;
-};
-
-struct BwdArgs {
-  const void* grad;  // dW~ [rows, taps]
-  const void* w;     // W [rows, taps]
-  const void* den;   // den in the arithmetic type
-  void* grad_w;      // dW [rows, taps], or nullptr
-  void* grad_den;    // d(den) [den_numel] in the arithmetic type, zeroed
-  void* scratch;     // [taps] of the arithmetic type, zeroed (the per-tap sums S; used by the CUDA kernels)
-  Geometry g;
-};
-
 // Checks, makes inputs contiguous, allocates W~ and calls launch(const FwdArgs&, DType) when there is work.
 template <class Launch>
 at::Tensor wconv_weight_fwd_host(const at::Tensor& weight_in, const at::Tensor& den_in, Launch&& launch) {
