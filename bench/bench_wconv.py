@@ -9,6 +9,9 @@ Providers, all computing the same layer shape with the same input and upstream g
   pyfast-fixed-den   WeightedConv2d, den a buffer (the paper's non-trainable variant)
   torch-premultiply  the pure-PyTorch formulation of the paper's code v2.0: F.conv2d(x, W * outer(alpha, alpha))
                      with alpha built from a learnable den by torch.cat each call (pyfast.reference.wconv)
+  weight-op-only     what pyfast adds to a conv: the learnable layer's W -> W * Phi alone (fwd+bwd: with dW and
+                     d(den) through autograd; fwd: the eval-mode cached lookup). Its ratio to nn.Conv2d bounds the
+                     overhead without the run-to-run noise of comparing two large convolutions on a shared machine.
 
 Modes: ``fwd+bwd`` = forward, then ``torch.autograd.grad`` of the output w.r.t. x and every trainable parameter
 (an inner layer of a training step); ``fwd`` = forward under ``torch.no_grad()`` in eval mode (WeightedConv2d reuses
@@ -55,7 +58,7 @@ RESNET18 = {  # stem, 4 stages of 2 BasicBlocks; the first conv of stages 2-4 ha
 }
 NETWORKS = {"VGG-16": VGG16, "ResNet-18": RESNET18}
 QUICK_LAYERS = [(64, 64, 32, 32, 1), (128, 256, 16, 16, 2), (512, 512, 4, 4, 1)]
-LAYER_PROVIDERS = ("nn.Conv2d", "pyfast", "pyfast-fixed-den", "torch-premultiply")
+LAYER_PROVIDERS = ("nn.Conv2d", "pyfast", "pyfast-fixed-den", "torch-premultiply", "weight-op-only")
 OP_PROVIDERS = ("reference", "reference+compile", "cpp", "cuda", "triton")
 OP_SHAPES = [(64, 64, 3, 3), (512, 512, 3, 3), (256, 128, 5, 5)]
 DEN = [0.7]
@@ -96,6 +99,21 @@ def _layer(provider: str, shape, device, dtype, seed=0):
     return conv
 
 
+def _weight_op_call(shape, device, dtype, mode):
+    layer = _layer("pyfast", shape, device, dtype)
+    if mode == "fwd":
+        layer.eval()
+
+        def call():
+            with torch.no_grad():
+                return layer.weighted_weight()
+
+        return call
+    g = torch.randn_like(layer.weight)
+    inputs = (layer.weight, layer.den)
+    return lambda: torch.autograd.grad(layer.weighted_weight(), inputs, g)
+
+
 def _layer_call(module, x, grad_out, mode):
     params = [p for p in module.parameters() if p.requires_grad]
     if mode == "fwd":
@@ -123,7 +141,8 @@ def bench_layers(layers, batch, device, dtype, modes, providers, min_run_time, r
         x = torch.randn(batch, cin, h, w, generator=gen).to(device, dtype).requires_grad_()
         grad_out = torch.randn(batch, cout, h // stride, w // stride, generator=gen).to(device, dtype)
         for mode in modes:
-            calls = {p: _layer_call(_layer(p, shape, device, dtype), x, grad_out, mode) for p in providers}
+            calls = {p: _weight_op_call(shape, device, dtype, mode) if p == "weight-op-only"
+                     else _layer_call(_layer(p, shape, device, dtype), x, grad_out, mode) for p in providers}
             for call in calls.values():  # warm-up (oneDNN primitive caches, the first allocation)
                 call()
             best = {p: math.inf for p in providers}
