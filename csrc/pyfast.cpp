@@ -16,4 +16,16 @@ TORCH_LIBRARY(pyfast, m) {
       "lif_bwd(Tensor grad_spikes, Tensor? grad_v_last, Tensor h_seq, Tensor? x, Tensor? v0, Tensor k, Tensor v_th, "
       "float? v_reset, bool decay_input, str surrogate, float alpha, bool detach_reset, bool need_grad_k, "
       "bool need_grad_v_th) -> (Tensor grad_x, Tensor grad_v0, Tensor grad_k, Tensor grad_v_th)");
+
+  // Weighted convolution (csrc/wconv/wconv.h has the maths): the density-weight op W~ = W * Phi, Phi the outer
+  // product of the per-axis alpha = [den, 1, reversed(den)]. weight: [C_out, C_in/groups, K...] with 1-3 odd kernel
+  // axes; den: 1-D, one den per axis concatenated (sum (K_a-1)/2 values) or one shared by every axis of a
+  // hypercubic kernel ((K-1)/2 values). Returns W~ (weight's shape and dtype, contiguous). The convolution itself is
+  // ATen's, on W~.
+  m.def("wconv_weight_fwd(Tensor weight, Tensor den) -> Tensor");
+  // Backward of wconv_weight_fwd: grad_weight = grad * Phi; grad_den from the mirrored per-tap sums of grad * weight
+  // (weight is read only for grad_den). Outputs not requested have shape [0].
+  m.def(
+      "wconv_weight_bwd(Tensor grad, Tensor? weight, Tensor den, bool need_grad_weight, bool need_grad_den) -> "
+      "(Tensor grad_weight, Tensor grad_den)");
 }

@@ -5,8 +5,8 @@
 """
 
 # _extension first: loading _C registers the C++ / CUDA ops that ops/ and nn/ wrap.
-from pyfast import _extension, nn, ops  # noqa: F401
+from pyfast import _extension, nn, ops, wconv  # noqa: F401
 from pyfast.backends import BackendUnavailableError
 
 __version__ = "0.1.0"
-__all__ = ["BackendUnavailableError", "__version__", "nn", "ops"]
+__all__ = ["BackendUnavailableError", "__version__", "nn", "ops", "wconv"]
