@@ -1,5 +1,6 @@
 """Public functional ops. Each is backed by ``torch.ops.pyfast.*`` custom ops (see pyfast/ops/<op>.py)."""
 
 from pyfast.ops.lif import lif, lif_decay
+from pyfast.ops.mesa import mesa_dequantize, mesa_quantize
 
-__all__ = ["lif", "lif_decay"]
+__all__ = ["lif", "lif_decay", "mesa_dequantize", "mesa_quantize"]
