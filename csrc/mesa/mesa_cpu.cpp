@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
 #include <vector>
 
@@ -20,26 +21,45 @@ using mesa::QuantArgs;
 
 constexpr int64_t kGrainElems = 32768;  // elements per task: enough work to amortise a parallel_for chunk
 
+namespace baseline {
+#include "mesa/mesa_cpu_kernels.inc"
+}  // namespace baseline
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+#include "mesa/mesa_cpu_kernels.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+#define PYFAST_MESA_AVX2 1
+#endif
+
+bool use_avx2() {
+#ifdef PYFAST_MESA_AVX2
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          std::getenv("PYFAST_CPU_BASELINE") == nullptr;
+  return yes;
+#else
+  return false;
+#endif
+}
+
 template <typename scalar_t>
 void minmax_row(const scalar_t* x, int64_t n, float& mn, float& mx) {
-  float lo = mn, hi = mx;
-  for (int64_t j = 0; j < n; ++j) {
-    const float v = static_cast<float>(x[j]);
-    const bool fin = mesa::is_finite(v);
-    lo = fin && v < lo ? v : lo;
-    hi = fin && v > hi ? v : hi;
-  }
-  mn = lo;
-  mx = hi;
+#ifdef PYFAST_MESA_AVX2
+  if (use_avx2()) return avx2::minmax_row(x, n, mn, mx);
+#endif
+  baseline::minmax_row(x, n, mn, mx);
 }
 
 template <typename scalar_t, bool kStochastic>
 void quantize_row(const scalar_t* x, uint8_t* q, int64_t n, int64_t first, float beta, float s, float lm1,
                   uint32_t key) {
-  for (int64_t j = 0; j < n; ++j) {
-    const float nz = kStochastic ? mesa::noise(key, first + j) : 0.0f;
-    q[j] = mesa::quantize_one(static_cast<float>(x[j]), beta, s, nz, lm1);
-  }
+#ifdef PYFAST_MESA_AVX2
+  if (use_avx2()) return avx2::quantize_row<scalar_t, kStochastic>(x, q, n, first, beta, s, lm1, key);
+#endif
+  baseline::quantize_row<scalar_t, kStochastic>(x, q, n, first, beta, s, lm1, key);
 }
 
 template <typename scalar_t>
