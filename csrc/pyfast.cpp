@@ -28,4 +28,16 @@ TORCH_LIBRARY(pyfast, m) {
   m.def(
       "wconv_weight_bwd(Tensor grad, Tensor? weight, Tensor den, bool need_grad_weight, bool need_grad_den) -> "
       "(Tensor grad_weight, Tensor grad_den)");
+
+  // Mesa group-wise 8-bit activation storage (csrc/mesa/mesa.h has the maths). x is grouped as [outer, G, inner]
+  // around axis `dim` with G = clip_val.numel() (one group per head for [B, H, N, D] and dim=1, G channel chunks
+  // for [..., C] and dim=-1). clip_val / shift: float32 running range and minimum [G]; initialized: one bool (false:
+  // the batch statistics replace the estimates); seed: one int64 for the counter-based stochastic rounding. The
+  // updated estimates are returned (clip_val_out, shift_out), never written into the inputs: the op is functional.
+  // q: uint8 codes of x's shape in [0, levels - 1].
+  m.def(
+      "mesa_quantize(Tensor x, Tensor clip_val, Tensor shift, Tensor initialized, Tensor seed, int dim, int levels, "
+      "float ema_decay, bool update, bool stochastic) -> (Tensor q, Tensor clip_val_out, Tensor shift_out)");
+  // x_hat = q / s + shift with s = (levels - 1) / clip_val per group, in dtype.
+  m.def("mesa_dequantize(Tensor q, Tensor clip_val, Tensor shift, int dim, int levels, ScalarType dtype) -> Tensor");
 }

@@ -70,3 +70,60 @@ def lif_inputs_with_margin(shape, *, k, v_th, v_reset, decay_input, v0=None, mar
         redraw = (torch.randn(shape, dtype=torch.float64, generator=generator) * scale).to(dtype)
         x = torch.where(close.unsqueeze(0), redraw, x)
     raise RuntimeError(f"could not place inputs {margin} away from the threshold in {max_tries} tries")
+
+
+class TimmAttention(torch.nn.Module):
+    """Minimal timm-style multi-head self-attention (``qkv``, ``proj``, ``num_heads``, ``scale``, ``attn_drop``,
+    ``proj_drop``), ``[B, N, C] -> [B, N, C]``: what ``pyfast.mesa.convert`` recognises."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = torch.nn.Linear(dim, 3 * dim)
+        self.attn_drop = torch.nn.Dropout(0.0)
+        self.proj = torch.nn.Linear(dim, dim)
+        self.proj_drop = torch.nn.Dropout(0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        x = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(x))
+
+
+class TimmMlp(torch.nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(dim, hidden)
+        self.act = torch.nn.GELU()
+        self.fc2 = torch.nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class TimmBlock(torch.nn.Module):
+    """Pre-norm ViT block with timm's names (``norm1``, ``attn``, ``norm2``, ``mlp.fc1/act/fc2``)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = torch.nn.LayerNorm(dim)
+        self.attn = TimmAttention(dim, num_heads)
+        self.norm2 = torch.nn.LayerNorm(dim)
+        self.mlp = TimmMlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def vit_block(dim: int, num_heads: int) -> torch.nn.Module:
+    """A ViT block with timm naming: ``pyfast.models.vit.Block`` when that model is present, else :class:`TimmBlock`
+    (the same structure and names)."""
+    try:
+        from pyfast.models.vit import Block
+    except ImportError:
+        return TimmBlock(dim, num_heads)
+    return Block(dim, num_heads)

@@ -89,3 +89,19 @@ def test_bench_lif_quick_cpu_csv(tmp_path):
         else:
             assert float(r["ratio_vs_reference"]) > 0
             assert r["note"].startswith("spikes!=ref")
+
+
+def test_bench_mesa_quick_runs_and_meets_the_memory_targets():
+    from bench import bench_mesa
+
+    threads = torch.get_num_threads()
+    try:
+        res = bench_mesa.main(["--quick", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert res["bytes_mesa_fp32"] <= bench_mesa.TARGET_FP32 * res["bytes_base_fp32"]
+    assert res["bytes_mesa_bf16"] <= bench_mesa.TARGET_BF16 * res["bytes_base_bf16"]
+    assert res["grad_cos_min"] >= bench_mesa.TARGET_COS
+    providers = {r.provider for r in res["rows"]}
+    assert {"reference", "reference+compile"} <= providers
+    assert all(r.median_ms > 0 and not r.note for r in res["rows"])

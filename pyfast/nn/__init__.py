@@ -1,6 +1,7 @@
 """Thin nn.Modules over pyfast.ops."""
 
+from pyfast.nn import mesa
 from pyfast.nn.lif import IF, LIF
 from pyfast.nn.wconv import WeightedConv1d, WeightedConv2d, WeightedConv3d
 
-__all__ = ["IF", "LIF", "WeightedConv1d", "WeightedConv2d", "WeightedConv3d"]
+__all__ = ["IF", "LIF", "WeightedConv1d", "WeightedConv2d", "WeightedConv3d", "mesa"]
