@@ -1,7 +1,7 @@
 """Benchmark of Mesa 8-bit activation storage (``pyfast.mesa``, ``pyfast.ops.mesa_quantize``).
 
-Block measurements, one ViT block with timm naming (``pyfast.testing.vit_block``: ``pyfast.models.vit.Block`` when
-present), default ViT-Small: B=64, N=65, C=384, 6 heads, fp32 parameters, on --device:
+Block measurements, one ViT block with timm naming (``pyfast.models.vit.Block``), default ViT-Small: B=64, N=65,
+C=384, 6 heads, fp32 parameters, on --device:
 
   saved bytes   every tensor autograd saves during one forward (counted with
                 ``torch.autograd.graph.saved_tensors_hooks``; a storage saved twice counts once; parameters excluded:
@@ -38,8 +38,8 @@ import pyfast
 import pyfast.mesa
 from bench import harness
 from pyfast import _extension
+from pyfast.models.vit import Block
 from pyfast.reference.mesa import mesa_dequantize_ref, mesa_quantize_ref
-from pyfast.testing import vit_block
 
 # Targets of the issue, checked and printed with the figures.
 TARGET_FP32 = 0.30  # Mesa saved bytes / fp32 baseline
@@ -72,7 +72,7 @@ def _autocast(device: torch.device, on: bool):
 
 def block_measurements(B, N, C, H, device, min_run_time, time_it=True) -> dict:
     torch.manual_seed(0)
-    base = vit_block(C, H).to(device)
+    base = Block(C, H).to(device)
     mesa = pyfast.mesa.convert(copy.deepcopy(base))
     x = torch.randn(B, N, C, device=device, requires_grad=True)
     gy = torch.randn(B, N, C, device=device)
@@ -137,8 +137,8 @@ def quantize_microbench(B, N, C, G, device, min_run_time, sha) -> list[harness.R
         q = qf(x, *state, seed, -1, 256, 0.9, True, True)[0]
         note = "" if torch.equal(q, q_ref) else "codes differ from the reference"
         for mode, fn, nbytes in (
-            ("quantize", lambda: qf(x, *state, seed, -1, 256, 0.9, True, True), 2 * x.numel() * 4 + x.numel()),
-            ("dequantize", lambda: df(q_ref, c, s, -1, 256, torch.float32), x.numel() * 5),
+            ("quantize", lambda qf=qf: qf(x, *state, seed, -1, 256, 0.9, True, True), 2 * x.numel() * 4 + x.numel()),
+            ("dequantize", lambda df=df: df(q_ref, c, s, -1, 256, torch.float32), x.numel() * 5),
         ):
             ms = harness.time_ms(fn, device, min_run_time)
             rows.append(harness.Row("mesa", provider, mode, "x".join(map(str, x.shape)), 1, "fp32", device.type, ms,

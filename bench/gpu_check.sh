@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check of pyfast on one CUDA machine: build the extension with CUDA, print the backend table, run the CUDA tests,
-# then benchmark LIF on the GPU. Everything it prints is also written under OUTDIR.
+# then benchmark LIF, Mesa and weighted convolution on the GPU. Everything it prints is also written under OUTDIR.
 #
 #   bash bench/gpu_check.sh OUTDIR
 #
@@ -19,7 +19,8 @@
 #   GPU_CHECK_BUDGET_S  total seconds for all stages (default 450; a stage may overrun its timeout by 10 s)
 #   BENCH_NEURONS     neurons per time step for the benchmark (default 4194304 = 2**22 = 64*65536)
 #
-# OUTDIR gets: gpu_check.log (everything), <stage>.log per stage, lif_cuda.csv, lif_cuda_compile.csv, stages.tsv.
+# OUTDIR gets: gpu_check.log (everything), <stage>.log per stage, lif_cuda.csv, lif_cuda_compile.csv, mesa_cuda.csv,
+# wconv_cuda.csv, stages.tsv.
 
 set -u -o pipefail
 
@@ -142,11 +143,17 @@ print(f'device-to-device copy: {2 * x.numel() / ms / 1e6:.0f} GB/s (bytes read +
 # --- benchmark -------------------------------------------------------------------------------------------------------
 # Every provider but reference+compile over all cases, then reference+compile (one inductor compilation per case,
 # tens of seconds each) on fwd+bwd of a subset. Each CSV is written case by case, so a timeout keeps the finished cases.
-stage bench_lif 200 1 "$PY" bench/bench_lif.py --device cuda --T 1 4 8 32 --dtype fp32 bf16 fp16 \
+stage bench_lif 150 1 "$PY" bench/bench_lif.py --device cuda --T 1 4 8 32 --dtype fp32 bf16 fp16 \
     --neurons "$NEURONS" --providers reference cuda triton sj-cuda sj-triton --csv "$OUT/lif_cuda.csv"
 # Informational: inductor compiles once per case (tens of seconds), so only the largest fp32 case.
 stage bench_lif_compile 90 0 "$PY" bench/bench_lif.py --device cuda --T 32 --dtype fp32 --modes fwd+bwd \
     --neurons "$NEURONS" --providers reference reference+compile cuda --csv "$OUT/lif_cuda_compile.csv"
+
+# The other ops: Mesa (block memory, gradient fidelity, time ratio, quantize microbenchmark) and weighted convolution
+# (WeightedConv2d vs nn.Conv2d on a few CIFAR layers at batch 128, and the density-weight op).
+stage bench_mesa 60 1 "$PY" bench/bench_mesa.py --device cuda --csv "$OUT/mesa_cuda.csv"
+stage bench_wconv 90 1 "$PY" bench/bench_wconv.py --device cuda --rounds 2 --min-run-time 0.3 \
+    --layers 64x64@32x32 128x256@16x16/s2 256x256@8x8 512x512@4x4 --csv "$OUT/wconv_cuda.csv"
 
 # --- summary ---------------------------------------------------------------------------------------------------------
 say "stages (name, rc, seconds):"

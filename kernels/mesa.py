@@ -20,7 +20,6 @@ import os
 import torch
 import triton
 import triton.language as tl
-
 from pyfast._triton.lif import _to_storage  # float32 -> storage dtype (bfloat16 rounded by hand in the interpreter)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

@@ -22,8 +22,16 @@ from pathlib import Path
 
 from pyfast.backends import BACKENDS, BackendUnavailableError
 from pyfast.registry import DATASETS, METHODS, MODELS
-from pyfast.train import (OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig, config_from_dict, load_config_file,
-                          resolve_device, train)
+from pyfast.train import (
+    OPTIMIZERS,
+    SCHEDULES,
+    ConfigError,
+    TrainConfig,
+    config_from_dict,
+    load_config_file,
+    resolve_device,
+    train,
+)
 
 # The bench/ directory of a source checkout (present with an editable install, absent from a wheel).
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"

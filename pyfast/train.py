@@ -221,7 +221,7 @@ def init_distributed(device: torch.device) -> tuple[World, torch.device, bool]:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1 and not dist.is_initialized():
         return World(), device, False
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -457,7 +457,7 @@ def build_run(cfg: TrainConfig, world: World, device: torch.device) -> Run:
         method = METHODS.get(cfg.method).builder(cfg)
     except MethodUnavailableError as err:
         raise ConfigError(str(err)) from err
-    except ValueError as err:  # a bad method_args value: the method's message names it
+    except (ValueError, TypeError) as err:  # a bad method_args value: the method's message names it
         raise ConfigError(str(err)) from err
     data = DATASETS.get(cfg.data).builder(cfg.data_dir)
     channels, size, _ = data.image_shape

@@ -9,14 +9,14 @@ import torch
 from torch import nn
 
 import pyfast.mesa
+from pyfast.models.vit import Block
 from pyfast.nn import mesa as mnn
-from pyfast.testing import TimmBlock, vit_block
 
 
 def _tiny_vit(dim=24, heads=3):
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, dim, 4, 4), nn.Flatten(2), TransposeTokens(), TimmBlock(dim, heads),
-                         vit_block(dim, heads), nn.LayerNorm(dim))
+    return nn.Sequential(nn.Conv2d(3, dim, 4, 4), nn.Flatten(2), TransposeTokens(), Block(dim, heads),
+                         Block(dim, heads), nn.LayerNorm(dim))
 
 
 class TransposeTokens(nn.Module):

@@ -15,7 +15,7 @@ To add a method: subclass :class:`Method`, override what differs, and register i
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -43,7 +43,7 @@ class Method:
 
     default_model = "resnet18"
     default_data = "digits"
-    arg_defaults: dict[str, Any] = {}  # the method's options and their defaults
+    arg_defaults: ClassVar[dict[str, Any]] = {}  # the method's options and their defaults
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -55,7 +55,7 @@ class Method:
         self.check_args()
 
     def check_args(self) -> None:
-        """Raise ValueError naming a bad ``self.args`` entry."""
+        """Raise ValueError (or TypeError) naming a bad ``self.args`` entry."""
 
     def model_options(self) -> dict[str, Any]:
         """Extra keyword arguments for the model builder (``--model-arg`` values override them)."""

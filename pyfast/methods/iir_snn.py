@@ -10,6 +10,8 @@ thresholds between stages; learnable thresholds make that a starting point, not 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pyfast.methods.base import Method, Stage
 from pyfast.registry import METHODS
 
@@ -17,7 +19,7 @@ from pyfast.registry import METHODS
 @METHODS.register("iir-snn", "IIR-SNN: spiking VGG-16 trained at T=5, then retrained at T=4..1 (--epochs per stage)")
 class IIRSNN(Method):
     default_model = "vgg16-snn"
-    arg_defaults = {"timesteps": [5, 4, 3, 2, 1]}
+    arg_defaults: ClassVar[dict] = {"timesteps": [5, 4, 3, 2, 1]}
 
     def check_args(self) -> None:
         ts = self.args["timesteps"]

@@ -362,7 +362,7 @@ def _(x, normalized_shape, weight, bias, eps, clip_val, shift, *rest):
 
 
 def _layer_norm_setup(ctx, inputs, output):
-    x, normalized_shape, weight, bias, eps, *qargs = inputs
+    x, normalized_shape, weight, bias, _eps, *qargs = inputs
     _, mean, rstd, q, c, s = output
     ctx.save_for_backward(q, c, s, mean, rstd, weight, bias)
     ctx.x_dtype, ctx.normalized_shape = x.dtype, normalized_shape

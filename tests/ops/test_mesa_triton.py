@@ -15,10 +15,10 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
-from pyfast import _extension  # noqa: E402
-from pyfast.nn import mesa  # noqa: E402
-from pyfast.ops.mesa import mesa_dequantize, mesa_quantize  # noqa: E402
-from pyfast.reference.mesa import mesa_dequantize_ref, mesa_quantize_ref  # noqa: E402
+from pyfast import _extension
+from pyfast.nn import mesa
+from pyfast.ops.mesa import mesa_dequantize, mesa_quantize
+from pyfast.reference.mesa import mesa_dequantize_ref, mesa_quantize_ref
 
 DEVICE = "cpu" if _extension.triton_interpret() else "cuda"
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)

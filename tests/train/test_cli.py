@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 SMOKE = {
     "standard": ["--model-arg", "width=0.125"],
     "iir-snn": ["--model-arg", "width=0.125", "--method-arg", "timesteps=[2,1]"],
+    "mesa": ["--model-arg", "depth=2"],
+    "weighted-conv": ["--model-arg", "width=0.125"],
 }
 
 
@@ -49,7 +51,7 @@ def test_cli_smoke_run_of_each_method_with_its_default_model(tmp_path, capsys, m
 def test_cli_list_shows_methods_models_and_data(capsys):
     assert cli.main(["train", "--list"]) == 0
     out = capsys.readouterr().out
-    for name in ("standard", "iir-snn", "karat", "resnet18", "vit-tiny", "vgg16-snn", "digits", "cifar100"):
+    for name in ("standard", "iir-snn", "mesa", "weighted-conv", "karat", "resnet18", "vit-tiny", "vgg16-snn", "digits", "cifar100"):
         assert f"  {name} " in out, name
     assert "lands with issue" not in out and "not available yet: issue 5" in out
 
@@ -108,7 +110,7 @@ def test_ctrl_c_leaves_the_last_checkpoint_intact_and_resume_continues(tmp_path)
         time.sleep(0.2)
     time.sleep(0.5)  # inside a later epoch, perhaps inside a checkpoint write
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr[-2000:]
     assert "continue with --resume" in stderr
     done = load_checkpoint(out / "last.pt")["epoch"]

@@ -7,8 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from pyfast.data import (Augmentation, DatasetNotFoundError, class_incremental_tasks, class_order, few_shot_indices,
-                         indices_of_classes, load_cifar, load_digits)
+from pyfast.data import (
+    Augmentation,
+    DatasetNotFoundError,
+    class_incremental_tasks,
+    class_order,
+    few_shot_indices,
+    indices_of_classes,
+    load_cifar,
+    load_digits,
+)
 from pyfast.registry import DATASETS
 
 

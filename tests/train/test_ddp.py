@@ -26,7 +26,7 @@ def run(cmd: list[str], out: Path) -> subprocess.CompletedProcess:
 
 
 def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path):
-    single = run([sys.executable, "-m", "pyfast"], tmp_path / "single")
+    run([sys.executable, "-m", "pyfast"], tmp_path / "single")
     ddp = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pyfast"],
               tmp_path / "ddp")
     assert "x 2 processes" in ddp.stdout and ddp.stdout.count("epoch 2/2") == 1  # rank 0 alone logs

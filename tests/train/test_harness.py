@@ -8,8 +8,17 @@ import pytest
 import torch
 
 import pyfast.train
-from pyfast.train import (CheckpointError, ConfigError, TrainConfig, atomic_write, config_from_dict, epoch_generator,
-                          load_checkpoint, load_config_file, train)
+from pyfast.train import (
+    CheckpointError,
+    ConfigError,
+    TrainConfig,
+    atomic_write,
+    config_from_dict,
+    epoch_generator,
+    load_checkpoint,
+    load_config_file,
+    train,
+)
 
 QUIET = {"log": lambda line: None}
 
@@ -23,8 +32,8 @@ def tiny(out, **kw) -> TrainConfig:
 
 def same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    for name, value in a.items():
+        assert torch.equal(value, b[name]), name
 
 
 def timeless(history):
@@ -187,3 +196,20 @@ def test_config_files(tmp_path):
         config_from_dict({"epoch_count": 3})
     with pytest.raises(ConfigError, match="unknown format"):
         load_config_file(tmp_path / "a.ini") if (tmp_path / "a.ini").write_text("x") else None
+
+
+def test_method_wrappers_transform_the_model_and_its_optimiser_groups():
+    from pyfast.train import World, build_run
+
+    cfg = TrainConfig(method="weighted-conv", model_args={"width": 0.125}).resolved()
+    run = build_run(cfg, World(), torch.device("cpu"))
+    weighted = [m for m in run.model.modules() if isinstance(m, pyfast.nn.WeightedConv2d)]
+    assert len(weighted) == 17  # every 3x3 conv of ResNet-18; the three 1x1 shortcuts stay plain
+    groups = run.method.param_groups(run.model)
+    assert groups[-1]["lr"] == 1e-2 and all(p.requires_grad for p in groups[-1]["params"])
+    assert len(groups[-1]["params"]) == 17
+
+    cfg = TrainConfig(method="mesa", model_args={"depth": 1}).resolved()
+    run = build_run(cfg, World(), torch.device("cpu"))
+    kinds = {type(m).__module__ + "." + type(m).__name__ for m in run.model.modules()}
+    assert "pyfast.nn.mesa.Linear" in kinds and "pyfast.mesa.Attention" in kinds, kinds
