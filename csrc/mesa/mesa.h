@@ -55,7 +55,8 @@ PYFAST_MESA_HD uint32_t seed_key(int64_t seed) {
 PYFAST_MESA_HD float noise(uint32_t key, int64_t i) {
   const uint64_t k = static_cast<uint64_t>(i);
   const uint32_t h = h32(h32(static_cast<uint32_t>(k) ^ key) + static_cast<uint32_t>(k >> 32) * kIndexMul);
-  return static_cast<float>(h >> 8) * 5.9604644775390625e-08f - 0.5f;
+  // h >> 8 < 2^24 converts exactly either way; through int32 because x86 has no vector uint32 -> float.
+  return static_cast<float>(static_cast<int32_t>(h >> 8)) * 5.9604644775390625e-08f - 0.5f;
 }
 
 // Float arithmetic that is never contracted into an FMA (the CPU build has -ffp-contract=off).

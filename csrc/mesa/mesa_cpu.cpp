@@ -1,6 +1,7 @@
 // Mesa quantize / dequantize, CPU kernels (the maths is in mesa.h). Quantize is two passes over x: per-chunk min/max
 // of every group (parallel over chunks of the outer axis), the float32 estimates per group, then the codes
 // (parallel over [outer, G] rows; each row of `inner` elements has one group's constants, so the loop vectorises).
+// The row loops live in mesa_cpu_kernels.inc, one call per parallel task into the baseline or AVX2 build.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -46,20 +47,23 @@ bool use_avx2() {
 }
 
 template <typename scalar_t>
-void minmax_row(const scalar_t* x, int64_t n, float& mn, float& mx) {
+void minmax_group(const scalar_t* x, int64_t o_begin, int64_t o_end, int64_t G, int64_t g, int64_t inner, float& mn,
+                  float& mx) {
 #ifdef PYFAST_MESA_AVX2
-  if (use_avx2()) return avx2::minmax_row(x, n, mn, mx);
+  if (use_avx2()) return avx2::minmax_group(x, o_begin, o_end, G, g, inner, mn, mx);
 #endif
-  baseline::minmax_row(x, n, mn, mx);
+  baseline::minmax_group(x, o_begin, o_end, G, g, inner, mn, mx);
 }
 
 template <typename scalar_t, bool kStochastic>
-void quantize_row(const scalar_t* x, uint8_t* q, int64_t n, int64_t first, float beta, float s, float lm1,
-                  uint32_t key) {
+void quantize_rows(const scalar_t* x, uint8_t* q, int64_t r_begin, int64_t r_end, int64_t G, int64_t inner,
+                   const float* beta, const float* scale, float lm1, uint32_t key) {
 #ifdef PYFAST_MESA_AVX2
-  if (use_avx2()) return avx2::quantize_row<scalar_t, kStochastic>(x, q, n, first, beta, s, lm1, key);
+  if (use_avx2()) {
+    return avx2::quantize_rows<scalar_t, kStochastic>(x, q, r_begin, r_end, G, inner, beta, scale, lm1, key);
+  }
 #endif
-  baseline::quantize_row<scalar_t, kStochastic>(x, q, n, first, beta, s, lm1, key);
+  baseline::quantize_rows<scalar_t, kStochastic>(x, q, r_begin, r_end, G, inner, beta, scale, lm1, key);
 }
 
 template <typename scalar_t>
@@ -76,8 +80,8 @@ void quantize_cpu_kernel(const QuantArgs& a) {
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const int64_t o_end = std::min(outer, (c + 1) * rows_per_chunk);
-      for (int64_t o = c * rows_per_chunk; o < o_end; ++o) {
-        for (int64_t g = 0; g < G; ++g) minmax_row(x + (o * G + g) * inner, inner, mins[c * G + g], maxs[c * G + g]);
+      for (int64_t g = 0; g < G; ++g) {
+        minmax_group(x, c * rows_per_chunk, o_end, G, g, inner, mins[c * G + g], maxs[c * G + g]);
       }
     }
   });
@@ -99,15 +103,10 @@ void quantize_cpu_kernel(const QuantArgs& a) {
   const int64_t rows = outer * G;
   const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(inner, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t g = r % G;
-      if (a.cfg.stochastic) {
-        quantize_row<scalar_t, true>(x + r * inner, a.q + r * inner, inner, r * inner, beta[g], scale[g], a.cfg.lm1,
-                                     key);
-      } else {
-        quantize_row<scalar_t, false>(x + r * inner, a.q + r * inner, inner, r * inner, beta[g], scale[g], a.cfg.lm1,
-                                      key);
-      }
+    if (a.cfg.stochastic) {
+      quantize_rows<scalar_t, true>(x, a.q, begin, end, G, inner, beta.data(), scale.data(), a.cfg.lm1, key);
+    } else {
+      quantize_rows<scalar_t, false>(x, a.q, begin, end, G, inner, beta.data(), scale.data(), a.cfg.lm1, key);
     }
   });
 }

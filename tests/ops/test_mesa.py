@@ -143,12 +143,21 @@ def test_cpp_matches_reference_exactly(dtype, layout):
                     assert torch.equal(d_got, mesa_dequantize_ref(got[0], got[1], got[2], dim, levels, dtype))
 
 
+def _with_non_finite() -> torch.Tensor:
+    """[3, 74] (2 groups of 37: two 16-wide vector steps and a tail per row) with NaN / inf inside the vector steps,
+    including a row whose true extremes sit next to them."""
+    x = _x((3, 74))
+    x[0, 5], x[1, 17], x[2, 40], x[2, 3] = float("nan"), float("inf"), float("-inf"), 50.0
+    return x
+
+
 @needs_cpp
 def test_cpp_non_finite_empty_and_non_contiguous():
     x = torch.tensor([[1.0, float("nan"), 3.0, float("inf")], [-2.0, 0.0, float("-inf"), 2.0]])
     for args in [(x, *_state(1), _seed(), 0, 256, 0.9, True, True),
                  (x.t(), *_state(2, True), _seed(), -1, 256, 0.9, True, True),  # non-contiguous
-                 (torch.empty(0, 6), *_state(3), _seed(), -1, 256, 0.9, True, True)]:
+                 (torch.empty(0, 6), *_state(3), _seed(), -1, 256, 0.9, True, True),
+                 (_with_non_finite(), *_state(2), _seed(), -1, 256, 0.9, True, False)]:  # in the vector loops
         for g, w in zip(torch.ops.pyfast.mesa_quantize(*args), mesa_quantize_ref(*args)):
             assert torch.equal(g, w)
 
