@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from pyfast.models.vit import ATTENTIONS
+from pyfast.models.vit import Attention as SoftmaxAttention
 from pyfast.nn import mesa as mnn
 from pyfast.ops import mesa as mops
 
@@ -89,6 +91,14 @@ class Attention(nn.Module):
         attn = self.attn_drop(self.softmax(scores * self.scale))  # [B, heads, N, N]
         out = self.matmul_av(attn, v) if self.matmul_av is not None else attn @ v
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
+
+
+@ATTENTIONS.register("mesa", "softmax attention whose q k^T, softmax and attn v save 8-bit activations (Mesa)")
+def mesa_attention(dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                   proj_drop: float = 0.0) -> Attention:
+    """The ViT's attention (``pyfast.models.vit``, ``attention="mesa"``) with Mesa's quantized products and softmax;
+    its ``qkv`` / ``proj`` stay plain Linear layers (:func:`convert` swaps those too)."""
+    return Attention.from_timm(SoftmaxAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop))
 
 
 def _groups_for(size: int, groups: int) -> int:

@@ -10,7 +10,7 @@ Shapes, with ``B`` the batch, ``N = (image_size / patch)^2 + 1`` tokens and ``C 
 A ``Block`` has ``norm1``, ``attn`` (``qkv``: Linear(C, 3C), ``proj``: Linear(C, C), ``num_heads``, ``scale``),
 ``norm2`` and ``mlp`` (``fc1``, ``act``: GELU, ``fc2``), the names timm uses, so code written for timm blocks (e.g.
 ``pyfast.mesa.convert``) works on these too. The attention is swappable by name: ``attention=`` picks a class from
-:data:`ATTENTIONS` (``"softmax"`` here; the gated and KArAt attentions register themselves when their modules load).
+:data:`ATTENTIONS` (``"softmax"`` here, ``"mesa"`` in :mod:`pyfast.mesa`; other attentions register themselves where they are defined).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import nn
 
 from pyfast.registry import MODELS, Registry
 
-ATTENTIONS = Registry("attention")
+ATTENTIONS = Registry("attention", ("pyfast.mesa",))  # other modules register theirs on import
 
 
 @ATTENTIONS.register("softmax", "multi-head softmax attention, softmax(q k^T / sqrt(d)) v")

@@ -84,6 +84,34 @@ def test_resume_after_ctrl_c_is_bit_identical_to_an_uninterrupted_run(tmp_path, 
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
 
+def test_one_epoch_then_resume_with_more_epochs_equals_two_straight(tmp_path):
+    """The issue's form: --epochs 1, then --epochs 2 --resume. With a constant schedule the learning rate does not
+    depend on the planned length, so the runs must agree bit for bit (a cosine schedule stretches when epochs grow)."""
+    straight = train(tiny(tmp_path / "a", epochs=2, schedule="constant"), **QUIET)
+    train(tiny(tmp_path / "b", epochs=1, schedule="constant"), **QUIET)
+    torch.manual_seed(99)
+    resumed = train(tiny(tmp_path / "b", epochs=2, schedule="constant", resume=True), **QUIET)
+    same_weights(load_checkpoint(tmp_path / "a" / "last.pt")["model"],
+                 load_checkpoint(tmp_path / "b" / "last.pt")["model"])
+    assert timeless(straight) == timeless(resumed)
+
+
+def test_amp_on_cpu_trains_in_bfloat16(tmp_path, monkeypatch):
+    seen = []
+    real = torch.nn.Conv2d.forward
+
+    def spy(self, x):
+        out = real(self, x)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", spy)
+    history = train(tiny(tmp_path, epochs=1, amp=True, model="resnet18", model_args={"width": 0.125}), **QUIET)
+    assert torch.bfloat16 in seen and history[0]["train_loss"] < 10
+    assert all(v.dtype == torch.float32 for v in load_checkpoint(tmp_path / "last.pt")["model"].values()
+               if v.is_floating_point())  # fp32 master weights
+
+
 @pytest.mark.parametrize("stop", [3, 4])  # at the boundary between the stages, and inside the second one
 def test_multi_stage_resume(tmp_path, monkeypatch, stop):
     cfg = {"method": "iir-snn", "model_args": {}, "method_args": {"timesteps": [3, 1]}, "optimizer": "adam",

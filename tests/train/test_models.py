@@ -44,6 +44,10 @@ def test_vit_attention_is_swappable_by_name():
     assert attn.qkv.out_features == 3 * 192 and attn.num_heads == 3 and attn.scale == 64 ** -0.5
     with pytest.raises(ValueError, match=r"\[B, 3, 32, 32\]"):
         model(torch.randn(2, 3, 16, 16))
+    mesa = MODELS.get("vit-tiny").builder(10, depth=1, attention="mesa")
+    assert type(mesa.blocks[0].attn).__module__ == "pyfast.mesa" and mesa.blocks[0].attn.num_heads == 3
+    mesa(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert mesa.blocks[0].attn.qkv.weight.grad is not None
 
 
 def test_vit_attention_matches_scaled_dot_product_attention():
