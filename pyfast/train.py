@@ -451,23 +451,56 @@ class Run:
     stages: list[Stage]
 
 
-def build_run(cfg: TrainConfig, world: World, device: torch.device) -> Run:
-    """Data, method and model of a resolved, checked ``cfg`` (the model on ``device``, DDP-wrapped if distributed)."""
+def build_model(cfg: TrainConfig, method: Method, data: ImageData) -> nn.Module:
+    """The model of a resolved ``cfg`` for ``data``: the registry's builder with the method's and the config's
+    options, then the method's :meth:`~pyfast.methods.Method.prepare_model` (on the CPU, freshly initialised)."""
+    channels, size, _ = data.image_shape
+    options = {**method.model_options(), **cfg.model_args}
+    try:
+        model = MODELS.get(cfg.model).builder(data.num_classes, in_channels=channels, image_size=size, **options)
+    except TypeError as err:  # an option the builder does not take
+        raise ConfigError(f"model {cfg.model!r} rejects model_args {options}: {err}") from err
+    try:
+        return method.prepare_model(model)
+    except (ValueError, TypeError) as err:  # e.g. a method_args value that does not fit this model
+        raise ConfigError(f"method {cfg.method!r}: {err}") from err
+
+
+def _make_method(cfg: TrainConfig, data: ImageData) -> Method:
     try:
         method = METHODS.get(cfg.method).builder(cfg)
     except MethodUnavailableError as err:
         raise ConfigError(str(err)) from err
     except (ValueError, TypeError) as err:  # a bad method_args value: the method's message names it
         raise ConfigError(str(err)) from err
+    method.data = data
+    return method
+
+
+def load_trained_model(path: str | os.PathLike, data: ImageData) -> nn.Module:
+    """A model trained by ``pyfast train``, rebuilt from its checkpoint's config (method, model and their options)
+    with the checkpoint's weights, in eval mode on the CPU. ``path``: a run directory or its ``last.pt``. The run
+    must have trained on the same dataset as ``data`` (e.g. a distillation teacher)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise ConfigError(f"no checkpoint at {path} (train one with `pyfast train --out DIR`, then pass DIR)")
+    ckpt = load_checkpoint(path)
+    cfg = config_from_dict(ckpt["config"])
+    if cfg.data != data.name:
+        raise ConfigError(f"{path} was trained on {cfg.data!r}, this run uses {data.name!r}")
+    model = build_model(cfg, _make_method(cfg, data), data)
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def build_run(cfg: TrainConfig, world: World, device: torch.device) -> Run:
+    """Data, method and model of a resolved, checked ``cfg`` (the model on ``device``, DDP-wrapped if distributed)."""
     data = DATASETS.get(cfg.data).builder(cfg.data_dir)
-    channels, size, _ = data.image_shape
-    options = {**method.model_options(), **cfg.model_args}
+    method = _make_method(cfg, data)
     seed_everything(cfg.seed)
-    try:
-        model = MODELS.get(cfg.model).builder(data.num_classes, in_channels=channels, image_size=size, **options)
-    except TypeError as err:  # an option the builder does not take
-        raise ConfigError(f"model {cfg.model!r} rejects model_args {options}: {err}") from err
-    model = method.prepare_model(model).to(device)
+    model = build_model(cfg, method, data).to(device)
     trainer = model
     if world.size > 1:
         ids = [device.index] if device.type == "cuda" else None

@@ -38,7 +38,8 @@ class Method:
     """Plain supervised training with cross-entropy (optionally label-smoothed). Subclasses override the hooks.
 
     ``cfg`` is the run's :class:`pyfast.train.TrainConfig`; ``cfg.method_args`` holds the method's own options (from
-    ``--method-arg KEY=VALUE`` or the config file), validated by :meth:`check_args`.
+    ``--method-arg KEY=VALUE`` or the config file), validated by :meth:`check_args`. ``self.data`` (the run's
+    :class:`pyfast.data.ImageData`, on the CPU) is set by the harness before :meth:`prepare_model` is called.
     """
 
     default_model = "resnet18"
@@ -52,6 +53,7 @@ class Method:
             known = ", ".join(sorted(self.arg_defaults)) or "none"
             raise ValueError(f"method_args: unknown option(s) {', '.join(unknown)} for this method; known: {known}")
         self.args = {**self.arg_defaults, **cfg.method_args}
+        self.data = None
         self.check_args()
 
     def check_args(self) -> None:

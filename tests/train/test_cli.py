@@ -24,7 +24,21 @@ SMOKE = {
     "iir-snn": ["--model-arg", "width=0.125", "--method-arg", "timesteps=[2,1]"],
     "mesa": ["--model-arg", "depth=2"],
     "weighted-conv": ["--model-arg", "width=0.125"],
+    "kd": ["--model-arg", "width=0.125", "--method-arg", "teacher={teacher}"],
+    "nkd": ["--model-arg", "width=0.125", "--method-arg", "teacher={teacher}"],
+    "pld": ["--model-arg", "width=0.125", "--method-arg", "teacher={teacher}"],
+    "bd-kd": ["--model-arg", "width=0.125", "--method-arg", "teacher_model_args={{width: 0.125}}"],
+    "uskd": ["--model-arg", "width=0.125"],
 }
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    """A (barely) trained teacher run for the offline distillation methods."""
+    out = tmp_path_factory.mktemp("teacher")
+    assert cli.main(["train", "--model", "resnet18", "--model-arg", "width=0.125", "--epochs", "1", "--batch-size",
+                     "16", "--max-steps-per-epoch", "2", "--out", str(out), "--no-progress"]) == 0
+    return out
 
 
 def available_methods() -> list[str]:
@@ -36,9 +50,9 @@ def test_every_available_method_has_a_smoke_run():
 
 
 @pytest.mark.parametrize("method", sorted(SMOKE))
-def test_cli_smoke_run_of_each_method_with_its_default_model(tmp_path, capsys, method):
+def test_cli_smoke_run_of_each_method_with_its_default_model(tmp_path, capsys, method, teacher):
     argv = ["train", "--method", method, "--epochs", "1", "--batch-size", "16", "--max-steps-per-epoch", "2",
-            "--out", str(tmp_path), "--no-progress", *SMOKE[method]]
+            "--out", str(tmp_path), "--no-progress", *(a.format(teacher=teacher) for a in SMOKE[method])]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     default_model = METHODS.get(method).builder.default_model
