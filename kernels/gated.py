@@ -104,7 +104,7 @@ def _core_bwd2_kernel(attn_ptr, gs_ptr, gzp_ptr, w_ptr, gx0_ptr, gx_ptr, N1, C, 
     c_ok = c < C
     g0 = tl.load(gx0_ptr + b * C + c, mask=c_ok, other=0.0)
     acc = tl.where(n[:, None] == 0, g0[None, :], 0.0).to(ACC)
-    for h in range(0, H):
+    for h in range(H):
         row = (b * H + h)
         a = tl.load(attn_ptr + row * N1 + n, mask=n_ok, other=0.0)
         g = tl.load(gs_ptr + row * N1 + n, mask=n_ok, other=0.0)

@@ -12,5 +12,15 @@ from pyfast.nn.lif import IF, LIF
 from pyfast.nn.wconv import WeightedConv1d, WeightedConv2d, WeightedConv3d
 
 __all__ = [
-    "GatedClassAttention", "GatedClassAttentionBlock", "GradientRouting", "HardAttentionGate", "anneal_s",
-    "IF", "LIF", "WeightedConv1d", "WeightedConv2d", "WeightedConv3d", "mesa"]
+    "IF",
+    "LIF",
+    "GatedClassAttention",
+    "GatedClassAttentionBlock",
+    "GradientRouting",
+    "HardAttentionGate",
+    "WeightedConv1d",
+    "WeightedConv2d",
+    "WeightedConv3d",
+    "anneal_s",
+    "mesa",
+]

@@ -80,7 +80,7 @@ class GatedClassAttentionBlock(nn.Module):
                              f"{thres_emb}")
         hidden = int(dim * mlp_ratio)
         self.num_tasks, self.s_max, self.thres_emb, self.backend = num_tasks, s_max, thres_emb, backend
-        self.current_task = 0
+        self.register_buffer("task_index", torch.zeros((), dtype=torch.int64))  # current_task, kept in checkpoints
         self.norm1 = nn.LayerNorm(dim)
         self.attn = GatedClassAttention(dim, num_heads, qkv_bias, backend)
         self.norm2 = nn.LayerNorm(dim)
@@ -91,6 +91,11 @@ class GatedClassAttentionBlock(nn.Module):
         self.e2 = nn.Parameter(torch.randn(num_tasks, hidden))
         self.register_buffer("m_pre0", torch.zeros(dim))
         self.register_buffer("m_pre2", torch.zeros(hidden))
+
+    @property
+    def current_task(self) -> int:
+        """Tasks below this index are old: their masks are binarised and m_pre protects their weights."""
+        return int(self.task_index)
 
     def _check_task(self, task: int) -> None:
         if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < self.num_tasks:
@@ -136,7 +141,7 @@ class GatedClassAttentionBlock(nn.Module):
         self._check_task(task)
         self.m_pre0.copy_(torch.maximum(self.m_pre0, (torch.sigmoid(self.s_max * self.e0[task]) > 0.5).float()))
         self.m_pre2.copy_(torch.maximum(self.m_pre2, (torch.sigmoid(self.s_max * self.e2[task]) > 0.5).float()))
-        self.current_task = task + 1
+        self.task_index.fill_(max(self.current_task, task + 1))
 
     @torch.no_grad()
     def route_gradients(self, s: float) -> None:

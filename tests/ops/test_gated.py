@@ -11,7 +11,7 @@ import torch
 
 from pyfast import _extension
 from pyfast.ops.gated import gate_compensation, gated_class_attention, gated_route_
-from pyfast.reference.gated import gate_compensation_ref, gated_class_attention_ref, gated_route_ref
+from pyfast.reference.gated import gated_class_attention_ref, gated_route_ref
 from pyfast.testing import assert_half_error_within
 
 needs_cuda = pytest.mark.skipif(not _extension.has_cuda(), reason=f"needs the CUDA kernels: {_extension.cuda_reason()}")
@@ -46,7 +46,7 @@ SHAPES = [(3, 7, 12, 3), (2, 1, 8, 2), (1, 65, 48, 12), (4, 5, 20, 1), (2, 33, 4
 
 def test_reference_gradcheck():
     args = make_args(2, 5, 8, 2)
-    fn = lambda *a: gated_class_attention_ref(*a, 2)[0]  # noqa: E731
+    fn = lambda *a: gated_class_attention_ref(*a, 2)[0]
     assert torch.autograd.gradcheck(fn, args[:-1])
 
 
@@ -91,7 +91,7 @@ def test_cpp_matches_reference(shape, bias, dtype):
 @needs_cpp
 def test_cpp_gradcheck():
     args = make_args(2, 4, 6, 3)
-    fn = lambda *a: torch.ops.pyfast.gated_cattn_fwd(*a, 3)[0]  # noqa: E731
+    fn = lambda *a: torch.ops.pyfast.gated_cattn_fwd(*a, 3)[0]
     assert torch.autograd.gradcheck(fn, args[:-1])
 
 
