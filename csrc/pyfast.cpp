@@ -40,4 +40,23 @@ TORCH_LIBRARY(pyfast, m) {
       "float ema_decay, bool update, bool stochastic) -> (Tensor q, Tensor clip_val_out, Tensor shift_out)");
   // x_hat = q / s + shift with s = (levels - 1) / clip_val per group, in dtype.
   m.def("mesa_dequantize(Tensor q, Tensor clip_val, Tensor shift, int dim, int levels, ScalarType dtype) -> Tensor");
+
+  // Gated class-attention (GCAB; csrc/gated/gated.h has the maths): one query (the task token x[:, 0]) per head over
+  // all N+1 tokens of x [B, N+1, C], gate m [C] on the q/k/v inputs, the q/k outputs and the projection's input and
+  // output. wq, wk, wv, wp: [C, C] (out x in); biases [C] or None (no b_k: softmax cancels it). Returns y [B, C] in
+  // x's dtype and attn [B, H, N+1] (float32; float64 for float64 x), which the backward reads.
+  m.def(
+      "gated_cattn_fwd(Tensor x, Tensor gate, Tensor wq, Tensor? bq, Tensor wk, Tensor wv, Tensor? bv, Tensor wp, "
+      "Tensor? bp, int num_heads) -> (Tensor out, Tensor attn)");
+  // Backward of gated_cattn_fwd: [grad_x, grad_gate, grad_wq, grad_bq, grad_wk, grad_wv, grad_bv, grad_wp, grad_bp]
+  // in the inputs' dtypes (an absent bias's gradient has shape [0]).
+  m.def(
+      "gated_cattn_bwd(Tensor grad_out, Tensor x, Tensor gate, Tensor wq, Tensor? bq, Tensor wk, Tensor wv, "
+      "Tensor? bv, Tensor wp, Tensor? bp, Tensor attn, int num_heads) -> Tensor[]");
+  // HAT gradient routing in place, one call for every gated parameter: grads[i] (a weight [out, in], or a bias [out]
+  // when masks_in[i] is empty) *= 1 - outer(masks_out[i], masks_in[i]); emb_grads[j] *= (s_max / s)
+  // (cosh(clamp(s e, -clamp, clamp)) + 1) / (cosh(e) + 1) with e = embs[j].
+  m.def(
+      "gated_route(Tensor(a!)[] grads, Tensor[] masks_out, Tensor[] masks_in, Tensor(b!)[] emb_grads, "
+      "Tensor[] embs, float s, float s_max, float clamp) -> ()");
 }

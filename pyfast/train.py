@@ -540,12 +540,8 @@ def train_epoch(run: Run, optimizer, scheduler, scaler, epoch: int, desc: str) -
         for step, idx in enumerate(bar):
             x = data.normalize(augment.apply(data.x_train[idx], idx))
             y = data.y_train[idx]
-            with _autocast(cfg, run.device):
-                loss, logits = run.method.loss(run.trainer, x, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss, logits = run.method.train_step(run.trainer, x, y, optimizer, scaler, (step, steps),
+                                                 lambda: _autocast(cfg, run.device))
             scheduler.step()
             total_loss += loss.detach().double() * len(idx)
             correct += (logits.detach().argmax(1) == y).sum()

@@ -83,6 +83,20 @@ class Method:
         logits = model(x)
         return nn.functional.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing), logits
 
+    def train_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer, scaler,
+                   progress: tuple[int, int], autocast) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on a batch; returns ``(loss, logits)`` for the epoch's statistics. ``progress`` is
+        ``(batch index, batches per epoch)``; ``autocast()`` gives the run's autocast context. The default is
+        :meth:`loss`, backward through ``scaler``, one ``optimizer`` step; methods with their own update (two passes,
+        gradient masks before the step) override it."""
+        with autocast():
+            loss, logits = self.loss(model, x, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss, logits
+
 
 class UnavailableMethod(Method):
     """A slot for a kernel-backed method whose issue has not landed: listed by ``--list``, refused by ``train``."""

@@ -29,6 +29,9 @@ SMOKE = {
     "pld": ["--model-arg", "width=0.125", "--method-arg", "teacher={teacher}"],
     "bd-kd": ["--model-arg", "width=0.125", "--method-arg", "teacher_model_args={{width: 0.125}}"],
     "uskd": ["--model-arg", "width=0.125"],
+    "gcab": ["--model-arg", "dim=32", "--model-arg", "depth=2", "--model-arg", "num_heads=4", "--method-arg",
+             "tasks=2"],
+    "hag-gr": ["--model-arg", "depth=2"],
 }
 
 
@@ -65,7 +68,7 @@ def test_cli_smoke_run_of_each_method_with_its_default_model(tmp_path, capsys, m
 def test_cli_list_shows_methods_models_and_data(capsys):
     assert cli.main(["train", "--list"]) == 0
     out = capsys.readouterr().out
-    for name in ("standard", "iir-snn", "mesa", "weighted-conv", "karat", "resnet18", "vit-tiny", "vgg16-snn", "digits", "cifar100"):
+    for name in ("standard", "iir-snn", "mesa", "weighted-conv", "gcab", "hag-gr", "karat", "resnet18", "vit-tiny", "vgg16-snn", "digits", "cifar100"):
         assert f"  {name} " in out, name
     assert "lands with issue" not in out and "not available yet: issue 5" in out
 

@@ -9,6 +9,7 @@ from pyfast.models import ATTENTIONS, ConvSNN, SpikingVGG16, fuse_bn
 from pyfast.registry import MODELS, RegistryError
 
 SMALL = {  # options that keep every registered model to a fraction of a second on the CPU
+    "gcab-vit": {"dim": 32, "depth": 2, "num_heads": 4, "num_tasks": 7},
     "resnet18": {"width": 0.125},
     "vgg16": {"width": 0.125},
     "vgg16-snn": {"width": 0.125, "T": 2},
