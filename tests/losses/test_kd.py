@@ -6,8 +6,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pyfast.losses import (BDKDLoss, KDLoss, NKDLoss, PLDLoss, USKDLoss, bdkd_losses, kd_loss, nkd_loss, non_target,
-                           pld_loss, zipf_non_target_labels)
+from pyfast.losses import (
+    BDKDLoss,
+    KDLoss,
+    NKDLoss,
+    PLDLoss,
+    USKDLoss,
+    bdkd_losses,
+    kd_loss,
+    nkd_loss,
+    non_target,
+    pld_loss,
+    zipf_non_target_labels,
+)
 
 
 def logits(b=5, c=7, seed=0, dtype=torch.float64, grad=False):
