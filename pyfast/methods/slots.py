@@ -12,7 +12,6 @@ from pyfast.registry import METHODS
 _SLOTS = {
     "gcab": ("gated class-attention blocks (GCAB-CFDC)", "issue 4, gated attention"),
     "hag-gr": ("hard-attention gates with gradient routing", "issue 4, gated attention"),
-    "karat": ("Fourier-KArAt attention in a ViT", "issue 5, Fourier-KArAt"),
 }
 
 for _name, (_what, _issue) in _SLOTS.items():
