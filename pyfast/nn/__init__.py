@@ -4,7 +4,11 @@ from pyfast.nn import mesa
 from pyfast.nn.lif import IF, LIF
 from pyfast.nn.wconv import WeightedConv1d, WeightedConv2d, WeightedConv3d
 
-# Last: pyfast.nn.karat registers its attention in pyfast.models.vit, whose package imports the modules above.
-from pyfast.nn.karat import FourierKArAtAttention, KArAtCoefficients  # noqa: E402  isort: skip
+# isort: off
+# Last: pyfast.nn.karat registers its attention in pyfast.models.vit, and the pyfast.models package imports LIF
+# from here while it loads.
+from pyfast.nn.karat import FourierKArAtAttention, KArAtCoefficients
+# isort: on
 
-__all__ = ["IF", "LIF", "FourierKArAtAttention", "KArAtCoefficients", "WeightedConv1d", "WeightedConv2d", "WeightedConv3d", "mesa"]
+__all__ = ["IF", "LIF", "FourierKArAtAttention", "KArAtCoefficients", "WeightedConv1d", "WeightedConv2d",
+           "WeightedConv3d", "mesa"]

@@ -101,7 +101,7 @@ class FourierKArAtAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        make = lambda: KArAtCoefficients(num_heads, n_tokens, G, r, constant_term, base_activation)  # noqa: E731
+        make = lambda: KArAtCoefficients(num_heads, n_tokens, G, r, constant_term, base_activation)
         if mode == "universal":
             shared = {} if shared is None else shared
             key = ("karat", num_heads, n_tokens, G, r, constant_term, base_activation)

@@ -150,7 +150,7 @@ def _check_qk(q, k) -> tuple[int, int, int, int]:
 
 
 def _check_coef(q, a, b, min_m: int) -> None:
-    B, H, N, D = q.shape
+    H, N = q.shape[1], q.shape[2]
     for name, c in (("a", a), ("b", b)):
         _check_float(c, name)
         if c.device != q.device:
@@ -224,7 +224,7 @@ def karat_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.
         ``out [B, H, N, D]`` in q's dtype. Saved for backward: q, k, v, z ``[B, H, N, r]`` and ``W^T V [B, H, r, D]``
         (plus the parameters); never ``A``, the basis or ``sigma``.
     """
-    B, H, N, D = _check_qk(q, k)
+    _, H, N, D = _check_qk(q, k)
     _check_float(v, "v")
     if v.shape != q.shape or v.dtype != q.dtype or v.device != q.device:
         raise ValueError(f"karat: v must match q (shape {tuple(q.shape)}, {q.dtype}, {q.device}), got shape "

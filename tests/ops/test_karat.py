@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 
-import pyfast
 from pyfast import _extension
 from pyfast.ops.karat import karat_attention, karat_basis
 from pyfast.reference.karat import fourier_basis_ref, harmonics, karat_attention_ref, karat_z_ref
@@ -225,7 +224,7 @@ def test_fused_saves_at_most_a_fifth_of_the_reference():
 @pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
 def test_bad_input_raises_naming_the_argument(backend):
     q, k, v, a, b, W = (t.detach() for t in _inputs(N=8, M=4, dtype=torch.float32))
-    call = lambda **kw: karat_attention(**{"q": q, "k": k, "v": v, "a": a, "b": b, "W": W, "backend": backend,  # noqa
+    call = lambda **kw: karat_attention(**{"q": q, "k": k, "v": v, "a": a, "b": b, "W": W, "backend": backend,
                                            **kw})
     with pytest.raises(ValueError, match="sequence length N = 8 .* N = 9"):
         call(a=torch.randn(3, 4, 9, 4), b=torch.randn(3, 4, 9, 4), W=torch.randn(3, 9, 4))
