@@ -1,5 +1,5 @@
 // Fourier-KArAt, CPU kernels of the basis contraction (maths in karat.h). Work items are (batch x head, tile of
-// kTile score rows): the tile's scores Q_t K^T (a GEMM), its basis Bas [kTile, 2 G N] generated in a per-thread
+// kTile score rows), handed out dynamically: the tile's scores Q_t K^T (a GEMM), its basis Bas [kTile, 2 G N] generated in a per-thread
 // buffer that stays in L2 (one sincos per score, the rest by the angle-addition recurrence), then z_t = Bas C^T (a
 // GEMM over the whole (t, m, q) K-dimension). The GEMMs are ATen's (MKL / oneDNN), single-threaded inside
 // at::parallel_for; the elementwise loops are in karat_cpu_kernels.inc. Backward runs one (batch x head) per task,
@@ -16,6 +16,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdlib>
 
 #include "karat/karat_host.h"
@@ -67,6 +69,35 @@ void grad_scores(const A* bas, const A* E, int64_t rows, int64_t N, int G, A sca
   baseline::grad_scores_rows<A>(bas, E, rows, N, G, scale, gS);
 }
 
+// torch's MKL, when it has one (weak: a torch without MKL simply lacks the symbol). A GEMM called inside our parallel
+// region must run on its own thread: MKL otherwise opens a nested team per call, which oversubscribes the cores.
+extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+
+struct SequentialBlasGuard {
+  int previous = 0;
+  SequentialBlasGuard() {
+    if (MKL_Set_Num_Threads_Local) previous = MKL_Set_Num_Threads_Local(1);
+  }
+  ~SequentialBlasGuard() {
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous);
+  }
+};
+
+// Work items handed out from a shared counter to one task per thread (not a static split): on a shared, oversubscribed
+// machine a descheduled thread then delays only the items it holds, instead of half the call.
+template <class Setup, class Body>
+void parallel_items(int64_t items, Setup&& setup, Body&& body) {
+  std::atomic<int64_t> next{0};
+  const int64_t tasks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items));
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const SequentialBlasGuard sequential_blas;
+      auto workspace = setup();
+      for (int64_t w = next.fetch_add(1); w < items; w = next.fetch_add(1)) body(w, workspace);
+    }
+  });
+}
+
 template <class A>
 at::Tensor view(const A* p, at::IntArrayRef sizes) {
   return at::from_blob(const_cast<A*>(p), sizes, at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value));
@@ -76,18 +107,17 @@ at::Tensor view(const A* p, at::IntArrayRef sizes) {
 template <class A>
 void fwd_impl(const A* q, const A* k, const A* C, A* z, const karat::Shape& s, A scale) {
   const int64_t tiles = (s.N + kTile - 1) / kTile, L = s.L();
-  at::parallel_for(0, s.B * s.H * tiles, 1, [&](int64_t begin, int64_t end) {
-    const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value);
-    at::Tensor S = at::empty({kTile, s.N}, opts), bas = at::empty({kTile, L}, opts);
-    for (int64_t w = begin; w < end; ++w) {
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value);
+  parallel_items(
+      s.B * s.H * tiles, [&] { return std::array<at::Tensor, 2>{at::empty({kTile, s.N}, opts), at::empty({kTile, L}, opts)}; },
+      [&](int64_t w, std::array<at::Tensor, 2>& ws) {
       const int64_t bh = w / tiles, r0 = (w % tiles) * kTile, rows = std::min(kTile, s.N - r0);
-      at::Tensor S_t = S.narrow(0, 0, rows), bas_t = bas.narrow(0, 0, rows);
+      at::Tensor S_t = ws[0].narrow(0, 0, rows), bas_t = ws[1].narrow(0, 0, rows);
       at::mm_out(S_t, view(q + (bh * s.N + r0) * s.D, {rows, s.D}), view(k + bh * s.N * s.D, {s.N, s.D}).t());
       basis<A>(S_t.const_data_ptr<A>(), rows, s.N, s.G, scale, bas_t.mutable_data_ptr<A>());
       at::Tensor z_t = view(z + (bh * s.N + r0) * s.r, {rows, s.r});
       at::mm_out(z_t, bas_t, view(C + (bh % s.H) * s.r * L, {s.r, L}).t());
-    }
-  });
+      });
 }
 
 // g_q, g_k [B*H, N, D] and the coefficient partials gC_part [B*H, r, L] from grad_z [B*H, N, r].
@@ -95,11 +125,15 @@ template <class A>
 void bwd_impl(const A* gz, const A* q, const A* k, const A* C, A* gq, A* gk, A* gC_part, const karat::Shape& s,
               A scale) {
   const int64_t tiles = (s.N + kTile - 1) / kTile, L = s.L();
-  at::parallel_for(0, s.B * s.H, 1, [&](int64_t begin, int64_t end) {
-    const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value);
-    at::Tensor S = at::empty({kTile, s.N}, opts), bas = at::empty({kTile, L}, opts);
-    at::Tensor E = at::empty({kTile, L}, opts), gS = at::empty({kTile, s.N}, opts);
-    for (int64_t bh = begin; bh < end; ++bh) {
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value);
+  parallel_items(
+      s.B * s.H,
+      [&] {
+        return std::array<at::Tensor, 4>{at::empty({kTile, s.N}, opts), at::empty({kTile, L}, opts),
+                                         at::empty({kTile, L}, opts), at::empty({kTile, s.N}, opts)};
+      },
+      [&](int64_t bh, std::array<at::Tensor, 4>& ws) {
+      const at::Tensor &S = ws[0], &bas = ws[1], &E = ws[2], &gS = ws[3];
       const at::Tensor K = view(k + bh * s.N * s.D, {s.N, s.D});
       const at::Tensor C_h = view(C + (bh % s.H) * s.r * L, {s.r, L});
       at::Tensor gK = view(gk + bh * s.N * s.D, {s.N, s.D});
@@ -122,8 +156,7 @@ void bwd_impl(const A* gz, const A* q, const A* k, const A* C, A* gq, A* gk, A* 
         at::mm_out(gQ_t, gS_t, K);
         gK.addmm_(gS_t.t(), Q_t);
       }
-    }
-  });
+      });
 }
 
 at::Tensor karat_fwd_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& a, const at::Tensor& b,
