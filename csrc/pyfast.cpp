@@ -59,4 +59,13 @@ TORCH_LIBRARY(pyfast, m) {
   m.def(
       "gated_route(Tensor(a!)[] grads, Tensor[] masks_out, Tensor[] masks_in, Tensor(b!)[] emb_grads, "
       "Tensor[] embs, float s, float s_max, float clamp) -> ()");
+
+  // Fourier-KArAt basis contraction (csrc/karat/karat.h has the maths): z[b, h, k, p] = sum_{q, m=1..G}
+  // a[h, p, q, m] cos(m A) + b[h, p, q, m] sin(m A) with A = scale * q k^T, never materialising the basis.
+  // q, k: [B, H, N, D]; a, b: [H, r, N, G]. Returns z [B, H, N, r] in q's dtype (float32 arithmetic for half types).
+  m.def("karat_fwd(Tensor q, Tensor k, Tensor a, Tensor b, float scale) -> Tensor z");
+  // Backward of karat_fwd, recomputing A and the basis tile by tile from q and k (nothing else is saved).
+  m.def(
+      "karat_bwd(Tensor grad_z, Tensor q, Tensor k, Tensor a, Tensor b, float scale) -> "
+      "(Tensor grad_q, Tensor grad_k, Tensor grad_a, Tensor grad_b)");
 }

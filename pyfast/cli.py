@@ -141,7 +141,7 @@ def _list_registries() -> str:
         width = max(len(n) for n in registry.names())
         for e in registry.entries():
             extra = ""
-            if registry is METHODS and not getattr(e.builder, "reason", ""):
+            if registry is METHODS:
                 extra = f" (default model {e.builder.default_model})"
             lines.append(f"  {e.name.ljust(width)}  {e.description}{extra}")
     return "\n".join(lines)

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from pyfast.backends import BACKENDS, use_backend
 from pyfast.data import Augmentation, ImageData
-from pyfast.methods.base import Method, MethodUnavailableError, Stage
+from pyfast.methods.base import Method, Stage
 from pyfast.registry import DATASETS, METHODS, MODELS, RegistryError
 
 CHECKPOINT_FORMAT = 2
@@ -469,8 +469,6 @@ def build_model(cfg: TrainConfig, method: Method, data: ImageData) -> nn.Module:
 def _make_method(cfg: TrainConfig, data: ImageData) -> Method:
     try:
         method = METHODS.get(cfg.method).builder(cfg)
-    except MethodUnavailableError as err:
-        raise ConfigError(str(err)) from err
     except (ValueError, TypeError) as err:  # a bad method_args value: the method's message names it
         raise ConfigError(str(err)) from err
     method.data = data

@@ -1,6 +1,6 @@
 """Training-method wrappers of ``pyfast train``, registered in :data:`pyfast.registry.METHODS`."""
 
-from pyfast.methods import distill, gated, iir_snn, mesa, slots, standard, weighted_conv  # noqa: F401  (registration)
-from pyfast.methods.base import Method, MethodUnavailableError, Stage
+from pyfast.methods import distill, gated, iir_snn, karat, mesa, standard, weighted_conv  # noqa: F401  (registration)
+from pyfast.methods.base import Method, Stage
 
-__all__ = ["Method", "MethodUnavailableError", "Stage"]
+__all__ = ["Method", "Stage"]

@@ -21,10 +21,6 @@ import torch
 from torch import nn
 
 
-class MethodUnavailableError(ValueError):
-    """A registered method whose implementation has not landed in this version (the message says which issue)."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Stage:
     """One stage of a run: ``epochs`` epochs with a fresh optimiser; ``options`` are method-specific (e.g. T)."""
@@ -96,12 +92,3 @@ class Method:
         scaler.step(optimizer)
         scaler.update()
         return loss, logits
-
-
-class UnavailableMethod(Method):
-    """A slot for a kernel-backed method whose issue has not landed: listed by ``--list``, refused by ``train``."""
-
-    reason = ""
-
-    def __init__(self, cfg):
-        raise MethodUnavailableError(self.reason)

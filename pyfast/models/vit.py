@@ -15,6 +15,8 @@ A ``Block`` has ``norm1``, ``attn`` (``qkv``: Linear(C, 3C), ``proj``: Linear(C,
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -65,10 +67,10 @@ class Block(nn.Module):
     """Pre-norm Transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``; ``[B, N, C]`` in and out."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop: float = 0.0,
-                 attention: str = "softmax"):
+                 attention: str = "softmax", attention_args: dict | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = ATTENTIONS.get(attention).builder(dim, num_heads, proj_drop=drop)
+        self.attn = ATTENTIONS.get(attention).builder(dim, num_heads, proj_drop=drop, **(attention_args or {}))
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
@@ -86,11 +88,15 @@ class VisionTransformer(nn.Module):
         dim, depth, num_heads, mlp_ratio: the usual ViT sizes (ViT-Tiny: 192, 12, 3; ViT-Small: 384, 12, 6).
         drop: dropout after the attention projection and in the MLP.
         attention: name in :data:`ATTENTIONS`.
+        attention_args: extra keyword arguments of the attention class (e.g. ``{"G": 1, "mode": "universal"}`` for
+            ``"karat"``). An attention class whose constructor takes ``n_tokens`` gets the model's token count
+            (``(image_size / patch)^2 + 1``), and one that takes ``shared`` gets one dict per model (for parameters
+            shared across blocks), unless ``attention_args`` sets them.
     """
 
     def __init__(self, num_classes: int, image_size: int = 32, patch: int = 4, in_channels: int = 3, dim: int = 192,
                  depth: int = 12, num_heads: int = 3, mlp_ratio: float = 4.0, drop: float = 0.0,
-                 attention: str = "softmax"):
+                 attention: str = "softmax", attention_args: dict | None = None):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"VisionTransformer: image_size ({image_size}) must be a multiple of patch ({patch})")
@@ -99,7 +105,16 @@ class VisionTransformer(nn.Module):
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim))
-        self.blocks = nn.Sequential(*(Block(dim, num_heads, mlp_ratio, drop, attention) for _ in range(depth)))
+        if attention_args is not None and not isinstance(attention_args, dict):
+            raise TypeError(f"VisionTransformer: attention_args must be a dict, got {attention_args!r}")
+        attn_kw = dict(attention_args or {})
+        takes = inspect.signature(ATTENTIONS.get(attention).builder).parameters
+        if "n_tokens" in takes:
+            attn_kw.setdefault("n_tokens", num_patches + 1)
+        if "shared" in takes:
+            attn_kw.setdefault("shared", {})
+        self.blocks = nn.Sequential(*(Block(dim, num_heads, mlp_ratio, drop, attention, attn_kw)
+                                      for _ in range(depth)))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

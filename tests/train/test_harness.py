@@ -206,8 +206,6 @@ def test_bad_model_and_method_options_are_named(tmp_path):
         train(tiny(tmp_path, method="iir-snn", method_args={"warp": 1}), **QUIET)
     with pytest.raises(ConfigError, match="timesteps"):
         train(tiny(tmp_path, method="iir-snn", method_args={"timesteps": [0]}), **QUIET)
-    with pytest.raises(ConfigError, match="lands with issue 5"):
-        train(tiny(tmp_path, method="karat"), **QUIET)
 
 
 def test_config_files(tmp_path):

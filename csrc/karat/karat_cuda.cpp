@@ -1,0 +1,109 @@
+// Fourier-KArAt, CUDA registration of the basis contraction: checks (karat_host.h), the device guard and the current
+// stream. The rows are processed in tiles over every (batch x head) at once: the tile's scores Q_t K^T and its GEMMs
+// with the packed coefficients are cuBLAS batched GEMMs, the basis and score-gradient tiles come from the torch-free
+// kernels of karat_kernel.cu. The tile height keeps the basis tile under kTileBytes, so the workspace never holds the
+// whole B*H*N*N*2G basis (and none of it is kept for backward, which regenerates it from q and k).
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "karat/karat_host.h"
+
+namespace pyfast {
+namespace karat {
+cudaError_t karat_basis_cuda_launch(const void* S, void* bas, int64_t rows, int64_t N, int G, double scale,
+                                    DType acc, cudaStream_t stream);
+cudaError_t karat_grad_scores_cuda_launch(const void* bas, const void* E, void* gS, int64_t rows, int64_t N, int G,
+                                          double scale, DType acc, cudaStream_t stream);
+}  // namespace karat
+
+namespace {
+
+constexpr int64_t kTileBytes = int64_t{64} << 20;
+
+int64_t tile_rows(const karat::Shape& s, int64_t elem) {
+  const int64_t per_row = std::max<int64_t>(1, s.B * s.H * s.L() * elem);
+  return std::clamp<int64_t>(kTileBytes / per_row, 1, s.N);
+}
+
+karat::DType acc_dtype(at::ScalarType acc) { return acc == at::kDouble ? karat::DType::Float64 : karat::DType::Float32; }
+
+at::Tensor karat_fwd_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& a, const at::Tensor& b,
+                          double scale) {
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const karat::Shape s = karat::check_inputs(q_in, k_in, a, b);
+  const auto acc = karat::acc_type(q_in.scalar_type());
+  const int64_t BH = s.B * s.H, L = s.L();
+  const at::Tensor q = q_in.to(acc).contiguous().view({BH, s.N, s.D});
+  const at::Tensor kT = k_in.to(acc).contiguous().view({BH, s.N, s.D}).transpose(1, 2);
+  const at::Tensor CT = karat::pack_coef(a, b, acc).transpose(1, 2);  // [H, L, r]
+  at::Tensor z = at::empty({s.B, s.H, s.N, s.r}, q.options());
+  if (BH == 0) return z.to(q_in.scalar_type());
+  const int64_t kt = tile_rows(s, q.element_size());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  for (int64_t r0 = 0; r0 < s.N; r0 += kt) {
+    const int64_t rows = std::min(kt, s.N - r0);
+    const at::Tensor S = at::bmm(q.narrow(1, r0, rows), kT);  // [BH, rows, N]
+    at::Tensor bas = at::empty({s.B, s.H, rows, L}, q.options());
+    C10_CUDA_CHECK(karat::karat_basis_cuda_launch(S.const_data_ptr(), bas.mutable_data_ptr(), BH * rows, s.N, s.G,
+                                                  scale, acc_dtype(acc), stream));
+    z.narrow(2, r0, rows).copy_(at::matmul(bas, CT));
+  }
+  return z.to(q_in.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd_cuda(const at::Tensor& grad_z,
+                                                                          const at::Tensor& q_in,
+                                                                          const at::Tensor& k_in, const at::Tensor& a,
+                                                                          const at::Tensor& b, double scale) {
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const karat::Shape s = karat::check_inputs(q_in, k_in, a, b);
+  karat::check_grad_z(grad_z, q_in, s);
+  const auto acc = karat::acc_type(q_in.scalar_type());
+  const int64_t BH = s.B * s.H, L = s.L();
+  const at::Tensor q = q_in.to(acc).contiguous().view({BH, s.N, s.D});
+  const at::Tensor k = k_in.to(acc).contiguous().view({BH, s.N, s.D});
+  const at::Tensor gz = grad_z.to(acc).contiguous().view({s.B, s.H, s.N, s.r});
+  const at::Tensor C = karat::pack_coef(a, b, acc);  // [H, r, L]
+  at::Tensor gq = at::empty_like(q), gk = at::zeros_like(k), gC = at::zeros({s.H, s.r, L}, q.options());
+  const int64_t kt = tile_rows(s, q.element_size());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  for (int64_t r0 = 0; BH > 0 && r0 < s.N; r0 += kt) {
+    const int64_t rows = std::min(kt, s.N - r0);
+    const at::Tensor Q_t = q.narrow(1, r0, rows);
+    const at::Tensor S = at::bmm(Q_t, k.transpose(1, 2));
+    at::Tensor bas = at::empty({s.B, s.H, rows, L}, q.options());
+    C10_CUDA_CHECK(karat::karat_basis_cuda_launch(S.const_data_ptr(), bas.mutable_data_ptr(), BH * rows, s.N, s.G,
+                                                  scale, acc_dtype(acc), stream));
+    const at::Tensor gz_t = gz.narrow(2, r0, rows);                // [B, H, rows, r]
+    const at::Tensor E = at::matmul(gz_t, C).contiguous();          // [B, H, rows, L]
+    gC.add_(at::matmul(gz_t.transpose(-1, -2), bas).sum(0));        // [H, r, L]
+    at::Tensor gS = at::empty({BH, rows, s.N}, q.options());
+    C10_CUDA_CHECK(karat::karat_grad_scores_cuda_launch(bas.const_data_ptr(), E.const_data_ptr(),
+                                                        gS.mutable_data_ptr(), BH * rows, s.N, s.G, scale,
+                                                        acc_dtype(acc), stream));
+    gq.narrow(1, r0, rows).copy_(at::bmm(gS, k));
+    gk.baddbmm_(gS.transpose(1, 2), Q_t);
+  }
+  auto [ga, gb] = karat::unpack_coef(gC, s, a.scalar_type());
+  return {gq.view(q_in.sizes()).to(q_in.scalar_type()), gk.view(k_in.sizes()).to(k_in.scalar_type()), ga,
+          gb.to(b.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyfast, CUDA, m) {
+  m.impl("karat_fwd", &karat_fwd_cuda);
+  m.impl("karat_bwd", &karat_bwd_cuda);
+}
+
+}  // namespace pyfast

@@ -1,0 +1,88 @@
+// Fourier-KArAt, CUDA kernels of the basis contraction (maths in karat.h). Torch-free: raw pointers, sizes and a
+// cudaStream_t; launched from karat_cuda.cpp on the current stream, between the tile's cuBLAS GEMMs.
+//   basis        one thread per (score row, q): one sincos of scale * S, then the G harmonics by the angle-addition
+//                recurrence, written to the row's basis Bas[row, (t * G + m - 1) * N + q] (coalesced over q).
+//   grad_scores  one thread per (score row, q): gS = scale * sum_m m (E_s cos(m A) - E_c sin(m A)), reading the same
+//                basis tile and E = g_z C.
+// Arithmetic in float (double for double inputs); the host passes the tensors already in that type.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "karat/karat.h"
+
+namespace pyfast {
+namespace karat {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ void sincos_dev(float x, float* s, float* c) { sincosf(x, s, c); }
+__device__ __forceinline__ void sincos_dev(double x, double* s, double* c) { sincos(x, s, c); }
+
+template <class A>
+__global__ void basis_kernel(const A* __restrict__ S, int64_t rows, int64_t N, int G, A scale, A* __restrict__ bas) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * N) return;
+  const int64_t row = i / N, q = i - row * N;
+  A* c = bas + row * 2 * G * N + q;
+  A* s = c + G * N;
+  A s1, c1;
+  sincos_dev(scale * S[i], &s1, &c1);
+  A cm = c1, sm = s1;
+  c[0] = c1;
+  s[0] = s1;
+  for (int m = 1; m < G; ++m) {
+    next_harmonic(c1, s1, cm, sm, cm, sm);
+    c[m * N] = cm;
+    s[m * N] = sm;
+  }
+}
+
+template <class A>
+__global__ void grad_scores_kernel(const A* __restrict__ bas, const A* __restrict__ E, int64_t rows, int64_t N, int G,
+                                   A scale, A* __restrict__ gS) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * N) return;
+  const int64_t row = i / N, q = i - row * N;
+  const int64_t off = row * 2 * G * N + q;
+  A g = A(0);
+  for (int m = 1; m <= G; ++m) {
+    const int64_t j = off + (m - 1) * N;
+    g += static_cast<A>(m) * (E[j + G * N] * bas[j] - E[j] * bas[j + G * N]);
+  }
+  gS[i] = scale * g;
+}
+
+unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+
+}  // namespace
+
+cudaError_t karat_basis_cuda_launch(const void* S, void* bas, int64_t rows, int64_t N, int G, double scale,
+                                    DType acc, cudaStream_t stream) {
+  if (rows * N == 0) return cudaSuccess;
+  if (acc == DType::Float64)
+    basis_kernel<double><<<blocks_for(rows * N), kThreads, 0, stream>>>(static_cast<const double*>(S), rows, N, G,
+                                                                         scale, static_cast<double*>(bas));
+  else
+    basis_kernel<float><<<blocks_for(rows * N), kThreads, 0, stream>>>(
+        static_cast<const float*>(S), rows, N, G, static_cast<float>(scale), static_cast<float*>(bas));
+  return cudaGetLastError();
+}
+
+cudaError_t karat_grad_scores_cuda_launch(const void* bas, const void* E, void* gS, int64_t rows, int64_t N, int G,
+                                          double scale, DType acc, cudaStream_t stream) {
+  if (rows * N == 0) return cudaSuccess;
+  if (acc == DType::Float64)
+    grad_scores_kernel<double><<<blocks_for(rows * N), kThreads, 0, stream>>>(
+        static_cast<const double*>(bas), static_cast<const double*>(E), rows, N, G, scale, static_cast<double*>(gS));
+  else
+    grad_scores_kernel<float><<<blocks_for(rows * N), kThreads, 0, stream>>>(
+        static_cast<const float*>(bas), static_cast<const float*>(E), rows, N, G, static_cast<float>(scale),
+        static_cast<float*>(gS));
+  return cudaGetLastError();
+}
+
+}  // namespace karat
+}  // namespace pyfast
