@@ -23,6 +23,8 @@
 //   embedding:      g *= (s_max / s) (cosh(clamp(s e, -c, c)) + 1) / (cosh(e) + 1)
 #pragma once
 
+#include "common/dtype.h"
+
 #include <cmath>
 #include <cstdint>
 
@@ -37,7 +39,7 @@
 namespace pyfast {
 namespace gated {
 
-enum class DType : int { Float32, Float64, Float16, BFloat16 };
+using DType = ::pyfast::DType;
 
 // Pointers of the core ops. x is in x's dtype; every other tensor in the arithmetic type, all contiguous.
 struct CoreArgs {

@@ -14,22 +14,11 @@
 #include <tuple>
 #include <vector>
 
+#include "common/host.h"
 #include "gated/gated.h"
 
 namespace pyfast {
 namespace gated {
-
-inline at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-inline DType dtype_of(const at::Tensor& x) {
-  switch (x.scalar_type()) {
-    case at::kFloat: return DType::Float32;
-    case at::kDouble: return DType::Float64;
-    case at::kHalf: return DType::Float16;
-    case at::kBFloat16: return DType::BFloat16;
-    default: TORCH_CHECK_TYPE(false, "gated: unsupported dtype ", x.scalar_type());
-  }
-}
 
 inline void check_like(const at::Tensor& t, const char* name, at::IntArrayRef shape, const at::Tensor& x) {
   TORCH_CHECK_VALUE(t.sizes() == shape, "gated_cattn: ", name, " must have shape ", shape, ", got ", t.sizes());

@@ -15,6 +15,8 @@
 // Arithmetic type A: float (float/half/bfloat16 inputs) or double.
 #pragma once
 
+#include "common/dtype.h"
+
 #include <cmath>
 #include <cstdint>
 
@@ -29,7 +31,7 @@
 namespace pyfast {
 namespace karat {
 
-enum class DType : int { Float32, Float64, Float16, BFloat16 };
+using DType = ::pyfast::DType;
 
 // sin and cos of a float score, branch-free so the CPU loops vectorise: the quadrant n = round(x 2/pi) and the
 // remainder r = x - n pi/2 in double (exact enough for |x| < 2^30), then the Cephes minimax polynomials on

@@ -162,7 +162,7 @@ void bwd_impl(const A* gz, const A* q, const A* k, const A* C, A* gq, A* gk, A* 
 at::Tensor karat_fwd_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& a, const at::Tensor& b,
                          double scale) {
   const karat::Shape s = karat::check_inputs(q_in, k_in, a, b);
-  const auto acc = karat::acc_type(q_in.scalar_type());
+  const auto acc = acc_type(q_in.scalar_type());
   const at::Tensor q = q_in.to(acc).contiguous(), k = k_in.to(acc).contiguous();
   const at::Tensor C = karat::pack_coef(a, b, acc);
   at::Tensor z = at::empty({s.B, s.H, s.N, s.r}, q.options());
@@ -181,7 +181,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd_cpu(const a
                                                                          const at::Tensor& b, double scale) {
   const karat::Shape s = karat::check_inputs(q_in, k_in, a, b);
   karat::check_grad_z(grad_z, q_in, s);
-  const auto acc = karat::acc_type(q_in.scalar_type());
+  const auto acc = acc_type(q_in.scalar_type());
   const at::Tensor q = q_in.to(acc).contiguous(), k = k_in.to(acc).contiguous(), gz = grad_z.to(acc).contiguous();
   const at::Tensor C = karat::pack_coef(a, b, acc);
   at::Tensor gq = at::zeros_like(q), gk = at::zeros_like(k);

@@ -41,7 +41,7 @@ at::Tensor karat_fwd_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const 
                           double scale) {
   const c10::cuda::CUDAGuard guard(q_in.device());
   const karat::Shape s = karat::check_inputs(q_in, k_in, a, b);
-  const auto acc = karat::acc_type(q_in.scalar_type());
+  const auto acc = acc_type(q_in.scalar_type());
   const int64_t BH = s.B * s.H, L = s.L();
   const at::Tensor q = q_in.to(acc).contiguous().view({BH, s.N, s.D});
   const at::Tensor kT = k_in.to(acc).contiguous().view({BH, s.N, s.D}).transpose(1, 2);
@@ -68,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd_cuda(const 
   const c10::cuda::CUDAGuard guard(q_in.device());
   const karat::Shape s = karat::check_inputs(q_in, k_in, a, b);
   karat::check_grad_z(grad_z, q_in, s);
-  const auto acc = karat::acc_type(q_in.scalar_type());
+  const auto acc = acc_type(q_in.scalar_type());
   const int64_t BH = s.B * s.H, L = s.L();
   const at::Tensor q = q_in.to(acc).contiguous().view({BH, s.N, s.D});
   const at::Tensor k = k_in.to(acc).contiguous().view({BH, s.N, s.D});

@@ -9,6 +9,7 @@
 
 #include <tuple>
 
+#include "common/host.h"
 #include "karat/karat.h"
 
 namespace pyfast {
@@ -19,8 +20,6 @@ struct Shape {
   int G;
   int64_t L() const { return 2 * G * N; }  // length of a basis row
 };
-
-inline at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 inline void check_float(const at::Tensor& x, const char* name) {
   const auto t = x.scalar_type();

@@ -23,6 +23,8 @@
 // rounding is the identity). Only H is saved; S and V are recomputed.
 #pragma once
 
+#include "common/dtype.h"
+
 #include <cmath>
 #include <cstdint>
 #include <bit>
@@ -167,7 +169,7 @@ PYFAST_HD A charge_grad_k(A x, A v_prev, const Config& c) {
 }
 
 // Element types the kernels are instantiated for; passed as a plain enum so the .cu stays torch-free.
-enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
+using DType = ::pyfast::DType;
 
 // Raw pointers of one lif_fwd call. Tensors are contiguous [T, N] (x, spikes, h_seq) or [N] (v0, v_last).
 // k / v_th hold one float per neuron (stride 1) or one for all (stride 0). v0 may be null (start from the reset

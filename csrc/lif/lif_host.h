@@ -16,6 +16,7 @@
 #include <string_view>
 #include <tuple>
 
+#include "common/host.h"
 #include "lif/lif.h"
 
 namespace pyfast {
@@ -67,16 +68,6 @@ inline void check_state(const std::optional<at::Tensor>& s, const char* name, co
   TORCH_CHECK_TYPE(s->scalar_type() == x.scalar_type(), "lif: ", name, " must have x's dtype ", x.scalar_type(),
                    ", got ", s->scalar_type());
   TORCH_CHECK_VALUE(s->device() == x.device(), "lif: ", name, " is on ", s->device(), " but x is on ", x.device());
-}
-
-inline DType dtype_of(const at::Tensor& x) {
-  switch (x.scalar_type()) {
-    case at::kFloat: return DType::Float32;
-    case at::kDouble: return DType::Float64;
-    case at::kHalf: return DType::Float16;
-    case at::kBFloat16: return DType::BFloat16;
-    default: TORCH_CHECK_TYPE(false, "lif: unsupported dtype ", x.scalar_type());
-  }
 }
 
 template <class T>

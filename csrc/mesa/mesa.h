@@ -20,6 +20,8 @@
 // beta).
 #pragma once
 
+#include "common/dtype.h"
+
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -31,7 +33,7 @@
 namespace pyfast {
 namespace mesa {
 
-enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
+using DType = ::pyfast::DType;
 
 constexpr uint32_t kHashMul1 = 0x7FEB352Du, kHashMul2 = 0x846CA68Bu;
 constexpr uint32_t kSeedSalt = 0x9E3779B9u, kIndexMul = 0x85EBCA6Bu;

@@ -10,20 +10,11 @@
 #include <cmath>
 #include <tuple>
 
+#include "common/host.h"
 #include "mesa/mesa.h"
 
 namespace pyfast {
 namespace mesa {
-
-inline DType dtype_of(c10::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::Float32;
-    case at::kDouble: return DType::Float64;
-    case at::kHalf: return DType::Float16;
-    case at::kBFloat16: return DType::BFloat16;
-    default: TORCH_CHECK_TYPE(false, "mesa: unsupported dtype ", t, " (float32/float64/float16/bfloat16)");
-  }
-}
 
 inline int64_t wrap_dim(int64_t dim, int64_t ndim, const char* op) {
   TORCH_CHECK_VALUE(ndim >= 1, op, ": the tensor must have at least one dimension");

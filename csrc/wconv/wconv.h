@@ -15,6 +15,8 @@
 // Arithmetic type A: float for float/half/bfloat16 weights, double for double. den arrives in A.
 #pragma once
 
+#include "common/dtype.h"
+
 #include <cstdint>
 
 #ifndef PYFAST_HD
@@ -30,7 +32,7 @@ namespace wconv {
 
 constexpr int kMaxAxes = 3;
 
-enum class DType : int { Float32, Float64, Float16, BFloat16 };
+using DType = ::pyfast::DType;
 
 struct Geometry {
   int axes;             // spatial dimensions d, 1..3

@@ -13,22 +13,11 @@
 #include <string>
 #include <tuple>
 
+#include "common/host.h"
 #include "wconv/wconv.h"
 
 namespace pyfast {
 namespace wconv {
-
-inline at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-inline DType dtype_of(const at::Tensor& x) {
-  switch (x.scalar_type()) {
-    case at::kFloat: return DType::Float32;
-    case at::kDouble: return DType::Float64;
-    case at::kHalf: return DType::Float16;
-    case at::kBFloat16: return DType::BFloat16;
-    default: TORCH_CHECK_TYPE(false, "wconv: unsupported dtype ", x.scalar_type());
-  }
-}
 
 // Kernel geometry of a [C_out, C_in/groups, K...] tensor and den's layout (per axis or shared).
 inline Geometry geometry_of(const at::Tensor& w, const at::Tensor& den, const char* name) {
