@@ -40,4 +40,14 @@ TORCH_LIBRARY(pyfast, m) {
       "float ema_decay, bool update, bool stochastic) -> (Tensor q, Tensor clip_val_out, Tensor shift_out)");
   // x_hat = q / s + shift with s = (levels - 1) / clip_val per group, in dtype.
   m.def("mesa_dequantize(Tensor q, Tensor clip_val, Tensor shift, int dim, int levels, ScalarType dtype) -> Tensor");
+
+  // CRReLU (csrc/crrelu/crrelu.h has the maths): y = max(0, x) + eps x exp(-x^2/2). eps: floating, one value
+  // (shared) or x.size(dim) values (per channel along `dim`; dim is ignored for a shared eps). y has x's shape and
+  // dtype (contiguous).
+  m.def("crrelu_fwd(Tensor x, Tensor eps, int dim) -> Tensor");
+  // Backward of crrelu_fwd from x (recomputes exp): grad_x = grad (1[x > 0] + eps (1 - x^2) e), grad_eps =
+  // sum grad x e per eps value (eps's shape and dtype). Outputs not requested have shape [0].
+  m.def(
+      "crrelu_bwd(Tensor grad, Tensor x, Tensor eps, int dim, bool need_grad_x, bool need_grad_eps) -> "
+      "(Tensor grad_x, Tensor grad_eps)");
 }
