@@ -50,4 +50,18 @@ TORCH_LIBRARY(pyfast, m) {
   m.def(
       "crrelu_bwd(Tensor grad, Tensor x, Tensor eps, int dim, bool need_grad_x, bool need_grad_eps) -> "
       "(Tensor grad_x, Tensor grad_eps)");
+
+  // Ghost batch norm (csrc/ghost_bn/ghost_bn.h has the maths). x: [N, C, *], cut into G = ceil(N / ghost_batch_size)
+  // ghost batches (the last may be smaller). weight / bias: [C] or absent. Returns y (x's shape and dtype) and the
+  // per-ghost mean, biased variance and invstd = 1 / sqrt(var + eps), each [G, C] in float32 (float64 for float64
+  // x). The running statistics are updated from them by the caller (pyfast/ops/ghost_bn.py, closed form).
+  m.def(
+      "ghost_bn_fwd(Tensor x, Tensor? weight, Tensor? bias, int ghost_batch_size, float eps) -> "
+      "(Tensor y, Tensor mean, Tensor var, Tensor invstd)");
+  // Backward of ghost_bn_fwd from x and the saved mean / invstd: grad_x (x's dtype), grad_weight and grad_bias
+  // ([C], float32 or float64). Outputs not requested have shape [0].
+  m.def(
+      "ghost_bn_bwd(Tensor grad, Tensor x, Tensor mean, Tensor invstd, Tensor? weight, int ghost_batch_size, "
+      "bool need_grad_x, bool need_grad_weight, bool need_grad_bias) -> "
+      "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
 }

@@ -12,14 +12,10 @@
 #include <algorithm>
 #include <bit>
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 #include <vector>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
+#include "common/cpu.h"
 #include "crrelu/crrelu_host.h"
 
 namespace pyfast {
@@ -32,7 +28,7 @@ namespace baseline {
 #include "crrelu/crrelu_cpu_kernels.inc"
 }  // namespace baseline
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#ifdef PYFAST_X86_CLONES
 // The same loops for AVX2 + FMA and for AVX-512 (512-bit vectors preferred): the exp polynomial makes the loops
 // compute-heavy enough that the vector width shows. Chosen at run time, so the library runs on any x86-64.
 #pragma GCC push_options
@@ -47,34 +43,7 @@ namespace avx512 {
 #include "crrelu/crrelu_cpu_kernels.inc"
 }  // namespace avx512
 #pragma GCC pop_options
-#define PYFAST_CRRELU_X86 1
 #endif
-
-// 0 baseline, 1 AVX2, 2 AVX-512. PYFAST_CPU_BASELINE=1 forces the baseline loops (read once; tests cover both).
-int cpu_isa() {
-#ifdef PYFAST_CRRELU_X86
-  static const int isa = std::getenv("PYFAST_CPU_BASELINE") != nullptr                       ? 0
-                         : __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
-                             ? 2
-                         : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1
-                                                                                            : 0;
-  return isa;
-#else
-  return 0;
-#endif
-}
-
-// Large outputs are fresh mappings whose first-touch page faults cost about as much as the loops; asking for
-// transparent huge pages before the first write makes 512x fewer faults (a hint: nothing changes where THP is off).
-void advise_huge_pages(void* data, int64_t bytes) {
-#ifdef __linux__
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + static_cast<uintptr_t>(bytes)) & ~(kHuge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#endif
-}
 
 template <typename scalar_t>
 using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -96,9 +65,9 @@ struct Fns {
 
 template <typename scalar_t, bool kGradX, bool kGradEps>
 Fns<scalar_t, kGradX, kGradEps> pick() {
-#ifdef PYFAST_CRRELU_X86
-  if (cpu_isa() == 2) return PYFAST_CRRELU_FNS(avx512);
-  if (cpu_isa() == 1) return PYFAST_CRRELU_FNS(avx2);
+#ifdef PYFAST_X86_CLONES
+  if (cpu::isa() == cpu::Isa::Avx512) return PYFAST_CRRELU_FNS(avx512);
+  if (cpu::isa() == cpu::Isa::Avx2) return PYFAST_CRRELU_FNS(avx2);
 #endif
   return PYFAST_CRRELU_FNS(baseline);
 }
@@ -135,7 +104,7 @@ void fwd_cpu_kernel(const crrelu::FwdArgs& a) {
   const auto* x = static_cast<const scalar_t*>(a.x);
   auto* y = static_cast<scalar_t*>(a.y);
   const auto* eps = static_cast<const A*>(a.eps);
-  advise_huge_pages(y, l.outer * l.C * l.inner * static_cast<int64_t>(sizeof(scalar_t)));
+  cpu::advise_huge_pages(y, l.outer * l.C * l.inner * static_cast<int64_t>(sizeof(scalar_t)));
   const Split s = split_of(l);
   at::parallel_for(0, s.items, s.grain, [&](int64_t begin, int64_t end) {
     for (int64_t it = begin; it < end; ++it) {
@@ -160,7 +129,7 @@ void bwd_cpu_kernel(const crrelu::BwdArgs& a) {
   const auto* x = static_cast<const scalar_t*>(a.x);
   auto* gx = static_cast<scalar_t*>(a.grad_x);
   const auto* eps = static_cast<const A*>(a.eps);
-  if (kGradX) advise_huge_pages(gx, l.outer * l.C * l.inner * static_cast<int64_t>(sizeof(scalar_t)));
+  if (kGradX) cpu::advise_huge_pages(gx, l.outer * l.C * l.inner * static_cast<int64_t>(sizeof(scalar_t)));
   const Split s = split_of(l);
   std::vector<double> partial(kGradEps ? static_cast<size_t>(s.items * (s.cols ? l.C : 1)) : 0);
   at::parallel_for(0, s.items, s.grain, [&](int64_t begin, int64_t end) {

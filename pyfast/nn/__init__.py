@@ -2,7 +2,19 @@
 
 from pyfast.nn import mesa
 from pyfast.nn.crrelu import CRReLU
+from pyfast.nn.ghost_bn import GhostBatchNorm1d, GhostBatchNorm2d, convert_to_ghost_bn
 from pyfast.nn.lif import IF, LIF
 from pyfast.nn.wconv import WeightedConv1d, WeightedConv2d, WeightedConv3d
 
-__all__ = ["IF", "LIF", "CRReLU", "WeightedConv1d", "WeightedConv2d", "WeightedConv3d", "mesa"]
+__all__ = [
+    "IF",
+    "LIF",
+    "CRReLU",
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
+    "WeightedConv1d",
+    "WeightedConv2d",
+    "WeightedConv3d",
+    "convert_to_ghost_bn",
+    "mesa",
+]
