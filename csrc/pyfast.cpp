@@ -64,4 +64,18 @@ TORCH_LIBRARY(pyfast, m) {
       "ghost_bn_bwd(Tensor grad, Tensor x, Tensor mean, Tensor invstd, Tensor? weight, int ghost_batch_size, "
       "bool need_grad_x, bool need_grad_weight, bool need_grad_bias) -> "
       "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+
+  // Multi-sample dropout head with averaged cross-entropy (csrc/msdrop/msdrop.h has the maths). h: [B, D], weight:
+  // [C, D] (h's dtype), bias: [C] or absent, target: [B] int64, seed: one int64 (the counter-based masks of all
+  // num_samples samples derive from it; the backward regenerates them). Returns loss = mean over samples and batch of
+  // the cross-entropy (0-d, h's dtype), logits [num_samples, B, C] and lse [num_samples B] (float32, float64 for
+  // float64 h; saved for backward).
+  m.def(
+      "msdrop_fwd(Tensor h, Tensor weight, Tensor? bias, Tensor target, Tensor seed, int num_samples, float p) -> "
+      "(Tensor loss, Tensor logits, Tensor lse)");
+  // Backward of msdrop_fwd: grad_h [B, D], grad_weight [C, D], grad_bias [C]; shape [0] when not requested.
+  m.def(
+      "msdrop_bwd(Tensor grad_loss, Tensor logits, Tensor lse, Tensor h, Tensor weight, Tensor target, Tensor seed, "
+      "int num_samples, float p, bool need_grad_h, bool need_grad_weight, bool need_grad_bias) -> "
+      "(Tensor grad_h, Tensor grad_weight, Tensor grad_bias)");
 }

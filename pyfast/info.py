@@ -16,7 +16,7 @@ import pyfast
 from pyfast import _extension
 from pyfast.backends import availability
 
-OPS = ("lif", "mesa", "wconv", "crrelu", "ghost_bn")  # every op with kernels; a new op is added here when it ships
+OPS = ("lif", "mesa", "wconv", "crrelu", "ghost_bn", "msdrop")  # every op with kernels; a new op is added here when it ships
 BACKEND_DEVICES = (  # (backend, device type) pairs a backend can serve
     ("cpp", "cpu"),
     ("cuda", "cuda"),

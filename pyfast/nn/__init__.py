@@ -4,6 +4,7 @@ from pyfast.nn import mesa
 from pyfast.nn.crrelu import CRReLU
 from pyfast.nn.ghost_bn import GhostBatchNorm1d, GhostBatchNorm2d, convert_to_ghost_bn
 from pyfast.nn.lif import IF, LIF
+from pyfast.nn.msdrop import MultiSampleDropoutHead
 from pyfast.nn.wconv import WeightedConv1d, WeightedConv2d, WeightedConv3d
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "CRReLU",
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
+    "MultiSampleDropoutHead",
     "WeightedConv1d",
     "WeightedConv2d",
     "WeightedConv3d",
