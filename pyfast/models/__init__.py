@@ -4,12 +4,16 @@ Every builder takes ``(num_classes, in_channels=3, image_size=32, **options)`` a
 ``[B, in_channels, image_size, image_size]`` images to logits ``[B, num_classes]``.
 """
 
+from pyfast.models.astroformer import Astroformer, astroformer
+from pyfast.models.coswin import CoSwin, coswin
 from pyfast.models.resnet import ResNet, resnet18
 from pyfast.models.snn import ConvSNN, MultiStep, snn_small
+from pyfast.models.spectformer import SpectFormer, spectformer
 from pyfast.models.vgg import VGG16, SpikingVGG16, fuse_bn, iir_neuron
 from pyfast.models.vit import ATTENTIONS, VisionTransformer, vit_small, vit_tiny
 
 __all__ = [
-    "ATTENTIONS", "VGG16", "ConvSNN", "MultiStep", "ResNet", "SpikingVGG16", "VisionTransformer", "fuse_bn",
-    "iir_neuron", "resnet18", "snn_small", "vit_small", "vit_tiny",
+    "ATTENTIONS", "VGG16", "Astroformer", "CoSwin", "ConvSNN", "MultiStep", "ResNet", "SpectFormer", "SpikingVGG16",
+    "VisionTransformer", "astroformer", "coswin", "fuse_bn", "iir_neuron", "resnet18", "snn_small", "spectformer",
+    "vit_small", "vit_tiny",
 ]
