@@ -24,6 +24,8 @@ SMOKE = {
     "iir-snn": ["--model-arg", "width=0.125", "--method-arg", "timesteps=[2,1]"],
     "mesa": ["--model-arg", "depth=2"],
     "weighted-conv": ["--model-arg", "width=0.125"],
+    "large-batch": ["--model-arg", "width=0.125", "--method-arg", "ghost_batch_size=4", "--method-arg",
+                    "base_batch_size=16"],
 }
 
 
