@@ -4,7 +4,8 @@
 // h: [B, D] features, W: [C, D], b: [C], y: [B] class indices, M dropout samples, drop probability p < 1.
 //   mask     keep(k, i, d) = [hash(seed, (k B + i) D + d) >> 8 >= ceil(p 2^24)],  s = 1 / (1 - p)
 //   forward  X_k = h * keep_k * s                       [M B, D] (one matrix: the M masked copies stacked)
-//            logits = X W^T + b                         [M B, C] (one GEMM for all samples)
+//            logits = X W^T + b                         [M B, C] (one GEMM for all samples; b added in the
+//                                                        cross-entropy pass over each row)
 //            lse_r = log sum_c exp(logits_rc),  loss = (1 / (M B)) sum_r (lse_r - logits_r,y_r)
 //   backward G = (softmax(logits) - onehot(y)) dloss / (M B)          [M B, C]
 //            dW = G^T X (X regenerated from h and the seed: no mask is stored),  db = sum_r G_r
@@ -57,7 +58,8 @@ struct MaskArgs {
 };
 
 struct CeArgs {
-  const void* logits;     // [R, C], R = M B (h's dtype)
+  void* logits;           // [R, C], R = M B (h's dtype): X W^T on entry, + bias on exit
+  const void* bias;       // [C] in h's dtype, or nullptr
   const int64_t* target;  // [B]; row r uses target[r % B]
   void* lse;              // [R] in A
   void* loss_rows;        // [R] double: lse - logit of the target

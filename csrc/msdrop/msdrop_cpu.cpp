@@ -10,10 +10,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
 #include "common/cpu.h"
+#include "common/exp.h"
 #include "msdrop/msdrop_host.h"
 
 namespace pyfast {
@@ -46,10 +48,14 @@ struct Fns {
   using A = acc_t<scalar_t>;
   void (*make_x_row)(const scalar_t*, scalar_t*, int64_t, uint32_t, uint32_t, uint32_t, A);
   void (*masked_add_row)(const scalar_t*, A*, int64_t, uint32_t, uint32_t, uint32_t, A);
+  A (*row_lse)(scalar_t*, const scalar_t*, int64_t);
+  void (*row_grad)(const scalar_t*, scalar_t*, int64_t, A, int64_t, A);
 };
 
 #define PYFAST_MSDROP_FNS(ns) \
-  Fns<scalar_t> { &ns::make_x_row<scalar_t>, &ns::masked_add_row<scalar_t> }
+  Fns<scalar_t> {                                                                                      \
+    &ns::make_x_row<scalar_t>, &ns::masked_add_row<scalar_t>, &ns::row_lse<scalar_t>, &ns::row_grad<scalar_t> \
+  }
 
 template <typename scalar_t>
 Fns<scalar_t> pick() {
@@ -100,17 +106,15 @@ void masked_sum(const msdrop::MaskArgs& a) {
 template <typename scalar_t>
 void ce(const msdrop::CeArgs& a) {
   using A = acc_t<scalar_t>;
-  const auto* logits = static_cast<const scalar_t*>(a.logits);
+  const auto fns = pick<scalar_t>();
+  auto* logits = static_cast<scalar_t*>(a.logits);
+  const auto* bias = static_cast<const scalar_t*>(a.bias);
   auto* lse = static_cast<A*>(a.lse);
   auto* rows = static_cast<double*>(a.loss_rows);
   at::parallel_for(0, a.R, std::max<int64_t>(1, 4096 / a.C), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* z = logits + r * a.C;
-      A mx = static_cast<A>(z[0]);
-      for (int64_t c = 1; c < a.C; ++c) mx = std::max(mx, static_cast<A>(z[c]));
-      A s = A(0);
-      for (int64_t c = 0; c < a.C; ++c) s += std::exp(static_cast<A>(z[c]) - mx);
-      const A l = mx + std::log(s);
+      scalar_t* z = logits + r * a.C;
+      const A l = fns.row_lse(z, bias, a.C);
       lse[r] = l;
       const int64_t y = a.target[r % a.B];
       TORCH_CHECK_VALUE(y >= 0 && y < a.C, "msdrop: target values must be in [0, ", a.C, "), got ", y);
@@ -122,18 +126,14 @@ void ce(const msdrop::CeArgs& a) {
 template <typename scalar_t>
 void grad(const msdrop::GradArgs& a) {
   using A = acc_t<scalar_t>;
+  const auto fns = pick<scalar_t>();
   const auto* logits = static_cast<const scalar_t*>(a.logits);
   const auto* lse = static_cast<const A*>(a.lse);
   auto* G = static_cast<scalar_t*>(a.G);
   const A scale = *static_cast<const A*>(a.grad_loss) / static_cast<A>(a.R);
   at::parallel_for(0, a.R, std::max<int64_t>(1, 4096 / a.C), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t y = a.target[r % a.B];
-      for (int64_t c = 0; c < a.C; ++c) {
-        const A sm = std::exp(static_cast<A>(logits[r * a.C + c]) - lse[r]);
-        G[r * a.C + c] = static_cast<scalar_t>((sm - (c == y ? A(1) : A(0))) * scale);
-      }
-    }
+    for (int64_t r = begin; r < end; ++r)
+      fns.row_grad(logits + r * a.C, G + r * a.C, a.C, lse[r], a.target[r % a.B], scale);
   });
 }
 

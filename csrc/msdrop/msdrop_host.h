@@ -4,7 +4,6 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/sum.h>
@@ -76,19 +75,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> msdrop_fwd_host(const at::Tensor&
   k.make_x(MaskArgs{h.const_data_ptr(), x.mutable_data_ptr(), seed.const_data_ptr<int64_t>(), s.M, s.B, s.D,
                     s.threshold, s.scale},
            dtype_of(h));
-  at::Tensor logits;
+  at::Tensor b;
   if (bias.has_value()) {
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == s.C, "msdrop: bias must be [C] = [", s.C, "], got ",
                       bias->sizes());
     TORCH_CHECK_VALUE(bias->device() == h.device(), "msdrop: bias must be on h's device");
-    logits = at::addmm(bias->to(h.scalar_type()), x, weight_in.t());
-  } else {
-    logits = at::mm(x, weight_in.t());
+    b = bias->to(h.scalar_type()).contiguous();
   }
+  at::Tensor logits = at::mm(x, weight_in.t());  // the bias is added by the cross-entropy pass (no broadcast copy)
   const auto acc = acc_type(h.scalar_type());
   at::Tensor lse = at::empty({s.M * s.B}, h.options().dtype(acc));
   at::Tensor rows = at::empty({s.M * s.B}, h.options().dtype(at::kDouble));
-  k.ce(CeArgs{logits.const_data_ptr(), target.const_data_ptr<int64_t>(), lse.mutable_data_ptr(),
+  k.ce(CeArgs{logits.mutable_data_ptr(), b.defined() ? b.const_data_ptr() : nullptr,
+              target.const_data_ptr<int64_t>(), lse.mutable_data_ptr(),
               rows.mutable_data_ptr(), s.M * s.B, s.C, s.B},
        dtype_of(h));
   at::Tensor loss = rows.sum().div(static_cast<double>(s.M * s.B)).to(h.scalar_type());

@@ -2,7 +2,7 @@
 // Torch-free: raw pointers and a cudaStream_t; launched from msdrop_cuda.cpp on the current stream.
 //   make_x      X = h * keep * s, one element per thread (grid-stride); the seed is read on the device.
 //   masked_sum  dh = sum_k keep_k * s * (G W)_k, one element of dh per thread, a loop over the M samples.
-//   ce          one warp per row: max, sum exp (shuffles), lse, and lse - logit of the target.
+//   ce          one warp per row: + bias, max, sum exp (shuffles), lse, and lse - logit of the target.
 //   grad        G = (softmax - onehot) dloss / R, one element per thread.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -74,12 +74,16 @@ __device__ __forceinline__ A warp_sum(A v) {
 }
 
 template <typename T, typename A>
-__global__ void ce_kernel(const T* __restrict__ logits, const int64_t* __restrict__ target, A* __restrict__ lse,
-                          double* __restrict__ rows, int64_t R, int64_t C, int64_t B) {
+__global__ void ce_kernel(T* __restrict__ logits, const T* __restrict__ bias, const int64_t* __restrict__ target,
+                          A* __restrict__ lse, double* __restrict__ rows, int64_t R, int64_t C, int64_t B) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
   if (r >= R) return;  // whole warps leave together
   const int lane = threadIdx.x % 32;
-  const T* z = logits + r * C;
+  T* z = logits + r * C;
+  if (bias) {
+    for (int64_t c = lane; c < C; c += 32) z[c] = store<T, A>(load<T, A>(z, c) + load<T, A>(bias, c));
+    __syncwarp();
+  }
   A mx = -INFINITY;
   for (int64_t c = lane; c < C; c += 32) mx = max(mx, load<T, A>(z, c));
   mx = warp_max(mx);
@@ -132,8 +136,8 @@ void ce(const CeArgs& a, cudaStream_t st) {
   using A = typename Acc<T>::type;
   const int64_t warps = kThreads / 32;
   ce_kernel<T, A><<<static_cast<unsigned>((a.R + warps - 1) / warps), kThreads, 0, st>>>(
-      static_cast<const T*>(a.logits), a.target, static_cast<A*>(a.lse), static_cast<double*>(a.loss_rows), a.R, a.C,
-      a.B);
+      static_cast<T*>(a.logits), static_cast<const T*>(a.bias), a.target, static_cast<A*>(a.lse),
+      static_cast<double*>(a.loss_rows), a.R, a.C, a.B);
 }
 
 template <typename T>
