@@ -182,7 +182,8 @@ def multi_sample_dropout_loss(h: torch.Tensor, weight: torch.Tensor, bias: torch
     Args:
         h: pooled features [B, D], float32/float64/float16/bfloat16.
         weight: [C, D] in h's dtype; bias: [C] or None. Shared by the M samples.
-        target: [B] int64 class indices in [0, C).
+        target: [B] int64 class indices in [0, C) (the range is checked eagerly, one device sync on a GPU; not
+            under torch.compile, where the CUDA kernel clamps an out-of-range index instead of reading out of bounds).
         num_samples: M, the dropout samples (masks drawn at once); p: drop probability in [0, 1).
         seed: one int64 tensor the masks derive from (default: drawn from torch's generator each call).
         backend: ``"auto"``, ``"cpp"``, ``"cuda"``, ``"triton"`` or ``"reference"`` (see pyfast.backends).
