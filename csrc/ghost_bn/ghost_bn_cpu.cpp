@@ -1,8 +1,6 @@
 // Ghost batch norm, CPU kernels (maths in ghost_bn.h, loops in ghost_bn_cpu_kernels.inc). Work items are
 // (ghost batch, block of whole channels); one item computes its channels' statistics and then normalises them
-// (forward), or its channels' sums and then dx (backward), while the data is still in cache. With S >= kRunMin the
-// loops run along each channel's contiguous S values, one channel at a time (constants in registers); for small S
-// ([N, C] and tiny maps) they run along the span of a sample's channels with per-position vectors. Per-position
+// (forward), or its channels' sums and then dx (backward), while the item's data is still in cache. Per-position
 // sums are folded onto channels in double; no item shares an output, so results do not depend on the thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -25,7 +23,6 @@ namespace pyfast {
 namespace {
 
 constexpr int64_t kSpan = 4096;  // values per sample in one item (whole channels: at least one channel)
-constexpr int64_t kRunMin = 16;  // S from which a channel's own run is the vector axis (else the span across channels)
 
 namespace baseline {
 #include "ghost_bn/ghost_bn_cpu_kernels.inc"
@@ -57,16 +54,11 @@ struct Fns {
   void (*bwd_stats)(const scalar_t*, const scalar_t*, int64_t, int64_t, int64_t, const A*, A*, A*);
   void (*bwd_dx)(const scalar_t*, const scalar_t*, scalar_t*, int64_t, int64_t, int64_t, const A*, const A*, const A*,
                  const A*);
-  void (*stats_run)(const scalar_t*, int64_t, A, double*, double*);
-  void (*norm_run)(const scalar_t*, scalar_t*, int64_t, A, A, A);
-  void (*bwd_stats_run)(const scalar_t*, const scalar_t*, int64_t, A, double*, double*);
-  void (*bwd_dx_run)(const scalar_t*, const scalar_t*, scalar_t*, int64_t, A, A, A, A);
 };
 
 #define PYFAST_GHOST_BN_FNS(ns)                                                                                   \
   Fns<scalar_t> {                                                                                                 \
-    &ns::stats_rows<scalar_t>, &ns::norm_rows<scalar_t>, &ns::bwd_stats_rows<scalar_t>, &ns::bwd_dx_rows<scalar_t>, \
-        &ns::stats_run<scalar_t>, &ns::norm_run<scalar_t>, &ns::bwd_stats_run<scalar_t>, &ns::bwd_dx_run<scalar_t> \
+    &ns::stats_rows<scalar_t>, &ns::norm_rows<scalar_t>, &ns::bwd_stats_rows<scalar_t>, &ns::bwd_dx_rows<scalar_t> \
   }
 
 template <typename scalar_t>
@@ -120,25 +112,6 @@ void fwd_cpu_kernel(const ghost_bn::FwdArgs& a) {
       const int64_t nc = std::min(items.per_block, l.C - c0), L = nc * l.S;
       const int64_t rows = ghost_bn::ghost_rows(l, g);
       const scalar_t* xb = x + g * l.B * stride + c0 * l.S;
-      if (l.S >= kRunMin) {
-        // One channel at a time: its n_g runs are summed, then normalised while they are still in cache.
-        for (int64_t ci = 0; ci < nc; ++ci) {
-          const scalar_t* xc = xb + ci * l.S;
-          const A kc = static_cast<A>(xc[0]);
-          double t1 = 0.0, t2 = 0.0;
-          for (int64_t r = 0; r < rows; ++r) fns.stats_run(xc + r * stride, l.S, kc, &t1, &t2);
-          const int64_t c = c0 + ci, gc = g * l.C + c;
-          const double m = static_cast<double>(rows * l.S), d = t1 / m;
-          const double v = std::max(t2 / m - d * d, 0.0), inv = 1.0 / std::sqrt(v + a.eps);
-          mean[gc] = static_cast<A>(static_cast<double>(kc) + d);
-          var[gc] = static_cast<A>(v);
-          invstd[gc] = static_cast<A>(inv);
-          const A scale = static_cast<A>((w ? static_cast<double>(w[c]) : 1.0) * inv), shift = b ? b[c] : A(0);
-          for (int64_t r = 0; r < rows; ++r)
-            fns.norm_run(xc + r * stride, y + (xc - x) + r * stride, l.S, mean[gc], scale, shift);
-        }
-        continue;
-      }
       for (auto* v : {&k, &s1, &s2, &mu, &sc, &sh}) v->assign(static_cast<size_t>(L), A(0));
       for (int64_t ci = 0; ci < nc; ++ci) fill_channel(k.data(), ci, l.S, static_cast<A>(xb[ci * l.S]));
       fns.stats(xb, stride, rows, L, k.data(), s1.data(), s2.data());
@@ -188,25 +161,6 @@ void bwd_cpu_kernel(const ghost_bn::BwdArgs& a) {
       const int64_t nc = std::min(items.per_block, l.C - c0), L = nc * l.S;
       const int64_t rows = ghost_bn::ghost_rows(l, g);
       const int64_t off = g * l.B * stride + c0 * l.S;
-      if (l.S >= kRunMin) {
-        for (int64_t ci = 0; ci < nc; ++ci) {
-          const int64_t c = c0 + ci, gc = g * l.C + c, oc = off + ci * l.S;
-          const A m_c = mean[gc];
-          double sum_dy = 0.0, sum_dyxmu = 0.0;
-          for (int64_t r = 0; r < rows; ++r)
-            fns.bwd_stats_run(gr + oc + r * stride, x + oc + r * stride, l.S, m_c, &sum_dy, &sum_dyxmu);
-          sdy[gc] = static_cast<A>(sum_dy);
-          sdyxmu[gc] = static_cast<A>(sum_dyxmu);
-          if (!gx) continue;
-          const double m = static_cast<double>(rows * l.S), inv = static_cast<double>(invstd[gc]);
-          const double wa = (w ? static_cast<double>(w[c]) : 1.0) * inv;
-          const A ka = static_cast<A>(wa), kb = static_cast<A>(-wa * inv * inv * sum_dyxmu / m);
-          const A kc = static_cast<A>(-wa * sum_dy / m);
-          for (int64_t r = 0; r < rows; ++r)
-            fns.bwd_dx_run(gr + oc + r * stride, x + oc + r * stride, gx + oc + r * stride, l.S, m_c, ka, kb, kc);
-        }
-        continue;
-      }
       for (auto* v : {&mu, &t1, &t2, &ca, &cb, &cc}) v->assign(static_cast<size_t>(L), A(0));
       for (int64_t ci = 0; ci < nc; ++ci) fill_channel(mu.data(), ci, l.S, mean[g * l.C + c0 + ci]);
       fns.bwd_stats(gr + off, x + off, stride, rows, L, mu.data(), t1.data(), t2.data());
