@@ -22,7 +22,7 @@
 namespace pyfast {
 namespace {
 
-constexpr int64_t kSpan = 4096;  // values per sample in one item (whole channels: at least one channel)
+constexpr int64_t kSpan = 1024;  // values per sample in one item (whole channels, at least one): 3 vectors of it fit L1
 
 namespace baseline {
 #include "ghost_bn/ghost_bn_cpu_kernels.inc"
