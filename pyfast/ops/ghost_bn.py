@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from pyfast import _extension
 from pyfast.backends import resolve
-from pyfast.reference.ghost_bn import acc_dtype, ghost_batch_norm_ref, ghost_counts, num_ghosts, running_update
+from pyfast.reference.ghost_bn import acc_dtype, ghost_batch_norm_ref, ghost_counts, num_ghosts
 
 __all__ = ["ghost_batch_norm"]
 
@@ -208,11 +208,23 @@ def ghost_batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running
     op = torch.ops.pyfast.ghost_bn_fwd_triton if chosen == "triton" else torch.ops.pyfast.ghost_bn_fwd
     y, mean, var, _ = op(x, weight, bias, ghost_batch_size, eps)
     if running_mean is not None:
-        with torch.no_grad():
-            cnt = torch.tensor(counts, dtype=torch.float64, device=x.device)[:, None]
-            running_mean.copy_(running_update(running_mean, mean, momentum))
-            running_var.copy_(running_update(running_var, var.double() * cnt / (cnt - 1), momentum))
+        _update_running(running_mean, running_var, mean, var, counts, momentum)
     return y
+
+
+def _update_running(running_mean, running_var, mean, var, counts, momentum) -> None:
+    """The closed form of :func:`pyfast.reference.ghost_bn.running_update` for both buffers in a handful of ops:
+    the EMA weights m (1 - m)^(G-1-g) (times the unbiasing factor m_g / (m_g - 1) for the variance) are Python
+    numbers, so one [2, 1, G] x [2, G, C] batched product gives both sums."""
+    g = len(counts)
+    ema = [momentum * (1.0 - momentum) ** (g - 1 - i) for i in range(g)]
+    weights = torch.tensor([[ema], [[e * c / (c - 1) for e, c in zip(ema, counts)]]], dtype=torch.float64,
+                           device=mean.device)
+    with torch.no_grad():
+        sums = torch.bmm(weights, torch.stack([mean, var]).double())  # [2, 1, C]
+        decay = (1.0 - momentum) ** g
+        running_mean.copy_(running_mean.double() * decay + sums[0, 0])
+        running_var.copy_(running_var.double() * decay + sums[1, 0])
 
 
 def ghost_count(n: int, ghost_batch_size: int) -> int:
