@@ -20,7 +20,7 @@
 #   BENCH_NEURONS     neurons per time step for the benchmark (default 4194304 = 2**22 = 64*65536)
 #
 # OUTDIR gets: gpu_check.log (everything), <stage>.log per stage, lif_cuda.csv, lif_cuda_compile.csv, mesa_cuda.csv,
-# wconv_cuda.csv, stages.tsv.
+# wconv_cuda.csv, layers_cuda.csv, stages.tsv.
 
 set -u -o pipefail
 
@@ -154,6 +154,10 @@ stage bench_lif_compile 90 0 "$PY" bench/bench_lif.py --device cuda --T 32 --dty
 stage bench_mesa 60 1 "$PY" bench/bench_mesa.py --device cuda --csv "$OUT/mesa_cuda.csv"
 stage bench_wconv 90 1 "$PY" bench/bench_wconv.py --device cuda --rounds 2 --min-run-time 0.3 \
     --layers 64x64@32x32 128x256@16x16/s2 256x256@8x8 512x512@4x4 --csv "$OUT/wconv_cuda.csv"
+# Informational: the layer ops (CRReLU, ghost BN, multi-sample dropout) without reference+compile (an inductor
+# compilation per case would not fit the budget).
+stage bench_layers 60 0 "$PY" bench/bench_layers.py --device cuda --providers reference cuda triton peer \
+    --rounds 1 --min-run-time 0.2 --no-memory --csv "$OUT/layers_cuda.csv"
 
 # --- summary ---------------------------------------------------------------------------------------------------------
 say "stages (name, rc, seconds):"

@@ -68,4 +68,42 @@ TORCH_LIBRARY(pyfast, m) {
   m.def(
       "karat_bwd(Tensor grad_z, Tensor q, Tensor k, Tensor a, Tensor b, float scale) -> "
       "(Tensor grad_q, Tensor grad_k, Tensor grad_a, Tensor grad_b)");
+
+  // CRReLU (csrc/crrelu/crrelu.h has the maths): y = max(0, x) + eps x exp(-x^2/2). eps: floating, one value
+  // (shared) or x.size(dim) values (per channel along `dim`; dim is ignored for a shared eps). y has x's shape and
+  // dtype (contiguous).
+  m.def("crrelu_fwd(Tensor x, Tensor eps, int dim) -> Tensor");
+  // Backward of crrelu_fwd from x (recomputes exp): grad_x = grad (1[x > 0] + eps (1 - x^2) e), grad_eps =
+  // sum grad x e per eps value (eps's shape and dtype). Outputs not requested have shape [0].
+  m.def(
+      "crrelu_bwd(Tensor grad, Tensor x, Tensor eps, int dim, bool need_grad_x, bool need_grad_eps) -> "
+      "(Tensor grad_x, Tensor grad_eps)");
+
+  // Ghost batch norm (csrc/ghost_bn/ghost_bn.h has the maths). x: [N, C, *], cut into G = ceil(N / ghost_batch_size)
+  // ghost batches (the last may be smaller). weight / bias: [C] or absent. Returns y (x's shape and dtype) and the
+  // per-ghost mean, biased variance and invstd = 1 / sqrt(var + eps), each [G, C] in float32 (float64 for float64
+  // x). The running statistics are updated from them by the caller (pyfast/ops/ghost_bn.py, closed form).
+  m.def(
+      "ghost_bn_fwd(Tensor x, Tensor? weight, Tensor? bias, int ghost_batch_size, float eps) -> "
+      "(Tensor y, Tensor mean, Tensor var, Tensor invstd)");
+  // Backward of ghost_bn_fwd from x and the saved mean / invstd: grad_x (x's dtype), grad_weight and grad_bias
+  // ([C], float32 or float64). Outputs not requested have shape [0].
+  m.def(
+      "ghost_bn_bwd(Tensor grad, Tensor x, Tensor mean, Tensor invstd, Tensor? weight, int ghost_batch_size, "
+      "bool need_grad_x, bool need_grad_weight, bool need_grad_bias) -> "
+      "(Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+
+  // Multi-sample dropout head with averaged cross-entropy (csrc/msdrop/msdrop.h has the maths). h: [B, D], weight:
+  // [C, D] (h's dtype), bias: [C] or absent, target: [B] int64, seed: one int64 (the counter-based masks of all
+  // num_samples samples derive from it; the backward regenerates them). Returns loss = mean over samples and batch of
+  // the cross-entropy (0-d, h's dtype), logits [num_samples, B, C] and lse [num_samples B] (float32, float64 for
+  // float64 h; saved for backward).
+  m.def(
+      "msdrop_fwd(Tensor h, Tensor weight, Tensor? bias, Tensor target, Tensor seed, int num_samples, float p) -> "
+      "(Tensor loss, Tensor logits, Tensor lse)");
+  // Backward of msdrop_fwd: grad_h [B, D], grad_weight [C, D], grad_bias [C]; shape [0] when not requested.
+  m.def(
+      "msdrop_bwd(Tensor grad_loss, Tensor logits, Tensor lse, Tensor h, Tensor weight, Tensor target, Tensor seed, "
+      "int num_samples, float p, bool need_grad_h, bool need_grad_weight, bool need_grad_bias) -> "
+      "(Tensor grad_h, Tensor grad_weight, Tensor grad_bias)");
 }

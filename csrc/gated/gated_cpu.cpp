@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/cpu.h"
 #include "gated/gated_host.h"
 
 namespace pyfast {
@@ -18,7 +19,7 @@ namespace baseline {
 #include "gated/gated_cpu_kernels.inc"
 }  // namespace baseline
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#ifdef PYFAST_X86_CLONES
 // The same loops for AVX2 (8 floats a vector instead of 4), chosen at run time; no FMA contraction
 // (-ffp-contract=off), so both builds round alike.
 #pragma GCC push_options
@@ -27,19 +28,7 @@ namespace avx2 {
 #include "gated/gated_cpu_kernels.inc"
 }  // namespace avx2
 #pragma GCC pop_options
-#define PYFAST_GATED_AVX2 1
 #endif
-
-// PYFAST_CPU_BASELINE=1 forces the baseline loops (read once; the tests use it to cover both builds).
-bool cpu_has_avx2() {
-#ifdef PYFAST_GATED_AVX2
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          std::getenv("PYFAST_CPU_BASELINE") == nullptr;
-  return yes;
-#else
-  return false;
-#endif
-}
 
 enum class Pass { Fwd, Bwd1, Bwd2 };
 
@@ -49,8 +38,8 @@ void run_core(Pass pass, const gated::CoreArgs& a) {
   Range fn = pass == Pass::Fwd ? &baseline::core_fwd<X, A>
              : pass == Pass::Bwd1 ? &baseline::core_bwd1<X, A>
                                   : &baseline::core_bwd2<X, A>;
-#ifdef PYFAST_GATED_AVX2
-  if (cpu_has_avx2())
+#ifdef PYFAST_X86_CLONES
+  if (cpu::isa() != cpu::Isa::Baseline)
     fn = pass == Pass::Fwd ? &avx2::core_fwd<X, A> : pass == Pass::Bwd1 ? &avx2::core_bwd1<X, A> : &avx2::core_bwd2<X, A>;
 #endif
   at::parallel_for(0, a.B, 1, [&](int64_t b0, int64_t b1) { fn(a, b0, b1); });

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <cstdlib>
 
+#include "common/cpu.h"
 #include "karat/karat_host.h"
 
 namespace pyfast {
@@ -31,7 +32,7 @@ namespace baseline {
 #include "karat/karat_cpu_kernels.inc"
 }  // namespace baseline
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#ifdef PYFAST_X86_CLONES
 // The same loops for AVX2 + FMA (8 floats a vector instead of 4), chosen at run time.
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -39,32 +40,20 @@ namespace avx2 {
 #include "karat/karat_cpu_kernels.inc"
 }  // namespace avx2
 #pragma GCC pop_options
-#define PYFAST_KARAT_AVX2 1
 #endif
-
-// PYFAST_CPU_BASELINE=1 forces the baseline loops (read once; the tests use it to cover both builds).
-bool cpu_has_avx2() {
-#ifdef PYFAST_KARAT_AVX2
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          std::getenv("PYFAST_CPU_BASELINE") == nullptr;
-  return yes;
-#else
-  return false;
-#endif
-}
 
 template <class A>
 void basis(const A* S, int64_t rows, int64_t N, int G, A scale, A* bas) {
-#ifdef PYFAST_KARAT_AVX2
-  if (cpu_has_avx2()) return avx2::basis_rows<A>(S, rows, N, G, scale, bas);
+#ifdef PYFAST_X86_CLONES
+  if (cpu::isa() != cpu::Isa::Baseline) return avx2::basis_rows<A>(S, rows, N, G, scale, bas);
 #endif
   baseline::basis_rows<A>(S, rows, N, G, scale, bas);
 }
 
 template <class A>
 void grad_scores(const A* bas, const A* E, int64_t rows, int64_t N, int G, A scale, A* gS) {
-#ifdef PYFAST_KARAT_AVX2
-  if (cpu_has_avx2()) return avx2::grad_scores_rows<A>(bas, E, rows, N, G, scale, gS);
+#ifdef PYFAST_X86_CLONES
+  if (cpu::isa() != cpu::Isa::Baseline) return avx2::grad_scores_rows<A>(bas, E, rows, N, G, scale, gS);
 #endif
   baseline::grad_scores_rows<A>(bas, E, rows, N, G, scale, gS);
 }

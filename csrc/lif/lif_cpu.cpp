@@ -12,10 +12,7 @@
 #include <cstdlib>
 #include <type_traits>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
+#include "common/cpu.h"
 #include "lif/lif_host.h"
 
 namespace pyfast {
@@ -27,7 +24,7 @@ namespace baseline {
 #include "lif/lif_cpu_kernels.inc"
 }  // namespace baseline
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#ifdef PYFAST_X86_CLONES
 // The same loops compiled for AVX2 + FMA (8 floats a vector instead of 4): about 2.5x less compute in the backward,
 // which the surrogate makes compute-heavy. Chosen at run time, so the library still runs on any x86-64.
 #pragma GCC push_options
@@ -36,51 +33,27 @@ namespace avx2 {
 #include "lif/lif_cpu_kernels.inc"
 }  // namespace avx2
 #pragma GCC pop_options
-#define PYFAST_LIF_AVX2 1
 #endif
 
-// PYFAST_CPU_BASELINE=1 forces the baseline loops (read once; the tests use it to cover both builds).
-bool cpu_has_avx2() {
-#ifdef PYFAST_LIF_AVX2
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          std::getenv("PYFAST_CPU_BASELINE") == nullptr;
-  return yes;
-#else
-  return false;
-#endif
-}
-
-// Large outputs are fresh, untouched mappings: glibc serves allocations of 32 MiB and more with mmap on every call,
-// and first-touch page faults in 4 KiB pages cost about as much as the LIF loops themselves. Asking for transparent
-// huge pages before the kernel first writes the buffer makes that 512x fewer faults. A hint only: where THP is off,
-// or the range holds no whole 2 MiB page, nothing changes.
-void advise_huge_pages(void* data, int64_t bytes) {
-#ifdef __linux__
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + static_cast<uintptr_t>(bytes)) & ~(kHuge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#endif
-}
 
 template <typename scalar_t, bool kStoreH>
 void lif_fwd_cpu_kernel(const lif::FwdArgs& a) {
   const int64_t bytes = a.T * a.N * static_cast<int64_t>(sizeof(scalar_t));
-  advise_huge_pages(a.spikes, bytes);
-  if (kStoreH) advise_huge_pages(a.h_seq, bytes);
+  cpu::advise_huge_pages(a.spikes, bytes);
+  if (kStoreH) cpu::advise_huge_pages(a.h_seq, bytes);
   auto range = &baseline::lif_fwd_range<scalar_t, kStoreH>;
-#ifdef PYFAST_LIF_AVX2
-  if (cpu_has_avx2()) range = &avx2::lif_fwd_range<scalar_t, kStoreH>;
+#ifdef PYFAST_X86_CLONES
+  if (cpu::isa() != cpu::Isa::Baseline) range = &avx2::lif_fwd_range<scalar_t, kStoreH>;
 #endif
   at::parallel_for(0, a.N, kGrain, [&](int64_t begin, int64_t end) { range(a, begin, end); });
 }
 
 template <typename scalar_t, lif::Surrogate kSurrogate, bool kGradK>
 void lif_bwd_cpu_kernel(const lif::BwdArgs& a) {
-  advise_huge_pages(a.grad_x, a.T * a.N * static_cast<int64_t>(sizeof(scalar_t)));
+  cpu::advise_huge_pages(a.grad_x, a.T * a.N * static_cast<int64_t>(sizeof(scalar_t)));
   auto range = &baseline::lif_bwd_range<scalar_t, kSurrogate, kGradK>;
-#ifdef PYFAST_LIF_AVX2
-  if (cpu_has_avx2()) range = &avx2::lif_bwd_range<scalar_t, kSurrogate, kGradK>;
+#ifdef PYFAST_X86_CLONES
+  if (cpu::isa() != cpu::Isa::Baseline) range = &avx2::lif_bwd_range<scalar_t, kSurrogate, kGradK>;
 #endif
   at::parallel_for(0, a.N, kGrain, [&](int64_t begin, int64_t end) { range(a, begin, end); });
 }

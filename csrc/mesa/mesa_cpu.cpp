@@ -11,6 +11,7 @@
 #include <limits>
 #include <vector>
 
+#include "common/cpu.h"
 #include "mesa/mesa_host.h"
 
 namespace pyfast {
@@ -26,31 +27,22 @@ namespace baseline {
 #include "mesa/mesa_cpu_kernels.inc"
 }  // namespace baseline
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#ifdef PYFAST_X86_CLONES
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace avx2 {
 #include "mesa/mesa_cpu_kernels.inc"
 }  // namespace avx2
 #pragma GCC pop_options
-#define PYFAST_MESA_AVX2 1
 #endif
-
-bool use_avx2() {
-#ifdef PYFAST_MESA_AVX2
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          std::getenv("PYFAST_CPU_BASELINE") == nullptr;
-  return yes;
-#else
-  return false;
-#endif
-}
 
 template <typename scalar_t>
 void minmax_group(const scalar_t* x, int64_t o_begin, int64_t o_end, int64_t G, int64_t g, int64_t inner, float& mn,
                   float& mx) {
-#ifdef PYFAST_MESA_AVX2
-  if (use_avx2()) return avx2::minmax_group(x, o_begin, o_end, G, g, inner, mn, mx);
+#ifdef PYFAST_X86_CLONES
+  if (cpu::isa() != cpu::Isa::Baseline) {
+    return avx2::minmax_group(x, o_begin, o_end, G, g, inner, mn, mx);
+  }
 #endif
   baseline::minmax_group(x, o_begin, o_end, G, g, inner, mn, mx);
 }
@@ -58,8 +50,8 @@ void minmax_group(const scalar_t* x, int64_t o_begin, int64_t o_end, int64_t G, 
 template <typename scalar_t, bool kStochastic>
 void quantize_rows(const scalar_t* x, uint8_t* q, int64_t r_begin, int64_t r_end, int64_t G, int64_t inner,
                    const float* beta, const float* scale, float lm1, uint32_t key) {
-#ifdef PYFAST_MESA_AVX2
-  if (use_avx2()) {
+#ifdef PYFAST_X86_CLONES
+  if (cpu::isa() != cpu::Isa::Baseline) {
     return avx2::quantize_rows<scalar_t, kStochastic>(x, q, r_begin, r_end, G, inner, beta, scale, lm1, key);
   }
 #endif

@@ -1,6 +1,8 @@
 """Thin nn.Modules over pyfast.ops."""
 
 from pyfast.nn import mesa
+from pyfast.nn.crrelu import CRReLU
+from pyfast.nn.ghost_bn import GhostBatchNorm1d, GhostBatchNorm2d, convert_to_ghost_bn
 from pyfast.nn.gated import (
     GatedClassAttention,
     GatedClassAttentionBlock,
@@ -9,6 +11,8 @@ from pyfast.nn.gated import (
     anneal_s,
 )
 from pyfast.nn.lif import IF, LIF
+from pyfast.nn.msdrop import MultiSampleDropoutHead
+from pyfast.nn.spectral import DropPath, SpectralGating
 from pyfast.nn.wconv import WeightedConv1d, WeightedConv2d, WeightedConv3d
 
 # isort: off
@@ -20,15 +24,22 @@ from pyfast.nn.karat import FourierKArAtAttention, KArAtCoefficients
 __all__ = [
     "IF",
     "LIF",
+    "CRReLU",
+    "DropPath",
     "FourierKArAtAttention",
     "GatedClassAttention",
     "GatedClassAttentionBlock",
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
     "GradientRouting",
     "HardAttentionGate",
     "KArAtCoefficients",
+    "MultiSampleDropoutHead",
+    "SpectralGating",
     "WeightedConv1d",
     "WeightedConv2d",
     "WeightedConv3d",
     "anneal_s",
+    "convert_to_ghost_bn",
     "mesa",
 ]

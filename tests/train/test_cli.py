@@ -33,6 +33,8 @@ SMOKE = {
     "gcab": ["--model-arg", "dim=32", "--model-arg", "depth=2", "--model-arg", "num_heads=4", "--method-arg",
              "tasks=2"],
     "hag-gr": ["--model-arg", "depth=2"],
+    "large-batch": ["--model-arg", "width=0.125", "--method-arg", "ghost_batch_size=4", "--method-arg",
+                    "base_batch_size=16"],
 }
 
 

@@ -16,6 +16,9 @@ SMALL = {  # options that keep every registered model to a fraction of a second 
     "vit-tiny": {"depth": 2},
     "vit-small": {"depth": 1},
     "snn-small": {"T": 2},
+    "spectformer": {"dim": 48, "depth": 2, "alpha": 1},
+    "coswin": {"embed_dim": 24, "depths": [1, 2, 1]},
+    "astroformer": {"embed_dims": [16, 32, 64, 64], "depths": [1, 1, 1, 1], "stem_width": 16, "head_hidden": 32},
 }
 
 

@@ -1,0 +1,80 @@
+"""``pyfast.nn.GhostBatchNorm1d/2d``: ghost batch normalization as drop-in ``nn.BatchNorm1d/2d``.
+
+Each is a subclass of the matching ``nn.BatchNorm*d`` (same constructor plus ``ghost_batch_size``, the same
+parameters and buffers, so ``state_dict`` loads both ways and ``isinstance(m, nn.BatchNorm2d)`` holds). In training
+the batch is normalised per ghost batch of ``ghost_batch_size`` samples and the running statistics advance once per
+ghost batch (:func:`pyfast.ops.ghost_batch_norm`); ``num_batches_tracked`` counts those updates, as a loop of
+BatchNorm calls over the chunks would. Eval is plain batch norm with the running statistics.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pyfast.ops.ghost_bn import check_hyperparameters, ghost_batch_norm, ghost_count
+
+__all__ = ["GhostBatchNorm1d", "GhostBatchNorm2d", "convert_to_ghost_bn"]
+
+
+class _GhostMixin:
+    def _init_ghost(self, ghost_batch_size: int, backend: str) -> None:
+        check_hyperparameters(ghost_batch_size, self.momentum, self.eps)
+        self.ghost_batch_size = ghost_batch_size
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        if self.momentum is None:
+            raise ValueError(f"{type(self).__name__}: momentum=None (cumulative average) is not supported")
+        use_batch_stats = self.training or not self.track_running_stats
+        if not use_batch_stats:
+            return ghost_batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False,
+                                    self.momentum, self.eps, self.ghost_batch_size, backend=self.backend)
+        update = self.training and self.track_running_stats
+        y = ghost_batch_norm(x, self.running_mean if update else None, self.running_var if update else None,
+                             self.weight, self.bias, True, self.momentum, self.eps, self.ghost_batch_size,
+                             backend=self.backend)
+        if update:
+            self.num_batches_tracked.add_(ghost_count(x.shape[0], self.ghost_batch_size))
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, ghost_batch_size={self.ghost_batch_size}"
+
+
+class GhostBatchNorm1d(_GhostMixin, nn.BatchNorm1d):
+    """Ghost batch norm over [N, C] or [N, C, L]; ``nn.BatchNorm1d``'s arguments plus ``ghost_batch_size``."""
+
+    def __init__(self, num_features: int, ghost_batch_size: int = 128, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None, *,
+                 backend: str = "auto"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self._init_ghost(ghost_batch_size, backend)
+
+
+class GhostBatchNorm2d(_GhostMixin, nn.BatchNorm2d):
+    """Ghost batch norm over [N, C, H, W]; ``nn.BatchNorm2d``'s arguments plus ``ghost_batch_size``."""
+
+    def __init__(self, num_features: int, ghost_batch_size: int = 128, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None, *,
+                 backend: str = "auto"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self._init_ghost(ghost_batch_size, backend)
+
+
+def convert_to_ghost_bn(module: nn.Module, ghost_batch_size: int, backend: str = "auto") -> nn.Module:
+    """Replace every ``nn.BatchNorm1d/2d`` in ``module`` (recursively, in place; the module itself too) by the ghost
+    version with the same hyperparameters, parameters and buffers. Returns the converted module."""
+    kinds = {nn.BatchNorm1d: GhostBatchNorm1d, nn.BatchNorm2d: GhostBatchNorm2d}
+    cls = kinds.get(type(module))
+    if cls is not None:
+        ghost = cls(module.num_features, ghost_batch_size, module.eps, module.momentum, module.affine,
+                    module.track_running_stats, backend=backend)
+        ghost.to(device=next(module.buffers(), torch.empty(0)).device)
+        ghost.load_state_dict(module.state_dict())
+        ghost.train(module.training)
+        return ghost
+    for name, child in module.named_children():
+        setattr(module, name, convert_to_ghost_bn(child, ghost_batch_size, backend))
+    return module
