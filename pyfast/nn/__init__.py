@@ -2,7 +2,6 @@
 
 from pyfast.nn import mesa
 from pyfast.nn.crrelu import CRReLU
-from pyfast.nn.ghost_bn import GhostBatchNorm1d, GhostBatchNorm2d, convert_to_ghost_bn
 from pyfast.nn.gated import (
     GatedClassAttention,
     GatedClassAttentionBlock,
@@ -10,6 +9,7 @@ from pyfast.nn.gated import (
     HardAttentionGate,
     anneal_s,
 )
+from pyfast.nn.ghost_bn import GhostBatchNorm1d, GhostBatchNorm2d, convert_to_ghost_bn
 from pyfast.nn.lif import IF, LIF
 from pyfast.nn.msdrop import MultiSampleDropoutHead
 from pyfast.nn.spectral import DropPath, SpectralGating
