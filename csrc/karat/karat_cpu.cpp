@@ -28,6 +28,10 @@ namespace {
 
 constexpr int64_t kTile = 64;  // score rows per work item: Bas is kTile x 2GN (300 KiB at N = 197, G = 3)
 
+// Rows per tile when N rows are cut into `tiles` tiles of at most kTile rows: as even as possible (N = 65 gives 33 + 32
+// rather than 64 + 1, whose one-row tile costs a whole GEMM call and a work item for almost nothing).
+inline int64_t balanced_rows(int64_t n, int64_t tiles) { return tiles == 0 ? kTile : (n + tiles - 1) / tiles; }
+
 namespace baseline {
 #include "karat/karat_cpu_kernels.inc"
 }  // namespace baseline
@@ -95,12 +99,12 @@ at::Tensor view(const A* p, at::IntArrayRef sizes) {
 // z [B*H, N, r] from q, k [B*H, N, D] and C [H, r, L], all contiguous in A.
 template <class A>
 void fwd_impl(const A* q, const A* k, const A* C, A* z, const karat::Shape& s, A scale) {
-  const int64_t tiles = (s.N + kTile - 1) / kTile, L = s.L();
+  const int64_t tiles = (s.N + kTile - 1) / kTile, tile_rows = balanced_rows(s.N, tiles), L = s.L();
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value);
   parallel_items(
       s.B * s.H * tiles, [&] { return std::array<at::Tensor, 2>{at::empty({kTile, s.N}, opts), at::empty({kTile, L}, opts)}; },
       [&](int64_t w, std::array<at::Tensor, 2>& ws) {
-      const int64_t bh = w / tiles, r0 = (w % tiles) * kTile, rows = std::min(kTile, s.N - r0);
+      const int64_t bh = w / tiles, r0 = (w % tiles) * tile_rows, rows = std::min(tile_rows, s.N - r0);
       at::Tensor S_t = ws[0].narrow(0, 0, rows), bas_t = ws[1].narrow(0, 0, rows);
       at::mm_out(S_t, view(q + (bh * s.N + r0) * s.D, {rows, s.D}), view(k + bh * s.N * s.D, {s.N, s.D}).t());
       basis<A>(S_t.const_data_ptr<A>(), rows, s.N, s.G, scale, bas_t.mutable_data_ptr<A>());
@@ -113,7 +117,7 @@ void fwd_impl(const A* q, const A* k, const A* C, A* z, const karat::Shape& s, A
 template <class A>
 void bwd_impl(const A* gz, const A* q, const A* k, const A* C, A* gq, A* gk, A* gC_part, const karat::Shape& s,
               A scale) {
-  const int64_t tiles = (s.N + kTile - 1) / kTile, L = s.L();
+  const int64_t tiles = (s.N + kTile - 1) / kTile, tile_rows = balanced_rows(s.N, tiles), L = s.L();
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value);
   parallel_items(
       s.B * s.H,
@@ -130,7 +134,7 @@ void bwd_impl(const A* gz, const A* q, const A* k, const A* C, A* gq, A* gk, A* 
       gK.zero_();
       gC.zero_();
       for (int64_t t = 0; t < tiles; ++t) {
-        const int64_t r0 = t * kTile, rows = std::min(kTile, s.N - r0);
+        const int64_t r0 = t * tile_rows, rows = std::min(tile_rows, s.N - r0);
         const at::Tensor Q_t = view(q + (bh * s.N + r0) * s.D, {rows, s.D});
         const at::Tensor gz_t = view(gz + (bh * s.N + r0) * s.r, {rows, s.r});
         at::Tensor S_t = S.narrow(0, 0, rows), bas_t = bas.narrow(0, 0, rows);
