@@ -10,6 +10,8 @@
 // float/half/bfloat16 storage, double for double; eps arrives in A. The gradient of eps is accumulated in double.
 #pragma once
 
+#include "common/dtype.h"
+
 #include <cmath>
 #include <cstdint>
 
@@ -17,18 +19,10 @@
 #include "common/exp.h"
 #endif
 
-#ifndef PYFAST_HD
-#if defined(__CUDACC__)
-#define PYFAST_HD __host__ __device__ __forceinline__
-#else
-#define PYFAST_HD inline
-#endif
-#endif
-
 namespace pyfast {
 namespace crrelu {
 
-enum class DType : int { Float32, Float64, Float16, BFloat16 };
+using DType = ::pyfast::DType;
 
 struct Layout {
   int64_t outer, C, inner;  // x as [outer, C, inner]; C = eps.numel()

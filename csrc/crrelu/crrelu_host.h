@@ -11,26 +11,15 @@
 
 #include <tuple>
 
+#include "common/host.h"
 #include "crrelu/crrelu.h"
 
 namespace pyfast {
 namespace crrelu {
 
-inline at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-inline DType dtype_of(const at::Tensor& x) {
-  switch (x.scalar_type()) {
-    case at::kFloat: return DType::Float32;
-    case at::kDouble: return DType::Float64;
-    case at::kHalf: return DType::Float16;
-    case at::kBFloat16: return DType::BFloat16;
-    default: TORCH_CHECK_TYPE(false, "crrelu: x must be float32/float64/float16/bfloat16, got ", x.scalar_type());
-  }
-}
-
 // [outer, C, inner] of x around axis `dim` for an eps of C values (C = 1: the whole tensor is one run).
 inline Layout layout_of(const at::Tensor& x, const at::Tensor& eps, int64_t dim) {
-  dtype_of(x);
+  check_floating(x, "crrelu", "x");
   TORCH_CHECK_TYPE(at::isFloatingType(eps.scalar_type()), "crrelu: eps must be a floating dtype, got ",
                    eps.scalar_type());
   TORCH_CHECK_VALUE(eps.device() == x.device(), "crrelu: eps is on ", eps.device(), " but x is on ", x.device());

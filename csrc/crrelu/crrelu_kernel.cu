@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common/cuda_dtype.cuh"
 #include "crrelu/crrelu.h"
 
 namespace pyfast {
@@ -126,23 +127,11 @@ void bwd(const BwdArgs& a, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t crrelu_fwd_cuda_launch(const FwdArgs& a, DType dtype, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::Float32: fwd<float>(a, stream); break;
-    case DType::Float64: fwd<double>(a, stream); break;
-    case DType::Float16: fwd<__half>(a, stream); break;
-    case DType::BFloat16: fwd<__nv_bfloat16>(a, stream); break;
-  }
-  return cudaGetLastError();
+  return for_dtype(dtype, [&](auto t) { fwd<decltype(t)>(a, stream); });
 }
 
 cudaError_t crrelu_bwd_cuda_launch(const BwdArgs& a, DType dtype, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::Float32: bwd<float>(a, stream); break;
-    case DType::Float64: bwd<double>(a, stream); break;
-    case DType::Float16: bwd<__half>(a, stream); break;
-    case DType::BFloat16: bwd<__nv_bfloat16>(a, stream); break;
-  }
-  return cudaGetLastError();
+  return for_dtype(dtype, [&](auto t) { bwd<decltype(t)>(a, stream); });
 }
 
 }  // namespace crrelu

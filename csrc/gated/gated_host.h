@@ -38,7 +38,7 @@ inline Shape check_cattn(const at::Tensor& x, const at::Tensor& gate, const at::
                          const std::optional<at::Tensor>& bv, const at::Tensor& wp,
                          const std::optional<at::Tensor>& bp, int64_t num_heads) {
   TORCH_CHECK_VALUE(x.dim() == 3, "gated_cattn: x must be [B, N+1, C], got shape ", x.sizes());
-  dtype_of(x);
+  check_floating(x, "gated_cattn", "x");
   const int64_t C = x.size(2);
   TORCH_CHECK_VALUE(x.size(1) >= 1, "gated_cattn: x needs at least the task token (N+1 >= 1), got shape ", x.sizes());
   TORCH_CHECK_VALUE(C > 0, "gated_cattn: x must have C > 0 channels, got shape ", x.sizes());
@@ -218,7 +218,7 @@ void route_host(at::TensorList grads, at::TensorList masks_out, at::TensorList m
   };
   for (size_t i = 0; i < grads.size(); ++i) {
     const at::Tensor& g = grads[i];
-    dtype_of(g);
+    check_floating(g, "gated_route", "grad");
     const auto A = acc_type(g.scalar_type());
     const bool bias = masks_in[i].numel() == 0;
     TORCH_CHECK_VALUE(g.dim() == (bias ? 1 : 2), "gated_route: grads[", i, "] must be ",
@@ -241,7 +241,7 @@ void route_host(at::TensorList grads, at::TensorList masks_out, at::TensorList m
   }
   for (size_t i = 0; i < emb_grads.size(); ++i) {
     const at::Tensor& g = emb_grads[i];
-    dtype_of(g);
+    check_floating(g, "gated_route", "grad");
     TORCH_CHECK_VALUE(embs[i].sizes() == g.sizes(), "gated_route: embs[", i, "] must have emb_grads[", i,
                       "]'s shape ", g.sizes(), ", got ", embs[i].sizes());
     TORCH_CHECK_VALUE(embs[i].device() == g.device(), "gated_route: embs[", i, "] must be on ", g.device());

@@ -20,12 +20,14 @@
 // double for double; per-channel sums are combined in double.
 #pragma once
 
+#include "common/dtype.h"
+
 #include <cstdint>
 
 namespace pyfast {
 namespace ghost_bn {
 
-enum class DType : int { Float32, Float64, Float16, BFloat16 };
+using DType = ::pyfast::DType;
 
 struct Layout {
   int64_t N, C, S, B;  // batch, channels, spatial size, ghost batch size

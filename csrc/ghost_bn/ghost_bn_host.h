@@ -14,25 +14,14 @@
 #include <optional>
 #include <tuple>
 
+#include "common/host.h"
 #include "ghost_bn/ghost_bn.h"
 
 namespace pyfast {
 namespace ghost_bn {
 
-inline at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-inline DType dtype_of(const at::Tensor& x) {
-  switch (x.scalar_type()) {
-    case at::kFloat: return DType::Float32;
-    case at::kDouble: return DType::Float64;
-    case at::kHalf: return DType::Float16;
-    case at::kBFloat16: return DType::BFloat16;
-    default: TORCH_CHECK_TYPE(false, "ghost_bn: x must be float32/float64/float16/bfloat16, got ", x.scalar_type());
-  }
-}
-
 inline Layout layout_of(const at::Tensor& x, int64_t ghost_batch_size) {
-  dtype_of(x);
+  check_floating(x, "ghost_bn", "x");
   TORCH_CHECK_VALUE(x.dim() >= 2, "ghost_bn: x must be [N, C, *], got shape ", x.sizes());
   TORCH_CHECK_VALUE(x.numel() > 0, "ghost_bn: x must not be empty, got shape ", x.sizes());
   TORCH_CHECK_VALUE(ghost_batch_size >= 1, "ghost_bn: ghost_batch_size must be >= 1, got ", ghost_batch_size);

@@ -20,14 +20,6 @@
 #include <cmath>
 #include <cstdint>
 
-#ifndef PYFAST_HD
-#if defined(__CUDACC__)
-#define PYFAST_HD __host__ __device__ __forceinline__
-#else
-#define PYFAST_HD inline
-#endif
-#endif
-
 namespace pyfast {
 namespace karat {
 

@@ -29,12 +29,6 @@
 #include <cstdint>
 #include <bit>
 
-#if defined(__CUDACC__)
-#define PYFAST_HD __host__ __device__ __forceinline__
-#else
-#define PYFAST_HD inline
-#endif
-
 namespace pyfast {
 namespace lif {
 

@@ -24,12 +24,6 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define PYFAST_MESA_HD __host__ __device__ __forceinline__
-#else
-#define PYFAST_MESA_HD inline
-#endif
-
 namespace pyfast {
 namespace mesa {
 
@@ -39,7 +33,7 @@ constexpr uint32_t kHashMul1 = 0x7FEB352Du, kHashMul2 = 0x846CA68Bu;
 constexpr uint32_t kSeedSalt = 0x9E3779B9u, kIndexMul = 0x85EBCA6Bu;
 
 // 32-bit integer hash: xor-shift / multiply rounds (all arithmetic mod 2^32).
-PYFAST_MESA_HD uint32_t h32(uint32_t x) {
+PYFAST_HD uint32_t h32(uint32_t x) {
   x ^= x >> 16;
   x *= kHashMul1;
   x ^= x >> 15;
@@ -48,13 +42,13 @@ PYFAST_MESA_HD uint32_t h32(uint32_t x) {
   return x;
 }
 
-PYFAST_MESA_HD uint32_t seed_key(int64_t seed) {
+PYFAST_HD uint32_t seed_key(int64_t seed) {
   const uint64_t s = static_cast<uint64_t>(seed);
   return h32(static_cast<uint32_t>(s) ^ h32(static_cast<uint32_t>(s >> 32) ^ kSeedSalt));
 }
 
 // u - 1/2 for element i: u = (hash >> 8) * 2^-24 in [0, 1); the subtraction is exact.
-PYFAST_MESA_HD float noise(uint32_t key, int64_t i) {
+PYFAST_HD float noise(uint32_t key, int64_t i) {
   const uint64_t k = static_cast<uint64_t>(i);
   const uint32_t h = h32(h32(static_cast<uint32_t>(k) ^ key) + static_cast<uint32_t>(k >> 32) * kIndexMul);
   // h >> 8 < 2^24 converts exactly either way; through int32 because x86 has no vector uint32 -> float.
@@ -63,11 +57,11 @@ PYFAST_MESA_HD float noise(uint32_t key, int64_t i) {
 
 // Float arithmetic that is never contracted into an FMA (the CPU build has -ffp-contract=off).
 #if defined(__CUDA_ARCH__)
-PYFAST_MESA_HD float add_rn(float a, float b) { return __fadd_rn(a, b); }
-PYFAST_MESA_HD float sub_rn(float a, float b) { return __fsub_rn(a, b); }
-PYFAST_MESA_HD float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-PYFAST_MESA_HD float div_rn(float a, float b) { return __fdiv_rn(a, b); }
-PYFAST_MESA_HD float round_even(float v) { return rintf(v); }
+PYFAST_HD float add_rn(float a, float b) { return __fadd_rn(a, b); }
+PYFAST_HD float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+PYFAST_HD float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+PYFAST_HD float div_rn(float a, float b) { return __fdiv_rn(a, b); }
+PYFAST_HD float round_even(float v) { return rintf(v); }
 #else
 inline float add_rn(float a, float b) { return a + b; }
 inline float sub_rn(float a, float b) { return a - b; }
@@ -77,7 +71,7 @@ inline float div_rn(float a, float b) { return a / b; }
 inline float round_even(float v) { return (v + 8388608.0f) - 8388608.0f; }
 #endif
 
-PYFAST_MESA_HD bool is_finite(float v) { return (v < 0.0f ? -v : v) <= 3.40282347e38f; }
+PYFAST_HD bool is_finite(float v) { return (v < 0.0f ? -v : v) <= 3.40282347e38f; }
 
 // The hyperparameters of one quantize call that are the same for every group.
 struct Config {
@@ -89,7 +83,7 @@ struct Config {
 };
 
 // New (alpha', beta') of one group from the batch min / max over finite values (mn > mx: none were finite).
-PYFAST_MESA_HD void finalize(float mn, float mx, float clip, float shift, bool initialized, const Config& c,
+PYFAST_HD void finalize(float mn, float mx, float clip, float shift, bool initialized, const Config& c,
                              float* clip_out, float* shift_out) {
   const bool empty = !(mn <= mx);
   const float m = empty ? 0.0f : mn;
@@ -106,10 +100,10 @@ PYFAST_MESA_HD void finalize(float mn, float mx, float clip, float shift, bool i
   }
 }
 
-PYFAST_MESA_HD float scale_of(float clip, float lm1) { return div_rn(lm1, clip); }
+PYFAST_HD float scale_of(float clip, float lm1) { return div_rn(lm1, clip); }
 
 // q of one element; nz = u - 1/2 (stochastic) or 0 (round to nearest).
-PYFAST_MESA_HD uint8_t quantize_one(float x, float beta, float s, float nz, float lm1) {
+PYFAST_HD uint8_t quantize_one(float x, float beta, float s, float nz, float lm1) {
   float t = mul_rn(sub_rn(x, beta), s);
   t = add_rn(t, nz);
   t = t > 0.0f ? t : 0.0f;
@@ -117,7 +111,7 @@ PYFAST_MESA_HD uint8_t quantize_one(float x, float beta, float s, float nz, floa
   return static_cast<uint8_t>(round_even(t));
 }
 
-PYFAST_MESA_HD float dequantize_one(uint8_t q, float s, float beta) {
+PYFAST_HD float dequantize_one(uint8_t q, float s, float beta) {
   return add_rn(div_rn(static_cast<float>(q), s), beta);
 }
 

@@ -14,20 +14,14 @@
 // the reference, the Triton kernels and here, so every backend drops exactly the same units.
 #pragma once
 
-#include <cstdint>
+#include "common/dtype.h"
 
-#ifndef PYFAST_HD
-#if defined(__CUDACC__)
-#define PYFAST_HD __host__ __device__ __forceinline__
-#else
-#define PYFAST_HD inline
-#endif
-#endif
+#include <cstdint>
 
 namespace pyfast {
 namespace msdrop {
 
-enum class DType : int { Float32, Float64, Float16, BFloat16 };
+using DType = ::pyfast::DType;
 
 PYFAST_HD uint32_t fmix32(uint32_t h) {
   h ^= h >> 16;

@@ -14,22 +14,11 @@
 #include <optional>
 #include <tuple>
 
+#include "common/host.h"
 #include "msdrop/msdrop.h"
 
 namespace pyfast {
 namespace msdrop {
-
-inline at::ScalarType acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-inline DType dtype_of(const at::Tensor& x) {
-  switch (x.scalar_type()) {
-    case at::kFloat: return DType::Float32;
-    case at::kDouble: return DType::Float64;
-    case at::kHalf: return DType::Float16;
-    case at::kBFloat16: return DType::BFloat16;
-    default: TORCH_CHECK_TYPE(false, "msdrop: h must be float32/float64/float16/bfloat16, got ", x.scalar_type());
-  }
-}
 
 struct Shape {
   int64_t M, B, D, C;
@@ -39,7 +28,7 @@ struct Shape {
 
 inline Shape check(const at::Tensor& h, const at::Tensor& weight, const at::Tensor& target, const at::Tensor& seed,
                    int64_t M, double p) {
-  dtype_of(h);
+  check_floating(h, "msdrop", "h");
   TORCH_CHECK_VALUE(h.dim() == 2 && h.numel() > 0, "msdrop: h must be a non-empty [B, D], got shape ", h.sizes());
   TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(1) == h.size(1) && weight.size(0) > 0,
                     "msdrop: weight must be [C, D] with D = ", h.size(1), ", got shape ", weight.sizes());

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common/cuda_dtype.cuh"
 #include "msdrop/msdrop.h"
 
 namespace pyfast {
@@ -148,30 +149,19 @@ void grad(const GradArgs& a, cudaStream_t st) {
       static_cast<T*>(a.G), a.R, a.C, a.B);
 }
 
-template <class F>
-cudaError_t dispatch(DType dt, F&& f) {
-  switch (dt) {
-    case DType::Float32: f(float{}); break;
-    case DType::Float64: f(double{}); break;
-    case DType::Float16: f(__half{}); break;
-    case DType::BFloat16: f(__nv_bfloat16{}); break;
-  }
-  return cudaGetLastError();
-}
-
 }  // namespace
 
 cudaError_t msdrop_make_x_cuda(const MaskArgs& a, DType dt, cudaStream_t st) {
-  return dispatch(dt, [&](auto t) { make_x<decltype(t)>(a, st); });
+  return for_dtype(dt, [&](auto t) { make_x<decltype(t)>(a, st); });
 }
 cudaError_t msdrop_masked_sum_cuda(const MaskArgs& a, DType dt, cudaStream_t st) {
-  return dispatch(dt, [&](auto t) { masked_sum<decltype(t)>(a, st); });
+  return for_dtype(dt, [&](auto t) { masked_sum<decltype(t)>(a, st); });
 }
 cudaError_t msdrop_ce_cuda(const CeArgs& a, DType dt, cudaStream_t st) {
-  return dispatch(dt, [&](auto t) { ce<decltype(t)>(a, st); });
+  return for_dtype(dt, [&](auto t) { ce<decltype(t)>(a, st); });
 }
 cudaError_t msdrop_grad_cuda(const GradArgs& a, DType dt, cudaStream_t st) {
-  return dispatch(dt, [&](auto t) { grad<decltype(t)>(a, st); });
+  return for_dtype(dt, [&](auto t) { grad<decltype(t)>(a, st); });
 }
 
 }  // namespace msdrop

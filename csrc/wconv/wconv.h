@@ -19,14 +19,6 @@
 
 #include <cstdint>
 
-#ifndef PYFAST_HD
-#if defined(__CUDACC__)
-#define PYFAST_HD __host__ __device__ __forceinline__
-#else
-#define PYFAST_HD inline
-#endif
-#endif
-
 namespace pyfast {
 namespace wconv {
 

@@ -26,7 +26,7 @@ inline Geometry geometry_of(const at::Tensor& w, const at::Tensor& den, const ch
                     w.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(w.scalar_type()), "wconv: ", name, " must be a floating dtype, got ",
                    w.scalar_type());
-  dtype_of(w);
+  check_floating(w, "wconv", "w");
   TORCH_CHECK_TYPE(at::isFloatingType(den.scalar_type()), "wconv: den must be a floating dtype, got ",
                    den.scalar_type());
   TORCH_CHECK_VALUE(den.dim() == 1, "wconv: den must be 1-D, got shape ", den.sizes());

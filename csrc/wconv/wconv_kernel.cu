@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common/cuda_dtype.cuh"
 #include "wconv/wconv.h"
 
 namespace pyfast {
@@ -141,23 +142,11 @@ void bwd(const BwdArgs& a, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t wconv_scale_cuda_launch(const FwdArgs& a, DType dtype, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::Float32: scale<float>(a, stream); break;
-    case DType::Float64: scale<double>(a, stream); break;
-    case DType::Float16: scale<__half>(a, stream); break;
-    case DType::BFloat16: scale<__nv_bfloat16>(a, stream); break;
-  }
-  return cudaGetLastError();
+  return for_dtype(dtype, [&](auto t) { scale<decltype(t)>(a, stream); });
 }
 
 cudaError_t wconv_bwd_cuda_launch(const BwdArgs& a, DType dtype, cudaStream_t stream) {
-  switch (dtype) {
-    case DType::Float32: bwd<float>(a, stream); break;
-    case DType::Float64: bwd<double>(a, stream); break;
-    case DType::Float16: bwd<__half>(a, stream); break;
-    case DType::BFloat16: bwd<__nv_bfloat16>(a, stream); break;
-  }
-  return cudaGetLastError();
+  return for_dtype(dtype, [&](auto t) { bwd<decltype(t)>(a, stream); });
 }
 
 }  // namespace wconv
