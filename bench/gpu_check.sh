@@ -158,6 +158,9 @@ stage bench_wconv 90 1 "$PY" bench/bench_wconv.py --device cuda --rounds 2 --min
 # compilation per case would not fit the budget).
 stage bench_layers 60 0 "$PY" bench/bench_layers.py --device cuda --providers reference cuda triton peer \
     --rounds 1 --min-run-time 0.2 --no-memory --csv "$OUT/layers_cuda.csv"
+# Informational, as far as the budget reaches: gated class-attention and Fourier-KArAt at their issue shapes.
+stage bench_gated 60 0 "$PY" bench/bench_gated.py --device cuda --min-run-time 0.3 --csv "$OUT/gated_cuda.csv"
+stage bench_karat 90 0 "$PY" bench/bench_karat.py --device cuda --min-run-time 0.3 --csv "$OUT/karat_cuda.csv"
 
 # --- summary ---------------------------------------------------------------------------------------------------------
 say "stages (name, rc, seconds):"

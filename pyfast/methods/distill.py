@@ -14,6 +14,7 @@ student's checkpoint (resuming reloads it from ``teacher``).
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import ClassVar
 
@@ -33,7 +34,7 @@ def _number(args: dict, name: str, low: float = 0.0, strict: bool = False) -> No
         raise ValueError(f"method_args: {name} must be a finite number {'>' if strict else '>='} {low}, got {v!r}")
 
 
-class OfflineDistillation(Method):
+class OfflineDistillation(Method, abc.ABC):
     """A student trained against a frozen teacher's logits; subclasses define :meth:`distill_loss`."""
 
     default_model = "resnet18"
@@ -58,8 +59,9 @@ class OfflineDistillation(Method):
         logits = model(x)
         return self.distill_loss(logits, teacher_logits, y), logits
 
-    def distill_loss(self, student, teacher, y):
-        raise NotImplementedError
+    @abc.abstractmethod
+    def distill_loss(self, student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of student logits [B, C] given the teacher's [B, C] and the labels [B]."""
 
 
 @METHODS.register("kd", "Hinton KD from a trained teacher (--method-arg teacher=DIR): ce_weight CE + kd_weight KD")
