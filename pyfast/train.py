@@ -24,6 +24,8 @@ import math
 import os
 import random
 import secrets
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -403,6 +405,36 @@ def plot_curves(path: Path, history: list[dict]) -> bool:
     return True
 
 
+class GracefulInterrupt:
+    """Ctrl-C at a safe point. Inside ``with GracefulInterrupt() as stop:``, the first SIGINT only sets a flag, and
+    :meth:`check` (called by the loop after every step) raises KeyboardInterrupt there. A KeyboardInterrupt raised
+    wherever the signal lands can be swallowed (inside a weakref callback or ``__del__``, Python prints "Exception
+    ignored" and carries on training); a checked flag cannot. A second Ctrl-C interrupts at once. Outside the main
+    thread (where Python delivers no signals) this does nothing."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> GracefulInterrupt:  # noqa: PYI034  (typing.Self needs Python 3.11)
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Optimiser and schedule
 # --------------------------------------------------------------------------------------------------------------
@@ -449,6 +481,7 @@ class Run:
     device: torch.device
     world: World
     stages: list[Stage]
+    interrupt: GracefulInterrupt = dataclasses.field(default_factory=GracefulInterrupt)
 
 
 def build_model(cfg: TrainConfig, method: Method, data: ImageData) -> nn.Module:
@@ -541,6 +574,7 @@ def train_epoch(run: Run, optimizer, scheduler, scaler, epoch: int, desc: str) -
             loss, logits = run.method.train_step(run.trainer, x, y, optimizer, scaler, (step, steps),
                                                  lambda: _autocast(cfg, run.device))
             scheduler.step()
+            run.interrupt.check()
             total_loss += loss.detach().double() * len(idx)
             correct += (logits.detach().argmax(1) == y).sum()
             if bar.disable:
@@ -598,17 +632,19 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> list[dict]:
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world.size})")
     say = log if world.is_main else (lambda line: None)
     try:
-        with use_backend(cfg.backend):
-            return _train(cfg, world, device, say)
+        with use_backend(cfg.backend), GracefulInterrupt() as interrupt:
+            return _train(cfg, world, device, say, interrupt)
     finally:
         if owns_group:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, world: World, device: torch.device, say: Callable[[str], None]) -> list[dict]:
+def _train(cfg: TrainConfig, world: World, device: torch.device, say: Callable[[str], None],
+           interrupt: GracefulInterrupt) -> list[dict]:
     out = Path(cfg.out)
     ckpt_path = out / "last.pt"
     run = build_run(cfg, world, device)
+    run.interrupt = interrupt
     steps = steps_per_epoch(cfg, len(run.data.y_train))
     total_epochs = sum(s.epochs for s in run.stages)
 
@@ -668,4 +704,5 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, say: Callable[[
         if world.is_main:
             save_checkpoint(ckpt_path, cfg, run.model, optimizer, scheduler, scaler, epoch + 1, history)
             write_metrics(out, history)
+        interrupt.check()  # a Ctrl-C during evaluation or the writes stops here, after them
     return history

@@ -239,3 +239,19 @@ def test_method_wrappers_transform_the_model_and_its_optimiser_groups():
     run = build_run(cfg, World(), torch.device("cpu"))
     kinds = {type(m).__module__ + "." + type(m).__name__ for m in run.model.modules()}
     assert "pyfast.nn.mesa.Linear" in kinds and "pyfast.mesa.Attention" in kinds, kinds
+
+
+def test_ctrl_c_is_deferred_to_the_next_step_and_a_second_one_is_immediate():
+    import signal
+
+    from pyfast.train import GracefulInterrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    with GracefulInterrupt() as stop:
+        os.kill(os.getpid(), signal.SIGINT)  # the first: only a flag, nothing raised here
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            stop.check()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # the second: at once
+    assert signal.getsignal(signal.SIGINT) is before
