@@ -24,26 +24,11 @@ namespace {
 constexpr int64_t kChunk = 16384;   // elements per work item
 constexpr int64_t kMinColRows = 64;  // rows per channel-last item at least (bounds the d(eps) partials to numel/64)
 
-namespace baseline {
-#include "crrelu/crrelu_cpu_kernels.inc"
-}  // namespace baseline
-
-#ifdef PYFAST_X86_CLONES
 // The same loops for AVX2 + FMA and for AVX-512 (512-bit vectors preferred): the exp polynomial makes the loops
 // compute-heavy enough that the vector width shows. Chosen at run time, so the library runs on any x86-64.
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
-#include "crrelu/crrelu_cpu_kernels.inc"
-}  // namespace avx2
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,prefer-vector-width=512")
-namespace avx512 {
-#include "crrelu/crrelu_cpu_kernels.inc"
-}  // namespace avx512
-#pragma GCC pop_options
-#endif
+#define PYFAST_CLONE_LOOPS "crrelu/crrelu_cpu_kernels.inc"
+#define PYFAST_CLONE_AVX512
+#include "common/isa_clones.inc"
 
 template <typename scalar_t>
 using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;

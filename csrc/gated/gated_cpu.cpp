@@ -15,20 +15,10 @@
 namespace pyfast {
 namespace {
 
-namespace baseline {
-#include "gated/gated_cpu_kernels.inc"
-}  // namespace baseline
-
-#ifdef PYFAST_X86_CLONES
 // The same loops for AVX2 (8 floats a vector instead of 4), chosen at run time; no FMA contraction
 // (-ffp-contract=off), so both builds round alike.
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
-#include "gated/gated_cpu_kernels.inc"
-}  // namespace avx2
-#pragma GCC pop_options
-#endif
+#define PYFAST_CLONE_LOOPS "gated/gated_cpu_kernels.inc"
+#include "common/isa_clones.inc"
 
 enum class Pass { Fwd, Bwd1, Bwd2 };
 

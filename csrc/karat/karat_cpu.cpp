@@ -32,19 +32,9 @@ constexpr int64_t kTile = 64;  // score rows per work item: Bas is kTile x 2GN (
 // rather than 64 + 1, whose one-row tile costs a whole GEMM call and a work item for almost nothing).
 inline int64_t balanced_rows(int64_t n, int64_t tiles) { return tiles == 0 ? kTile : (n + tiles - 1) / tiles; }
 
-namespace baseline {
-#include "karat/karat_cpu_kernels.inc"
-}  // namespace baseline
-
-#ifdef PYFAST_X86_CLONES
 // The same loops for AVX2 + FMA (8 floats a vector instead of 4), chosen at run time.
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
-#include "karat/karat_cpu_kernels.inc"
-}  // namespace avx2
-#pragma GCC pop_options
-#endif
+#define PYFAST_CLONE_LOOPS "karat/karat_cpu_kernels.inc"
+#include "common/isa_clones.inc"
 
 template <class A>
 void basis(const A* S, int64_t rows, int64_t N, int G, A scale, A* bas) {

@@ -20,21 +20,10 @@ namespace {
 
 constexpr int64_t kGrain = 4096;  // neurons per task: enough work to amortise a parallel_for chunk
 
-namespace baseline {
-#include "lif/lif_cpu_kernels.inc"
-}  // namespace baseline
-
-#ifdef PYFAST_X86_CLONES
 // The same loops compiled for AVX2 + FMA (8 floats a vector instead of 4): about 2.5x less compute in the backward,
 // which the surrogate makes compute-heavy. Chosen at run time, so the library still runs on any x86-64.
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
-#include "lif/lif_cpu_kernels.inc"
-}  // namespace avx2
-#pragma GCC pop_options
-#endif
-
+#define PYFAST_CLONE_LOOPS "lif/lif_cpu_kernels.inc"
+#include "common/isa_clones.inc"
 
 template <typename scalar_t, bool kStoreH>
 void lif_fwd_cpu_kernel(const lif::FwdArgs& a) {

@@ -23,18 +23,8 @@ using mesa::QuantArgs;
 
 constexpr int64_t kGrainElems = 32768;  // elements per task: enough work to amortise a parallel_for chunk
 
-namespace baseline {
-#include "mesa/mesa_cpu_kernels.inc"
-}  // namespace baseline
-
-#ifdef PYFAST_X86_CLONES
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
-#include "mesa/mesa_cpu_kernels.inc"
-}  // namespace avx2
-#pragma GCC pop_options
-#endif
+#define PYFAST_CLONE_LOOPS "mesa/mesa_cpu_kernels.inc"
+#include "common/isa_clones.inc"
 
 template <typename scalar_t>
 void minmax_group(const scalar_t* x, int64_t o_begin, int64_t o_end, int64_t G, int64_t g, int64_t inner, float& mn,

@@ -21,24 +21,9 @@
 namespace pyfast {
 namespace {
 
-namespace baseline {
-#include "msdrop/msdrop_cpu_kernels.inc"
-}  // namespace baseline
-
-#ifdef PYFAST_X86_CLONES
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
-#include "msdrop/msdrop_cpu_kernels.inc"
-}  // namespace avx2
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,prefer-vector-width=512")
-namespace avx512 {
-#include "msdrop/msdrop_cpu_kernels.inc"
-}  // namespace avx512
-#pragma GCC pop_options
-#endif
+#define PYFAST_CLONE_LOOPS "msdrop/msdrop_cpu_kernels.inc"
+#define PYFAST_CLONE_AVX512
+#include "common/isa_clones.inc"
 
 template <typename scalar_t>
 using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
