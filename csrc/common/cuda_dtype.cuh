@@ -1,5 +1,6 @@
-// for_dtype(dtype, f): call f(T{}) with T the CUDA element type of dtype (float, double, __half, __nv_bfloat16),
-// then return the launch status. Torch-free, for the ops' .cu launchers:
+// Torch-free helpers of the ops' .cu files: element loads/stores through the accumulation type, and
+// for_dtype(dtype, f), which calls f(T{}) with T the CUDA element type of dtype (float, double, __half,
+// __nv_bfloat16) and returns the launch status:
 //   return for_dtype(dtype, [&](auto t) { fwd<decltype(t)>(args, stream); });
 #pragma once
 
@@ -7,9 +8,27 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 #include "common/dtype.h"
 
 namespace pyfast {
+
+// Acc<T>::type: the accumulation type of element type T (double for double, float otherwise).
+template <typename T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+
+// load<T, A>(p, i): element i of p in the accumulation type A; store<T, A>(v): v rounded (to nearest) back to T.
+template <typename T, typename A> __device__ __forceinline__ A load(const T* p, int64_t i) { return static_cast<A>(p[i]); }
+template <> __device__ __forceinline__ float load<__half, float>(const __half* p, int64_t i) { return __half2float(p[i]); }
+template <> __device__ __forceinline__ float load<__nv_bfloat16, float>(const __nv_bfloat16* p, int64_t i) {
+  return __bfloat162float(p[i]);
+}
+template <typename T, typename A> __device__ __forceinline__ T store(A v) { return static_cast<T>(v); }
+template <> __device__ __forceinline__ __half store<__half, float>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 store<__nv_bfloat16, float>(float v) {
+  return __float2bfloat16_rn(v);
+}
 
 template <class F>
 cudaError_t for_dtype(DType dtype, F&& f) {

@@ -24,20 +24,6 @@ constexpr int kThreads = 256;
 constexpr int64_t kRunChunk = 4096;  // elements of a run per block (bwd_runs)
 constexpr int64_t kColRows = 64;     // rows per block (bwd_cols)
 
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename T, typename A> __device__ __forceinline__ A load(const T* p, int64_t i) { return static_cast<A>(p[i]); }
-template <> __device__ __forceinline__ float load<__half, float>(const __half* p, int64_t i) { return __half2float(p[i]); }
-template <> __device__ __forceinline__ float load<__nv_bfloat16, float>(const __nv_bfloat16* p, int64_t i) {
-  return __bfloat162float(p[i]);
-}
-template <typename T, typename A> __device__ __forceinline__ T store(A v) { return static_cast<T>(v); }
-template <> __device__ __forceinline__ __half store<__half, float>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 store<__nv_bfloat16, float>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
 template <typename T, typename A>
 __global__ void fwd_kernel(const T* __restrict__ x, T* __restrict__ y, const A* __restrict__ eps, Layout l, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;

@@ -22,20 +22,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename T, typename A> __device__ __forceinline__ A load(const T* p, int64_t i) { return static_cast<A>(p[i]); }
-template <> __device__ __forceinline__ float load<__half, float>(const __half* p, int64_t i) { return __half2float(p[i]); }
-template <> __device__ __forceinline__ float load<__nv_bfloat16, float>(const __nv_bfloat16* p, int64_t i) {
-  return __bfloat162float(p[i]);
-}
-template <typename T, typename A> __device__ __forceinline__ T store(A v) { return static_cast<T>(v); }
-template <> __device__ __forceinline__ __half store<__half, float>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 store<__nv_bfloat16, float>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
 __device__ __forceinline__ int64_t ghost_rows_d(const Layout& l, int64_t g) {
   return (g + 1) * l.B < l.N ? l.B : l.N - g * l.B;
 }

@@ -21,20 +21,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename T, typename A> __device__ __forceinline__ A load(const T* p, int64_t i) { return static_cast<A>(p[i]); }
-template <> __device__ __forceinline__ float load<__half, float>(const __half* p, int64_t i) { return __half2float(p[i]); }
-template <> __device__ __forceinline__ float load<__nv_bfloat16, float>(const __nv_bfloat16* p, int64_t i) {
-  return __bfloat162float(p[i]);
-}
-template <typename T, typename A> __device__ __forceinline__ T store(A v) { return static_cast<T>(v); }
-template <> __device__ __forceinline__ __half store<__half, float>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 store<__nv_bfloat16, float>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
 template <typename T, typename A>
 __global__ void make_x_kernel(const T* __restrict__ h, T* __restrict__ x, const int64_t* __restrict__ seed, int64_t B,
                               int64_t D, int64_t n, uint32_t threshold, A scale) {
