@@ -569,8 +569,7 @@ def train_epoch(run: Run, optimizer, scheduler, scaler, epoch: int, desc: str) -
     with tqdm(order.split(local_batch), desc=desc, leave=False, disable=not (cfg.progress and world.is_main),
               unit="batch", dynamic_ncols=True) as bar:
         for step, idx in enumerate(bar):
-            x = data.normalize(augment.apply(data.x_train[idx], idx))
-            y = data.y_train[idx]
+            x, y = run.method.batch(data, idx, augment, epoch)
             loss, logits = run.method.train_step(run.trainer, x, y, optimizer, scaler, (step, steps),
                                                  lambda: _autocast(cfg, run.device))
             scheduler.step()

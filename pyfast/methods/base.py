@@ -74,6 +74,16 @@ class Method:
         """Optimiser parameter groups (default: one group of every parameter that requires grad)."""
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
+    def batch(self, data, index: torch.Tensor, augment, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training inputs of the images ``index [B]`` (int64, on the training device) in epoch ``epoch`` (0-based, counted over the whole run):
+        ``(x [B, C, H, W] float32, y [B] int64)``. ``data`` is the run's :class:`pyfast.data.ImageData` on the
+        training device and ``augment`` the epoch's :class:`pyfast.data.Augmentation` (its random choices are drawn
+        per image index). The default crops/flips with ``augment`` and normalises. Override it to keep per-sample
+        state keyed by ``index`` (e.g. a bank of last epoch's predictions) or to build other inputs and targets
+        (e.g. replayed augmentations with stored soft labels); ``y`` is what the epoch's accuracy is counted
+        against."""
+        return data.normalize(augment.apply(data.x_train[index], index)), data.y_train[index]
+
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, logits)`` of one training batch ``x [B, C, H, W]`` (normalised, augmented), ``y [B]``."""
         logits = model(x)

@@ -255,3 +255,33 @@ def test_ctrl_c_is_deferred_to_the_next_step_and_a_second_one_is_immediate():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)  # the second: at once
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_the_method_makes_each_batch_from_the_sampled_indices(tmp_path, monkeypatch):
+    """Method.batch gets every epoch's sampled image indices (each image at most once an epoch) and the loss is
+    computed on what it returns."""
+    from pyfast.methods.base import Method
+
+    seen, made, trained_on, real, real_loss = [], [], [], Method.batch, Method.loss
+
+    def spy(self, data, index, augment, epoch):
+        x, y = real(self, data, index, augment, epoch)
+        assert torch.equal(y, data.y_train[index]) and x.dtype == torch.float32 and x.shape[0] == len(index)
+        seen.append((epoch, index.clone()))
+        made.append((y + 1) % data.num_classes)
+        return x, made[-1]
+
+    def loss_spy(self, model, x, y):
+        trained_on.append(y)
+        return real_loss(self, model, x, y)
+
+    monkeypatch.setattr(Method, "batch", spy)
+    monkeypatch.setattr(Method, "loss", loss_spy)
+    history = train(tiny(tmp_path, epochs=2), **QUIET)
+    assert [e for e, _ in seen] == [0, 0, 0, 1, 1, 1]
+    for epoch in (0, 1):
+        drawn = torch.cat([i for e, i in seen if e == epoch])
+        assert len(drawn) == 48 and len(drawn.unique()) == 48
+    assert not torch.equal(seen[0][1], seen[3][1])  # reshuffled each epoch
+    assert len(trained_on) == 6 and all(a is b for a, b in zip(made, trained_on))
+    assert len(history) == 2
