@@ -1,8 +1,8 @@
 // Fourier-KArAt, CPU kernels of the basis contraction (maths in karat.h). Work items are (batch x head, tile of
-// kTile score rows), handed out dynamically: the tile's scores Q_t K^T (a GEMM), its basis Bas [kTile, 2 G N] generated in a per-thread
+// score rows), handed out dynamically: the tile's scores Q_t K^T (a GEMM), its basis Bas [rows, 2 G N] generated in a per-thread
 // buffer that stays in L2 (one sincos per score, the rest by the angle-addition recurrence), then z_t = Bas C^T (a
-// GEMM over the whole (t, m, q) K-dimension). The GEMMs are ATen's (MKL / oneDNN), single-threaded inside
-// at::parallel_for; the elementwise loops are in karat_cpu_kernels.inc. Backward runs one (batch x head) per task,
+// GEMM over the whole (t, m, q) K-dimension). The GEMMs are BLAS calls on raw pointers (torch's MKL), single-threaded
+// inside at::parallel_for; the elementwise loops are in karat_cpu_kernels.inc. Backward runs one (batch x head) per task,
 // tiles in order, so g_K and the per-(batch x head) coefficient partials accumulate without races or atomics; the
 // partials are summed over the batch at the end (deterministic for any thread count).
 #include <ATen/Dispatch.h>
@@ -11,14 +11,14 @@
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdlib>
+#include <type_traits>
+#include <vector>
 
 #include "common/cpu.h"
 #include "karat/karat_host.h"
@@ -26,11 +26,21 @@
 namespace pyfast {
 namespace {
 
-constexpr int64_t kTile = 64;  // score rows per work item: Bas is kTile x 2GN (300 KiB at N = 197, G = 3)
 
-// Rows per tile when N rows are cut into `tiles` tiles of at most kTile rows: as even as possible (N = 65 gives 33 + 32
-// rather than 64 + 1, whose one-row tile costs a whole GEMM call and a work item for almost nothing).
-inline int64_t balanced_rows(int64_t n, int64_t tiles) { return tiles == 0 ? kTile : (n + tiles - 1) / tiles; }
+// Row tiling of the N score rows: tiles as large as keeps one basis tile (rows x 2GN values of A) within kBasisBytes,
+// which stays in L2 next to the GEMM panels, and as even as possible (N = 197, G = 3: 4 tiles of 50 rows rather than
+// 54 + 54 + 54 + 35). Larger tiles mean fewer and larger GEMM calls: at N = 65 the whole row block is one tile.
+constexpr int64_t kBasisBytes = 256 * 1024;
+
+struct Tiling {
+  int64_t tiles, rows;  // number of tiles, rows per tile (the last may have fewer)
+};
+
+inline Tiling row_tiling(int64_t N, int64_t L, int64_t elem_bytes) {
+  const int64_t max_rows = std::clamp<int64_t>(kBasisBytes / (L * elem_bytes), 8, std::max<int64_t>(N, 1));
+  const int64_t tiles = (N + max_rows - 1) / max_rows;
+  return {tiles, (N + tiles - 1) / tiles};
+}
 
 // The same loops for AVX2 + FMA (8 floats a vector instead of 4), chosen at run time.
 #define PYFAST_CLONE_LOOPS "karat/karat_cpu_kernels.inc"
@@ -52,9 +62,16 @@ void grad_scores(const A* bas, const A* E, int64_t rows, int64_t N, int G, A sca
   baseline::grad_scores_rows<A>(bas, E, rows, N, G, scale, gS);
 }
 
-// torch's MKL, when it has one (weak: a torch without MKL simply lacks the symbol). A GEMM called inside our parallel
-// region must run on its own thread: MKL otherwise opens a nested team per call, which oversubscribes the cores.
+// torch's MKL, when it has one (weak: a torch without MKL simply lacks the symbols, and gemm() below falls back to
+// ATen). A GEMM called inside our parallel region must run on its own thread: MKL otherwise opens a nested team per
+// call, which oversubscribes the cores. The tiles' GEMMs are small (tens of rows), so they call BLAS directly on raw
+// pointers: through at::mm_out each paid more in dispatch and tensor bookkeeping than in arithmetic at N = 65.
 extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+extern "C" void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                       const int*, const float*, const int*, const float*, float*, const int*) __attribute__((weak));
+extern "C" void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
+                       const int*, const double*, const int*, const double*, double*, const int*)
+    __attribute__((weak));
 
 struct SequentialBlasGuard {
   int previous = 0;
@@ -65,6 +82,36 @@ struct SequentialBlasGuard {
     if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous);
   }
 };
+
+template <class A>
+at::Tensor view(const A* p, at::IntArrayRef sizes, at::IntArrayRef strides) {
+  return at::from_blob(const_cast<A*>(p), sizes, strides,
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value));
+}
+
+// Row-major C[M, N] = op(X)[M, K] op(Y)[K, N] + beta C, op(X) = X^T when trans_x (X stored [K, M]); ld* are the
+// row strides. BLAS is column-major, so it computes C^T = op(Y)^T op(X)^T: the operands swap places.
+template <class A>
+void gemm(bool trans_x, bool trans_y, int64_t M, int64_t N, int64_t K, const A* X, int64_t ldx, const A* Y,
+          int64_t ldy, A beta, A* C, int64_t ldc) {
+  const char tx = trans_x ? 'T' : 'N', ty = trans_y ? 'T' : 'N';
+  const int m = static_cast<int>(M), n = static_cast<int>(N), k = static_cast<int>(K);
+  const int lx = static_cast<int>(ldx), ly = static_cast<int>(ldy), lc = static_cast<int>(ldc);
+  const A one = 1;
+  if constexpr (std::is_same_v<A, float>) {
+    if (sgemm_) return sgemm_(&ty, &tx, &n, &m, &k, &one, Y, &ly, X, &lx, &beta, C, &lc);
+  } else {
+    if (dgemm_) return dgemm_(&ty, &tx, &n, &m, &k, &one, Y, &ly, X, &lx, &beta, C, &lc);
+  }
+  const at::Tensor x = trans_x ? view(X, {M, K}, {1, ldx}) : view(X, {M, K}, {ldx, 1});
+  const at::Tensor y = trans_y ? view(Y, {K, N}, {1, ldy}) : view(Y, {K, N}, {ldy, 1});
+  at::Tensor c = view(C, {M, N}, {ldc, 1});
+  if (beta == A(0)) {
+    at::mm_out(c, x, y);
+  } else {
+    c.addmm_(x, y, beta);
+  }
+}
 
 // Work items handed out from a shared counter to one task per thread (not a static split): on a shared, oversubscribed
 // machine a descheduled thread then delays only the items it holds, instead of half the call.
@@ -81,63 +128,54 @@ void parallel_items(int64_t items, Setup&& setup, Body&& body) {
   });
 }
 
-template <class A>
-at::Tensor view(const A* p, at::IntArrayRef sizes) {
-  return at::from_blob(const_cast<A*>(p), sizes, at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value));
-}
-
 // z [B*H, N, r] from q, k [B*H, N, D] and C [H, r, L], all contiguous in A.
 template <class A>
 void fwd_impl(const A* q, const A* k, const A* C, A* z, const karat::Shape& s, A scale) {
-  const int64_t tiles = (s.N + kTile - 1) / kTile, tile_rows = balanced_rows(s.N, tiles), L = s.L();
-  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value);
+  const int64_t L = s.L();
+  const auto [tiles, tile_rows] = row_tiling(s.N, L, sizeof(A));
   parallel_items(
-      s.B * s.H * tiles, [&] { return std::array<at::Tensor, 2>{at::empty({kTile, s.N}, opts), at::empty({kTile, L}, opts)}; },
-      [&](int64_t w, std::array<at::Tensor, 2>& ws) {
+      s.B * s.H * tiles,
+      [&] { return std::array<std::vector<A>, 2>{std::vector<A>(tile_rows * s.N), std::vector<A>(tile_rows * L)}; },
+      [&](int64_t w, std::array<std::vector<A>, 2>& ws) {
       const int64_t bh = w / tiles, r0 = (w % tiles) * tile_rows, rows = std::min(tile_rows, s.N - r0);
-      at::Tensor S_t = ws[0].narrow(0, 0, rows), bas_t = ws[1].narrow(0, 0, rows);
-      at::mm_out(S_t, view(q + (bh * s.N + r0) * s.D, {rows, s.D}), view(k + bh * s.N * s.D, {s.N, s.D}).t());
-      basis<A>(S_t.const_data_ptr<A>(), rows, s.N, s.G, scale, bas_t.mutable_data_ptr<A>());
-      at::Tensor z_t = view(z + (bh * s.N + r0) * s.r, {rows, s.r});
-      at::mm_out(z_t, bas_t, view(C + (bh % s.H) * s.r * L, {s.r, L}).t());
+      A *S_t = ws[0].data(), *bas_t = ws[1].data();
+      gemm<A>(false, true, rows, s.N, s.D, q + (bh * s.N + r0) * s.D, s.D, k + bh * s.N * s.D, s.D, 0, S_t, s.N);
+      basis<A>(S_t, rows, s.N, s.G, scale, bas_t);
+      gemm<A>(false, true, rows, s.r, L, bas_t, L, C + (bh % s.H) * s.r * L, L, 0, z + (bh * s.N + r0) * s.r, s.r);
       });
 }
 
-// g_q, g_k [B*H, N, D] and the coefficient partials gC_part [B*H, r, L] from grad_z [B*H, N, r].
+// g_q, g_k [B*H, N, D] and the coefficient partials gC_part [B*H, r, L] from grad_z [B*H, N, r]; every output element
+// is written (the outputs need no zeroing: a fresh zero fill of these megabytes cost more than the N = 65 arithmetic).
 template <class A>
 void bwd_impl(const A* gz, const A* q, const A* k, const A* C, A* gq, A* gk, A* gC_part, const karat::Shape& s,
               A scale) {
-  const int64_t tiles = (s.N + kTile - 1) / kTile, tile_rows = balanced_rows(s.N, tiles), L = s.L();
-  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value);
+  const int64_t L = s.L();
+  const auto [tiles, tile_rows] = row_tiling(s.N, L, sizeof(A));
   parallel_items(
       s.B * s.H,
       [&] {
-        return std::array<at::Tensor, 4>{at::empty({kTile, s.N}, opts), at::empty({kTile, L}, opts),
-                                         at::empty({kTile, L}, opts), at::empty({kTile, s.N}, opts)};
+        return std::array<std::vector<A>, 4>{std::vector<A>(tile_rows * s.N), std::vector<A>(tile_rows * L),
+                                             std::vector<A>(tile_rows * L), std::vector<A>(tile_rows * s.N)};
       },
-      [&](int64_t bh, std::array<at::Tensor, 4>& ws) {
-      const at::Tensor &S = ws[0], &bas = ws[1], &E = ws[2], &gS = ws[3];
-      const at::Tensor K = view(k + bh * s.N * s.D, {s.N, s.D});
-      const at::Tensor C_h = view(C + (bh % s.H) * s.r * L, {s.r, L});
-      at::Tensor gK = view(gk + bh * s.N * s.D, {s.N, s.D});
-      at::Tensor gC = view(gC_part + bh * s.r * L, {s.r, L});
-      gK.zero_();
-      gC.zero_();
+      [&](int64_t bh, std::array<std::vector<A>, 4>& ws) {
+      A *S = ws[0].data(), *bas = ws[1].data(), *E = ws[2].data(), *gS = ws[3].data();
+      const A* K = k + bh * s.N * s.D;
+      const A* C_h = C + (bh % s.H) * s.r * L;
+      A* gK = gk + bh * s.N * s.D;
+      A* gC = gC_part + bh * s.r * L;
       for (int64_t t = 0; t < tiles; ++t) {
         const int64_t r0 = t * tile_rows, rows = std::min(tile_rows, s.N - r0);
-        const at::Tensor Q_t = view(q + (bh * s.N + r0) * s.D, {rows, s.D});
-        const at::Tensor gz_t = view(gz + (bh * s.N + r0) * s.r, {rows, s.r});
-        at::Tensor S_t = S.narrow(0, 0, rows), bas_t = bas.narrow(0, 0, rows);
-        at::Tensor E_t = E.narrow(0, 0, rows), gS_t = gS.narrow(0, 0, rows);
-        at::mm_out(S_t, Q_t, K.t());
-        basis<A>(S_t.const_data_ptr<A>(), rows, s.N, s.G, scale, bas_t.mutable_data_ptr<A>());
-        at::mm_out(E_t, gz_t, C_h);
-        gC.addmm_(gz_t.t(), bas_t);
-        grad_scores<A>(bas_t.const_data_ptr<A>(), E_t.const_data_ptr<A>(), rows, s.N, s.G, scale,
-                       gS_t.mutable_data_ptr<A>());
-        at::Tensor gQ_t = view(gq + (bh * s.N + r0) * s.D, {rows, s.D});
-        at::mm_out(gQ_t, gS_t, K);
-        gK.addmm_(gS_t.t(), Q_t);
+        const A beta = t == 0 ? A(0) : A(1);  // the first tile initialises the per-(batch x head) sums
+        const A* Q_t = q + (bh * s.N + r0) * s.D;
+        const A* gz_t = gz + (bh * s.N + r0) * s.r;
+        gemm<A>(false, true, rows, s.N, s.D, Q_t, s.D, K, s.D, 0, S, s.N);
+        basis<A>(S, rows, s.N, s.G, scale, bas);
+        gemm<A>(false, false, rows, L, s.r, gz_t, s.r, C_h, L, 0, E, L);
+        gemm<A>(true, false, s.r, L, rows, gz_t, s.r, bas, L, beta, gC, L);
+        grad_scores<A>(bas, E, rows, s.N, s.G, scale, gS);
+        gemm<A>(false, false, rows, s.D, s.N, gS, s.N, K, s.D, 0, gq + (bh * s.N + r0) * s.D, s.D);
+        gemm<A>(true, false, s.N, s.D, rows, gS, s.N, Q_t, s.D, beta, gK, s.D);
       }
       });
 }
@@ -167,8 +205,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd_cpu(const a
   const auto acc = acc_type(q_in.scalar_type());
   const at::Tensor q = q_in.to(acc).contiguous(), k = k_in.to(acc).contiguous(), gz = grad_z.to(acc).contiguous();
   const at::Tensor C = karat::pack_coef(a, b, acc);
-  at::Tensor gq = at::zeros_like(q), gk = at::zeros_like(k);
-  at::Tensor gC_part = at::zeros({s.B * s.H, s.r, s.L()}, q.options());
+  at::Tensor gq = at::empty_like(q), gk = at::empty_like(k);
+  at::Tensor gC_part = at::empty({s.B * s.H, s.r, s.L()}, q.options());
   if (gz.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(acc, "karat_bwd_cpu", [&] {
       bwd_impl<scalar_t>(gz.const_data_ptr<scalar_t>(), q.const_data_ptr<scalar_t>(), k.const_data_ptr<scalar_t>(),
