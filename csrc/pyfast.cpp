@@ -64,10 +64,12 @@ TORCH_LIBRARY(pyfast, m) {
   // a[h, p, q, m] cos(m A) + b[h, p, q, m] sin(m A) with A = scale * q k^T, never materialising the basis.
   // q, k: [B, H, N, D]; a, b: [H, r, N, G]. Returns z [B, H, N, r] in q's dtype (float32 arithmetic for half types).
   m.def("karat_fwd(Tensor q, Tensor k, Tensor a, Tensor b, float scale) -> Tensor z");
-  // Backward of karat_fwd, recomputing A and the basis tile by tile from q and k (nothing else is saved).
+  // Backward of karat_fwd, recomputing A and the basis tile by tile from q and k (nothing else is saved). With
+  // recompute_z it also returns z (one more GEMM per tile), so that attention built on z need not save it; otherwise
+  // z is an empty tensor.
   m.def(
-      "karat_bwd(Tensor grad_z, Tensor q, Tensor k, Tensor a, Tensor b, float scale) -> "
-      "(Tensor grad_q, Tensor grad_k, Tensor grad_a, Tensor grad_b)");
+      "karat_bwd(Tensor grad_z, Tensor q, Tensor k, Tensor a, Tensor b, float scale, bool recompute_z=False) -> "
+      "(Tensor grad_q, Tensor grad_k, Tensor grad_a, Tensor grad_b, Tensor z)");
 
   // CRReLU (csrc/crrelu/crrelu.h has the maths): y = max(0, x) + eps x exp(-x^2/2). eps: floating, one value
   // (shared) or x.size(dim) values (per channel along `dim`; dim is ignored for a shared eps). y has x's shape and

@@ -61,10 +61,9 @@ at::Tensor karat_fwd_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const 
   return z.to(q_in.scalar_type());
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd_cuda(const at::Tensor& grad_z,
-                                                                          const at::Tensor& q_in,
-                                                                          const at::Tensor& k_in, const at::Tensor& a,
-                                                                          const at::Tensor& b, double scale) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd_cuda(
+    const at::Tensor& grad_z, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& a, const at::Tensor& b,
+    double scale, bool recompute_z) {
   const c10::cuda::CUDAGuard guard(q_in.device());
   const karat::Shape s = karat::check_inputs(q_in, k_in, a, b);
   karat::check_grad_z(grad_z, q_in, s);
@@ -75,6 +74,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd_cuda(const 
   const at::Tensor gz = grad_z.to(acc).contiguous().view({s.B, s.H, s.N, s.r});
   const at::Tensor C = karat::pack_coef(a, b, acc);  // [H, r, L]
   at::Tensor gq = at::empty_like(q), gk = at::zeros_like(k), gC = at::zeros({s.H, s.r, L}, q.options());
+  at::Tensor z = recompute_z ? at::empty({s.B, s.H, s.N, s.r}, q.options()) : at::empty({0}, q.options());
+  const at::Tensor CT = C.transpose(1, 2);  // [H, L, r]
   const int64_t kt = tile_rows(s, q.element_size());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   for (int64_t r0 = 0; BH > 0 && r0 < s.N; r0 += kt) {
@@ -84,6 +85,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd_cuda(const 
     at::Tensor bas = at::empty({s.B, s.H, rows, L}, q.options());
     C10_CUDA_CHECK(karat::karat_basis_cuda_launch(S.const_data_ptr(), bas.mutable_data_ptr(), BH * rows, s.N, s.G,
                                                   scale, acc_dtype(acc), stream));
+    if (recompute_z) z.narrow(2, r0, rows).copy_(at::matmul(bas, CT));
     const at::Tensor gz_t = gz.narrow(2, r0, rows);                // [B, H, rows, r]
     const at::Tensor E = at::matmul(gz_t, C).contiguous();          // [B, H, rows, L]
     gC.add_(at::matmul(gz_t.transpose(-1, -2), bas).sum(0));        // [H, r, L]
@@ -96,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd_cuda(const 
   }
   auto [ga, gb] = karat::unpack_coef(gC, s, a.scalar_type());
   return {gq.view(q_in.sizes()).to(q_in.scalar_type()), gk.view(k_in.sizes()).to(k_in.scalar_type()), ga,
-          gb.to(b.scalar_type())};
+          gb.to(b.scalar_type()), z.to(q_in.scalar_type())};
 }
 
 }  // namespace

@@ -6,7 +6,8 @@ The expensive part of ``W Phi(A) V`` is ``z = Phi(A) . coef``, a GEMM whose 2 G 
 the scores; the kernels fuse it with ``A = scale q k^T`` and never materialise ``A`` or the basis (backward
 recomputes them tile by tile from q and k, the only activations the op saves). The rest is small and left to ATen:
 ``sigma V = (z W^T) V = z (W^T V)`` is evaluated as ``z @ (W^T V)`` with ``W^T V: [B, H, r, D]``, so the ``N x N``
-attention matrix ``sigma`` is never formed either. The maths is in :mod:`pyfast.reference.karat` and at the top of
+attention matrix ``sigma`` is never formed either. The whole attention is one custom op (``pyfast::karat_attention``,
+``karat_attention_triton``) whose backward saves q, k and v only. The maths is in :mod:`pyfast.reference.karat` and at the top of
 ``csrc/karat/karat.h``.
 """
 
@@ -35,11 +36,12 @@ def _fwd_fake(q, k, a, b, scale):
     return q.new_empty((q.shape[0], q.shape[1], q.shape[2], a.shape[1]))
 
 
-def _bwd_fake(grad_z, q, k, a, b, scale):
+def _bwd_fake(grad_z, q, k, a, b, scale, recompute_z=False):
     return (torch.empty_like(q, memory_format=torch.contiguous_format),
             torch.empty_like(k, memory_format=torch.contiguous_format),
             torch.empty_like(a, memory_format=torch.contiguous_format),
-            torch.empty_like(b, memory_format=torch.contiguous_format))
+            torch.empty_like(b, memory_format=torch.contiguous_format),
+            _fwd_fake(q, k, a, b, scale) if recompute_z else q.new_empty((0,)))
 
 
 def _setup_context(ctx, inputs, output):
@@ -52,7 +54,7 @@ def _setup_context(ctx, inputs, output):
 def _make_backward(bwd_op):
     def backward(ctx, grad_z):
         q, k, a, b = ctx.saved_tensors
-        gq, gk, ga, gb = bwd_op(grad_z, q, k, a, b, ctx.scale)
+        gq, gk, ga, gb, _ = bwd_op(grad_z, q, k, a, b, ctx.scale)
         return gq, gk, ga, gb, None
 
     return backward
@@ -98,19 +100,86 @@ def karat_fwd_triton(q: torch.Tensor, k: torch.Tensor, a: torch.Tensor, b: torch
 
 @torch.library.custom_op("pyfast::karat_bwd_triton", mutates_args=())
 def karat_bwd_triton(grad_z: torch.Tensor, q: torch.Tensor, k: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                     scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                     scale: float, recompute_z: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from pyfast._triton import karat as kernels
 
     acc = _acc(q.dtype)
-    gq, gk, gC = kernels.karat_bwd(grad_z.to(acc).contiguous(), q.to(acc).contiguous(), k.to(acc).contiguous(),
-                                   pack_coef(a, b, acc), a.shape[-1], scale)
+    q_acc, k_acc, C = q.to(acc).contiguous(), k.to(acc).contiguous(), pack_coef(a, b, acc)
+    gq, gk, gC = kernels.karat_bwd(grad_z.to(acc).contiguous(), q_acc, k_acc, C, a.shape[-1], scale)
     ga, gb = unpack_coef(gC, a.shape, a.dtype)
-    return gq.to(q.dtype), gk.to(k.dtype), ga, gb.to(b.dtype)
+    # z by a second pass of the forward kernel (the C++ ops fold it into the backward tiles)
+    z = kernels.karat_fwd(q_acc, k_acc, C, a.shape[-1], scale).to(q.dtype) if recompute_z else q.new_empty((0,))
+    return gq.to(q.dtype), gk.to(k.dtype), ga, gb.to(b.dtype), z
 
 
 karat_fwd_triton.register_fake(_fwd_fake)
 karat_bwd_triton.register_fake(_bwd_fake)
 karat_fwd_triton.register_autograd(_make_backward(torch.ops.pyfast.karat_bwd_triton), setup_context=_setup_context)
+
+
+# The whole attention as one custom op per kernel family, so that autograd saves q, k and v only: backward rebuilds
+# U = W^T V (a small GEMM) and gets z back from the basis backward (recompute_z), instead of keeping z [B, H, N, r],
+# U [B, H, r, D] and a batch-expanded copy of W alive between forward and backward.
+
+
+def _attention_forward(q, k, v, a, b, W, scale: float, constant_term: bool, fwd_op) -> torch.Tensor:
+    if constant_term:
+        z = fwd_op(q, k, a[..., 1:], b[..., 1:], scale) + a[..., 0].sum(-1).to(q.dtype)[None, :, None, :]
+    else:
+        z = fwd_op(q, k, a, b, scale)
+    return z @ (W.to(v.dtype).transpose(-1, -2) @ v)
+
+
+def _attention_fake(q, k, v, a, b, W, scale, constant_term):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def _attention_setup_context(ctx, inputs, output):
+    q, k, v, a, b, W, scale, constant_term = inputs
+    ctx.save_for_backward(q, k, v, a, b, W)
+    ctx.scale, ctx.constant_term = scale, constant_term
+
+
+def _make_attention_backward(bwd_op):
+    def backward(ctx, grad_out):
+        q, k, v, a, b, W = ctx.saved_tensors
+        Wv = W.to(v.dtype)
+        U = Wv.transpose(-1, -2) @ v  # [B, H, r, D]
+        grad_z = grad_out @ U.transpose(-1, -2)  # [B, H, N, r]
+        if ctx.constant_term:
+            gq, gk, ga, gb, z = bwd_op(grad_z, q, k, a[..., 1:], b[..., 1:], ctx.scale, True)
+            z = z + a[..., 0].sum(-1).to(z.dtype)[None, :, None, :]
+            ga0 = grad_z.sum((0, 2)).to(a.dtype)[:, :, None, None].expand(*a.shape[:3], 1)  # d z / d a[..., 0] = 1
+            ga = torch.cat((ga0, ga), -1)
+            gb = torch.cat((torch.zeros_like(b[..., :1]), gb), -1)  # b[..., 0] multiplies sin(0) = 0
+        else:
+            gq, gk, ga, gb, z = bwd_op(grad_z, q, k, a, b, ctx.scale, True)
+        grad_U = z.transpose(-1, -2) @ grad_out  # [B, H, r, D]
+        gv = Wv @ grad_U
+        gW = (v @ grad_U.transpose(-1, -2)).sum(0).to(W.dtype)  # [H, N, r]
+        return gq, gk, gv, ga, gb, gW, None, None
+
+    return backward
+
+
+def _register_attention(name: str, fwd_op, bwd_op):
+    @torch.library.custom_op(f"pyfast::{name}", mutates_args=())
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                  W: torch.Tensor, scale: float, constant_term: bool) -> torch.Tensor:
+        return _attention_forward(q, k, v, a, b, W, scale, constant_term, fwd_op)
+
+    attention.register_fake(_attention_fake)
+    attention.register_autograd(_make_attention_backward(bwd_op), setup_context=_attention_setup_context)
+    return attention
+
+
+# pyfast::karat_attention runs the C++ ops (CPU or CUDA by the tensors' device), karat_attention_triton the Triton ones.
+_ATTENTION = {"triton": _register_attention("karat_attention_triton", torch.ops.pyfast.karat_fwd_triton,
+                                            torch.ops.pyfast.karat_bwd_triton)}
+if _extension.has_cpp():
+    _ATTENTION["cpp"] = _ATTENTION["cuda"] = _register_attention("karat_attention", torch.ops.pyfast.karat_fwd,
+                                                                 torch.ops.pyfast.karat_bwd)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -172,14 +241,6 @@ def _check_coef(q, a, b, min_m: int) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _basis(q, k, a, b, scale: float, chosen: str) -> torch.Tensor:
-    if chosen == "reference":
-        return karat_z_ref(q, k, a, b, scale)
-    if chosen == "triton":
-        return torch.ops.pyfast.karat_fwd_triton(q, k, a, b, scale)
-    return torch.ops.pyfast.karat_fwd(q, k, a, b, scale)
-
-
 def karat_basis(q: torch.Tensor, k: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float | None = None, *,
                 backend: str = "auto") -> torch.Tensor:
     """The Fourier-KArAt basis contraction, harmonics ``m = 1..G``, without materialising the basis::
@@ -198,7 +259,12 @@ def karat_basis(q: torch.Tensor, k: torch.Tensor, a: torch.Tensor, b: torch.Tens
     _check_qk(q, k)
     _check_coef(q, a, b, 1)
     scale = _check_scale(scale, q.shape[-1])
-    return _basis(q, k, a, b, scale, resolve("karat", backend, q.device))
+    chosen = resolve("karat", backend, q.device)
+    if chosen == "reference":
+        return karat_z_ref(q, k, a, b, scale)
+    if chosen == "triton":
+        return torch.ops.pyfast.karat_fwd_triton(q, k, a, b, scale)
+    return torch.ops.pyfast.karat_fwd(q, k, a, b, scale)
 
 
 def karat_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
@@ -221,8 +287,8 @@ def karat_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.
         backend: as in :func:`karat_basis`; ``"reference"`` runs the materialising reference end to end.
 
     Returns:
-        ``out [B, H, N, D]`` in q's dtype. Saved for backward: q, k, v, z ``[B, H, N, r]`` and ``W^T V [B, H, r, D]``
-        (plus the parameters); never ``A``, the basis or ``sigma``.
+        ``out [B, H, N, D]`` in q's dtype. Saved for backward: q, k and v (plus the parameters); never ``A``, the
+        basis, ``sigma``, z or ``W^T V`` (backward recomputes z with its basis tiles and ``W^T V`` with one GEMM).
     """
     _, H, N, D = _check_qk(q, k)
     _check_float(v, "v")
@@ -242,10 +308,4 @@ def karat_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.
     chosen = resolve("karat", backend, q.device)
     if chosen == "reference":
         return karat_attention_ref(q, k, v, a, b, W, scale, constant_term)
-    if constant_term:
-        z = _basis(q, k, a[..., 1:], b[..., 1:], scale, chosen)
-        z = z + a[..., 0].sum(-1).to(z.dtype)[None, :, None, :]
-    else:
-        z = _basis(q, k, a, b, scale, chosen)
-    U = W.to(v.dtype).transpose(-1, -2) @ v  # [B, H, r, D]
-    return z @ U
+    return _ATTENTION[chosen](q, k, v, a, b, W, scale, constant_term)

@@ -67,8 +67,13 @@ def test_matches_cpp_op():
     gz = torch.randn(2, 2, 40, 5, device=DEVICE)
     torch.testing.assert_close(torch.ops.pyfast.karat_fwd_triton(q, k, a, b, 0.3),
                                torch.ops.pyfast.karat_fwd(q, k, a, b, 0.3), rtol=1e-4, atol=1e-4)
-    for x, y in zip(torch.ops.pyfast.karat_bwd_triton(gz, q, k, a, b, 0.3), torch.ops.pyfast.karat_bwd(gz, q, k, a, b,
-                                                                                                       0.3)):
+    for x, y in zip(torch.ops.pyfast.karat_bwd_triton(gz, q, k, a, b, 0.3, True),
+                    torch.ops.pyfast.karat_bwd(gz, q, k, a, b, 0.3, True)):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
+    assert torch.ops.pyfast.karat_bwd_triton(gz, q, k, a, b, 0.3)[4].numel() == 0
+    inputs = _inputs(N=9, r=3, M=3)
+    for x, y in zip(_grads(lambda *t: karat_attention(*t, backend="triton"), inputs),
+                    _grads(lambda *t: karat_attention(*t, backend="cpp" if DEVICE == "cpu" else "cuda"), inputs)):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
 
 
@@ -77,7 +82,9 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.pyfast.karat_fwd_triton.default, (q, k, a, b, 0.5))
     gz = torch.randn(2, 2, 7, 2, device=DEVICE)
     torch.library.opcheck(torch.ops.pyfast.karat_bwd_triton.default, (gz, q.detach(), k.detach(), a.detach(),
-                                                                      b.detach(), 0.5))
+                                                                      b.detach(), 0.5, True))
+    q, k, v, a, b, W = _inputs(N=7, r=2, M=3)
+    torch.library.opcheck(torch.ops.pyfast.karat_attention_triton.default, (q, k, v, a, b, W, 0.5, True))
 
 
 def test_torch_compile_fullgraph():
@@ -89,7 +96,7 @@ def test_torch_compile_fullgraph():
 
 
 @pytest.mark.skipif(not _extension.has_cpp(), reason="needs the C++ extension pyfast._C (the C++ schemas)")
-@pytest.mark.parametrize("name", ["karat_fwd", "karat_bwd"])
+@pytest.mark.parametrize("name", ["karat_fwd", "karat_bwd", "karat_attention"])
 def test_schema_matches_cpp_op(name):
     def signature(op):
         schema = op.default._schema
