@@ -45,6 +45,28 @@ PYFAST_HD void sincos_fast(float x, float& s, float& c) {
   c = ((quadrant + 1) & 2) ? -c0 : c0;
 }
 
+// The same in float alone, for |x| <= kSmallAngleLimit: the remainder by Cody-Waite with pi/2 split into three float
+// parts (the first exact in 8 bits, so n * part is exact), about twice as fast on the CPU as the double reduction.
+// Callers check the limit and use sincos_fast above it.
+constexpr float kSmallAngleLimit = 8192.0f;
+
+PYFAST_HD void sincos_small(float x, float& s, float& c) {
+  const float t = x * 0.636619772367581343f + 12582912.0f;  // + 1.5 * 2^23 rounds to an integer in the low bits
+  const float n = t - 12582912.0f;
+  int quadrant;
+  __builtin_memcpy(&quadrant, &t, sizeof quadrant);
+  const float r = ((x - n * 1.5703125f) - n * 4.837512969970703125e-4f) - n * 7.54978995489188216e-8f;
+  const float z = r * r;
+  const float sp = r + r * z * ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f);
+  const float cp = 1.0f - 0.5f * z + z * z * ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z +
+                                              4.166664568298827e-2f);
+  const bool swap = (quadrant & 1) != 0;
+  const float s0 = swap ? cp : sp;
+  const float c0 = swap ? sp : cp;
+  s = (quadrant & 2) ? -s0 : s0;
+  c = ((quadrant + 1) & 2) ? -c0 : c0;
+}
+
 PYFAST_HD void sincos_fast(double x, double& s, double& c) {
   s = sin(x);
   c = cos(x);

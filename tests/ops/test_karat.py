@@ -120,6 +120,23 @@ def test_cpp_matches_reference_float32_large_scores():
 
 
 @needs_cpp
+def test_cpp_float32_angles_beyond_the_fast_reduction():
+    """Rows whose |scale q.k| exceed the float range reduction's limit (8192) take the double one: exact integer scores
+    up to 6e5 (where the float reduction would be off by ~0.03 rad) still give sin / cos to float precision; the other
+    rows stay on the fast path."""
+    g = torch.Generator().manual_seed(3)
+    N = 20
+    q = torch.randint(1000, 3000, (1, 1, N, 1), generator=g).float()
+    q[0, 0, : N // 2] = torch.randint(1, 20, (N // 2, 1), generator=g).float()  # rows below the limit
+    k = torch.randint(1, 200, (1, 1, N, 1), generator=g).float()  # scores q k: integers, exact in float32
+    a, b = (torch.randn(1, 3, N, 3, generator=g) for _ in range(2))
+    assert (q * k.transpose(-1, -2)).abs().max() > 2e5
+    got = karat_basis(q, k, a, b, 1.0, backend="cpp")
+    truth = karat_z_ref(q.double(), k.double(), a.double(), b.double(), 1.0)
+    torch.testing.assert_close(got.double(), truth, rtol=0, atol=2e-5 * N)
+
+
+@needs_cpp
 @pytest.mark.parametrize("dtype", HALF_TYPES)
 def test_cpp_half_types_within_twice_the_eager_error(dtype):
     # The kernel's part, z and the gradients of q, k, a, b: at most 2x the error of the eager reference at dtype.
