@@ -11,8 +11,9 @@
 //              piecewise constant in t: only alpha carries a gradient)
 //
 // Saved for backward (pld_fwd's extra outputs): the ranking pi as int32 [B, C] and teacher_lse [B]. The sort is the
-// one O(C log C) step, so it is done once; everything else is O(C) and recomputed from s and t (alpha from t and
-// teacher_lse, the suffix sums from s along pi), which keeps the saved state at 4 bytes per logit.
+// one step that is more than a pass over the row (up to 4 radix passes on CPU, 8 for float64; O(log^2 C) bitonic
+// stages on CUDA), so it is done once; everything else is recomputed from s and t in single passes (alpha from t and
+// teacher_lse, the suffix sums from s along pi), which keeps the saved state at 4 bytes per logit plus one per row.
 //
 // Stability (no exp of a positive number anywhere). Along pi, with m_k = max_{j >= k} z_j (the running suffix max):
 //   Z_k = exp(m_k) S_k,  S_k = S_{k+1} r_k + e_k,  e_k = exp(z_k - m_k),  r_k = exp(m_{k+1} - m_k),  S_k >= 1
