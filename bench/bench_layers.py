@@ -171,14 +171,19 @@ def _calls(inputs, fn, mode):
     return fwd_bwd
 
 
-def bench_op(op, cases, device, dtype, modes, providers, min_run_time, rounds, memory, sha, writer):
+def bench_op(op, cases, device, dtype, modes, providers, min_run_time, rounds, memory, sha, writer, builder=None,
+             peer=None):
+    """Times every provider on every case and mode (``builder`` / ``peer``: the case builder and the peer's name,
+    by default this file's for ``op``; other bench scripts pass their own)."""
+    builder = builder or BUILDERS[op]
+    peer = peer or PEERS[op]
     rows = []
     for case in harness.progress(cases, desc=op):
         for mode in modes:
             calls, traffic, name = {}, {}, None
             for p in providers:
                 try:
-                    name, inputs, fn, fwd_bytes, bwd_bytes = BUILDERS[op](p, case, device, dtype)
+                    name, inputs, fn, fwd_bytes, bwd_bytes = builder(p, case, device, dtype)
                 except Unavailable as err:
                     harness.log_once(f"skip {p}: {err}")
                     continue
@@ -194,7 +199,7 @@ def bench_op(op, cases, device, dtype, modes, providers, min_run_time, rounds, m
             case_rows = []
             for p, ms in best.items():
                 peak = harness.peak_memory_bytes(calls[p], device) / 2**20 if memory else math.nan
-                note = f"peer: {PEERS[op]}" if p == "peer" else ""
+                note = f"peer: {peer}" if p == "peer" else ""
                 case_rows.append(harness.Row(op, p, mode, name, 1, harness.dtype_name(dtype), device.type, ms,
                                              GB_per_s=harness.gb_per_s(traffic[p], ms), peak_mem_MB=peak,
                                              git_sha=sha, note=note))

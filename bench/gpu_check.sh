@@ -20,7 +20,7 @@
 #   BENCH_NEURONS     neurons per time step for the benchmark (default 4194304 = 2**22 = 64*65536)
 #
 # OUTDIR gets: gpu_check.log (everything), <stage>.log per stage, lif_cuda.csv, lif_cuda_compile.csv, mesa_cuda.csv,
-# wconv_cuda.csv, layers_cuda.csv, stages.tsv.
+# wconv_cuda.csv, layers_cuda.csv, gated_cuda.csv, karat_cuda.csv, pld_cuda.csv, stages.tsv.
 
 set -u -o pipefail
 
@@ -161,6 +161,10 @@ stage bench_layers 60 0 "$PY" bench/bench_layers.py --device cuda --providers re
 # Informational, as far as the budget reaches: gated class-attention and Fourier-KArAt at their issue shapes.
 stage bench_gated 60 0 "$PY" bench/bench_gated.py --device cuda --min-run-time 0.3 --csv "$OUT/gated_cuda.csv"
 stage bench_karat 90 0 "$PY" bench/bench_karat.py --device cuda --min-run-time 0.3 --csv "$OUT/karat_cuda.csv"
+# Informational: Plackett-Luce distillation at B=256, C=100 and 1000 (fwd+bwd; one inductor compilation per case for
+# reference+compile).
+stage bench_pld 90 0 "$PY" bench/bench_pld.py --device cuda --modes fwd+bwd --rounds 2 --min-run-time 0.2 \
+    --no-memory --csv "$OUT/pld_cuda.csv"
 
 # --- summary ---------------------------------------------------------------------------------------------------------
 say "stages (name, rc, seconds):"

@@ -108,4 +108,16 @@ TORCH_LIBRARY(pyfast, m) {
       "msdrop_bwd(Tensor grad_loss, Tensor logits, Tensor lse, Tensor h, Tensor weight, Tensor target, Tensor seed, "
       "int num_samples, float p, bool need_grad_h, bool need_grad_weight, bool need_grad_bias) -> "
       "(Tensor grad_h, Tensor grad_weight, Tensor grad_bias)");
+
+  // Plackett-Luce distillation (csrc/pld/pld.h has the maths and the ranking's tie rule). student, teacher: [B, C] of
+  // one floating dtype; labels: int64 [B] in [0, C); tau_t > 0. Returns the per-row loss [B] and teacher_lse =
+  // log sum exp(teacher / tau_t) [B] (float32; float64 for float64 inputs) and the ranking perm [B, C] (int32: the
+  // label, then the other classes by descending teacher logit), both saved for backward. CUDA: C <= 1024.
+  m.def("pld_fwd(Tensor student, Tensor teacher, Tensor labels, float tau_t) -> (Tensor loss, Tensor perm, "
+        "Tensor teacher_lse)");
+  // Backward of pld_fwd from the saved ranking and teacher_lse (the sort is not redone): grad_student and
+  // grad_teacher ([B, C] in the inputs' dtype; shape [0] when not requested). grad_loss: [B].
+  m.def(
+      "pld_bwd(Tensor grad_loss, Tensor student, Tensor teacher, Tensor perm, Tensor teacher_lse, float tau_t, "
+      "bool need_grad_student, bool need_grad_teacher) -> (Tensor grad_student, Tensor grad_teacher)");
 }

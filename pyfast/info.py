@@ -16,7 +16,7 @@ import pyfast
 from pyfast import _extension
 from pyfast.backends import availability
 
-OPS = ("crrelu", "gated", "ghost_bn", "karat", "lif", "mesa", "msdrop", "wconv")  # every op with kernels
+OPS = ("crrelu", "gated", "ghost_bn", "karat", "lif", "mesa", "msdrop", "pld", "wconv")  # every op with kernels
 BACKEND_DEVICES = (  # (backend, device type) pairs a backend can serve
     ("cpp", "cpu"),
     ("cuda", "cuda"),

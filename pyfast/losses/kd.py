@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyfast.losses._checks import check_labels, check_logits, check_nonnegative, check_positive, reduce
+from pyfast.ops.pld import pld_rows
 
 
 def _kl_rows(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
@@ -172,38 +173,35 @@ class USKDLoss(nn.Module):
 
 
 def pld_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, tau_t: float = 1.0,
-             reduction: str = "mean") -> torch.Tensor:
+             reduction: str = "mean", *, backend: str = "auto") -> torch.Tensor:
     """Plackett-Luce distillation, a replacement for CE + KD.
 
-    The target ranking pi* is the true class first, then the other classes by descending teacher logit; the loss is
-    the teacher-confidence-weighted negative log-likelihood of pi* under the student's Plackett-Luce model::
+    The target ranking pi* is the true class first, then the other classes by descending teacher logit (equal teacher
+    logits by ascending class index); the loss is the teacher-confidence-weighted negative log-likelihood of pi* under
+    the student's Plackett-Luce model::
 
         L = sum_k alpha_{pi*_k} (log sum_{j >= k} exp(s_{pi*_j}) - s_{pi*_k}),   alpha = softmax(t / tau_t)
 
-    computed by gathering s along pi* and a reverse ``logcumsumexp``. Convex in s, invariant to s + c, and equal to
-    cross-entropy when alpha is one-hot on the label. ``tau_t`` (the teacher temperature) defaults to 1.
+    Convex in s, invariant to s + c, and equal to cross-entropy when alpha is one-hot on the label. ``tau_t`` (the
+    teacher temperature) defaults to 1. Computed by the fused ``torch.ops.pyfast.pld_fwd`` / ``pld_bwd`` (one pass
+    per row: softmax, sort, reverse cumulative log-sum-exp, weighted sum; the backward reuses the forward's ranking)
+    or the reference (:mod:`pyfast.reference.pld`), chosen by ``backend`` (``"auto"``, ``"cpp"``, ``"cuda"``,
+    ``"triton"``, ``"reference"``; see :func:`pyfast.ops.pld.pld_rows`).
     """
     check_logits("student", student)
     check_logits("teacher", teacher, student.shape[1], student.shape[0])
     check_labels(y, student)
     tau = check_positive("tau_t", tau_t)
-    s, t = _float(student), _float(teacher).detach()
-    alpha = F.softmax(t / tau, 1)
-    rank_key = t.scatter(1, y[:, None], torch.full_like(t[:, :1], float("inf")))  # the label ranks first
-    order = torch.argsort(rank_key, dim=1, descending=True, stable=True)
-    s_sorted, a_sorted = s.gather(1, order), alpha.gather(1, order)
-    tail_lse = s_sorted.flip(1).logcumsumexp(1).flip(1)  # log sum_{j >= k} exp(s_{pi_j})
-    per = (a_sorted * (tail_lse - s_sorted)).sum(1)
-    return reduce(per, reduction)
+    return reduce(pld_rows(student, teacher.detach(), y, tau, backend=backend), reduction)
 
 
 class PLDLoss(nn.Module):
-    def __init__(self, tau_t: float = 1.0, reduction: str = "mean"):
+    def __init__(self, tau_t: float = 1.0, reduction: str = "mean", *, backend: str = "auto"):
         super().__init__()
-        self.tau_t, self.reduction = check_positive("tau_t", tau_t), reduction
+        self.tau_t, self.reduction, self.backend = check_positive("tau_t", tau_t), reduction, backend
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return pld_loss(student, teacher, y, self.tau_t, self.reduction)
+        return pld_loss(student, teacher, y, self.tau_t, self.reduction, backend=self.backend)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pyfast.ops.karat import karat_attention, karat_basis
 from pyfast.ops.lif import lif, lif_decay
 from pyfast.ops.mesa import mesa_dequantize, mesa_quantize
 from pyfast.ops.msdrop import multi_sample_dropout_loss
+from pyfast.ops.pld import pld_rows
 from pyfast.ops.wconv import wconv, wconv_weight
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "mesa_dequantize",
     "mesa_quantize",
     "multi_sample_dropout_loss",
+    "pld_rows",
     "wconv",
     "wconv_weight",
 ]

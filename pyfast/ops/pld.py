@@ -1,0 +1,124 @@
+"""Plackett-Luce distillation as torch custom ops: ``torch.ops.pyfast.pld_fwd`` / ``pld_bwd`` (C++ CPU and CUDA) and
+the Triton twins ``pld_fwd_triton`` / ``pld_bwd_triton``, with fake kernels and autograd, plus :func:`pld_rows`, the
+backend dispatch behind :func:`pyfast.losses.pld_loss` (the public API). The maths is in :mod:`pyfast.reference.pld`
+and at the top of ``csrc/pld/pld.h``.
+
+One fused pass per row: softmax of the teacher, the ranking (a sort), the reverse cumulative log-sum-exp along it and
+the weighted sum, without materialising the sorted [B, C] copies. The forward saves the ranking (int32 [B, C]) and
+the teacher's log-normaliser [B], so the backward redoes no sort; both logits get gradients (pld_loss detaches the
+teacher, so only the student's is computed there).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pyfast import _extension
+from pyfast.backends import _warn_once, resolve
+from pyfast.reference.pld import acc_dtype, pld_ref
+
+__all__ = ["CUDA_MAX_CLASSES", "pld_rows"]
+
+CUDA_MAX_CLASSES = 1024  # csrc/pld/pld.h kCudaMaxClasses: the CUDA kernel sorts a row in shared memory
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fake kernels and autograd of the custom ops
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _fwd_fake(student, teacher, labels, tau_t):
+    b, c = student.shape
+    acc = acc_dtype(student.dtype)
+    return (student.new_empty((b,), dtype=acc), student.new_empty((b, c), dtype=torch.int32),
+            student.new_empty((b,), dtype=acc))
+
+
+def _bwd_fake(grad_loss, student, teacher, perm, teacher_lse, tau_t, need_grad_student, need_grad_teacher):
+    return (student.new_empty(student.shape if need_grad_student else (0,)),
+            teacher.new_empty(teacher.shape if need_grad_teacher else (0,)))
+
+
+def _setup_context(ctx, inputs, output):
+    student, teacher, _labels, tau_t = inputs
+    _, perm, teacher_lse = output
+    ctx.mark_non_differentiable(perm, teacher_lse)
+    ctx.tau_t = tau_t
+    ctx.save_for_backward(student, teacher, perm, teacher_lse)
+
+
+def _make_backward(bwd_op):
+    def backward(ctx, grad_loss, _g_perm, _g_lse):
+        student, teacher, perm, teacher_lse = ctx.saved_tensors
+        need_s, need_t = ctx.needs_input_grad[:2]
+        gs, gt = bwd_op(grad_loss, student, teacher, perm, teacher_lse, ctx.tau_t, need_s, need_t)
+        return gs if need_s else None, gt if need_t else None, None, None
+
+    return backward
+
+
+if _extension.has_cpp():
+    torch.library.register_fake("pyfast::pld_fwd")(_fwd_fake)
+    torch.library.register_fake("pyfast::pld_bwd")(_bwd_fake)
+    torch.library.register_autograd(
+        "pyfast::pld_fwd", _make_backward(torch.ops.pyfast.pld_bwd), setup_context=_setup_context
+    )
+
+
+# Triton twins: torch.library.custom_op (not triton_op), so opcheck and torch.compile(fullgraph=True) also pass
+# under TRITON_INTERPRET=1 (DESIGN.md, build facts). Same schema as the C++ ops; a test enforces the parity.
+
+
+@torch.library.custom_op("pyfast::pld_fwd_triton", mutates_args=())
+def pld_fwd_triton(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
+                   tau_t: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from pyfast._triton import pld as kernels  # triton is optional: imported on first use
+
+    return kernels.pld_fwd(student.contiguous(), teacher.contiguous(), labels.contiguous(), tau_t)
+
+
+@torch.library.custom_op("pyfast::pld_bwd_triton", mutates_args=())
+def pld_bwd_triton(grad_loss: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor, perm: torch.Tensor,
+                   teacher_lse: torch.Tensor, tau_t: float, need_grad_student: bool,
+                   need_grad_teacher: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from pyfast._triton import pld as kernels
+
+    acc = acc_dtype(student.dtype)
+    return kernels.pld_bwd(grad_loss.to(acc).contiguous(), student.contiguous(), teacher.contiguous(),
+                           perm.contiguous(), teacher_lse.to(acc).contiguous(), tau_t, need_grad_student,
+                           need_grad_teacher)
+
+
+pld_fwd_triton.register_fake(_fwd_fake)
+pld_bwd_triton.register_fake(_bwd_fake)
+pld_fwd_triton.register_autograd(_make_backward(torch.ops.pyfast.pld_bwd_triton), setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Backend dispatch
+# --------------------------------------------------------------------------------------------------------------
+
+
+def pld_rows(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, tau_t: float = 1.0, *,
+             backend: str = "auto") -> torch.Tensor:
+    """Per-row Plackett-Luce distillation loss [B] (float32; float64 for float64 logits), differentiable in both
+    logits. Call :func:`pyfast.losses.pld_loss` for checked inputs and reductions; this is its backend dispatch.
+
+    ``student`` / ``teacher``: [B, C] floating logits (of different dtypes, both are cast to the promoted one: an
+    up-cast, which keeps the teacher's ranking); ``labels``: int64 [B]; ``tau_t`` > 0. ``backend``: ``"auto"``,
+    ``"cpp"``, ``"cuda"``, ``"triton"`` or ``"reference"`` (see pyfast.backends). The CUDA kernel serves C <= 1024
+    (:data:`CUDA_MAX_CLASSES`); above that ``"auto"`` on a CUDA tensor uses the reference (warning once) and an
+    explicit ``"cuda"`` raises.
+    """
+    if student.dtype != teacher.dtype:
+        common = torch.promote_types(student.dtype, teacher.dtype)
+        student, teacher = student.to(common), teacher.to(common)
+    chosen = resolve("pld", backend, student.device)
+    if chosen == "cuda" and backend == "auto" and student.shape[1] > CUDA_MAX_CLASSES:
+        _warn_once("pld", f"the CUDA kernel sorts at most {CUDA_MAX_CLASSES} classes per row, got "
+                          f"C = {student.shape[1]}")
+        chosen = "reference"
+    if chosen == "reference":
+        return pld_ref(student, teacher, labels, tau_t)
+    op = torch.ops.pyfast.pld_fwd_triton if chosen == "triton" else torch.ops.pyfast.pld_fwd
+    return op(student, teacher, labels, float(tau_t))[0]
