@@ -28,7 +28,7 @@ alignment, heads removed at inference), so the loss below is a reconstruction, n
 - off by default (``ens_weight = feat_weight = 0``): the ensemble -> final-classifier KL and the feature alignment.
   On the embedded digits (resnet18 at width 0.125, 6 epochs) the ensemble term, whose teacher mixes the weak
   shallow heads, left the final classifier under-confident (test cross-entropy 0.96 against 0.30 without it) and
-  cost about 2 points of test accuracy.
+  cost 1 to 2 points of test accuracy (95.8% with it, 96.9% and 97.8% without it in two runs of seed 0).
 """
 
 from __future__ import annotations
