@@ -1,6 +1,6 @@
 """Knowledge-distillation methods of ``pyfast train``: offline (``kd``, ``nkd``, ``pld``: a trained teacher
-guides a student), online (``bd-kd``: a student and a teacher trained together) and self-distillation (``uskd``:
-no teacher). The losses are in :mod:`pyfast.losses`.
+guides a student), online (``bd-kd``: a student and a teacher trained together) and self-distillation (``uskd``,
+``lsskd``: no teacher). The losses are in :mod:`pyfast.losses`.
 
 Offline teacher: ``--method-arg teacher=DIR``, a run directory (or its ``last.pt``) that ``pyfast train`` wrote on the
 same dataset, e.g.::
@@ -21,7 +21,17 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from pyfast.losses import USKDLoss, bdkd_losses, kd_loss, nkd_loss, pld_loss
+from pyfast.losses import (
+                           EpochTargetBank,
+                           SADHead,
+                           USKDLoss,
+                           bdkd_losses,
+                           kd_loss,
+                           lsskd_loss,
+                           nkd_loss,
+                           pld_loss,
+                           rotated_copies,
+)
 from pyfast.methods.base import Method
 from pyfast.registry import METHODS, MODELS
 
@@ -148,6 +158,40 @@ class BDKD(Method):
         return loss_s + loss_t, student
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _tap_shapes(model: nn.Module, layers: list[str], image_shape: tuple, arg: str, example: str) -> list[torch.Size]:
+    """Output shapes of the submodules ``layers`` of ``model`` on one zero image (in eval mode); a name that is not a
+    submodule is a ValueError naming the method argument ``arg``."""
+    for layer in layers:
+        try:
+            model.get_submodule(layer)
+        except AttributeError:
+            raise ValueError(f"method_args: {arg} {layer!r} is not a submodule of {type(model).__name__} (name one "
+                             f"from model.named_modules(), e.g. {example})") from None
+    was_training = model.training
+    with torch.no_grad():
+        _, outputs = _run_tapped(model.eval(), layers, torch.zeros(1, *image_shape))
+    model.train(was_training)
+    return [o.shape for o in outputs]
+
+
+def _run_tapped(backbone: nn.Module, layers: list[str], x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``backbone(x)`` and the outputs of its submodules ``layers`` in that call (forward hooks that live for this
+    call only, so the backbone carries none at inference)."""
+    seen = {}
+    handles = [backbone.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
+               for name in layers]
+    try:
+        out = backbone(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, [seen[name] for name in layers]
+
+
 class SelfDistilled(nn.Module):
     """A backbone whose mid-level features (the output of submodule ``layer``, globally average-pooled) feed USKD's
     weak head. Training ``forward`` returns ``(logits, features [B, channels])``; eval returns the logits alone, and
@@ -156,17 +200,11 @@ class SelfDistilled(nn.Module):
     def __init__(self, backbone: nn.Module, layer: str, uskd: USKDLoss):
         super().__init__()
         self.backbone, self.uskd, self.layer = backbone, uskd, layer
-        self._features = None
-        backbone.get_submodule(layer).register_forward_hook(self._keep)
-
-    def _keep(self, module, inputs, output):
-        self._features = output
 
     def forward(self, x: torch.Tensor):
-        logits = self.backbone(x)
-        features, self._features = self._features, None
         if not self.training:
-            return logits
+            return self.backbone(x)
+        logits, (features,) = _run_tapped(self.backbone, [self.layer], x)
         return logits, features.flatten(2).mean(2) if features.dim() > 2 else features
 
     def inference_model(self) -> nn.Module:
@@ -184,22 +222,115 @@ class USKD(Method):
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         layer = self.args["feature_layer"]
-        try:
-            tap = model.get_submodule(layer)
-        except AttributeError:
-            raise ValueError(f"method_args: feature_layer {layer!r} is not a submodule of {type(model).__name__} "
-                             "(name one from model.named_modules(), e.g. layers.5 for resnet18)") from None
-        seen = []
-        handle = tap.register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()(torch.zeros(1, *self.data.image_shape))
-            model.train(was_training)
-        handle.remove()
-        uskd = USKDLoss(seen[0], self.data.num_classes, self.args["alpha"], self.args["beta"], self.args["mu"])
+        (shape,) = _tap_shapes(model, [layer], self.data.image_shape, "feature_layer", "layers.5 for resnet18")
+        uskd = USKDLoss(shape[1], self.data.num_classes, self.args["alpha"], self.args["beta"], self.args["mu"])
         return SelfDistilled(model, layer, uskd)
 
     def loss(self, model, x, y):
         logits, features = model(x)
-        core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-        return nn.functional.cross_entropy(logits, y) + core.uskd(logits, features, y), logits
+        return nn.functional.cross_entropy(logits, y) + _unwrap(model).uskd(logits, features, y), logits
+
+
+class LayeredSelfDistilled(nn.Module):
+    """A backbone with :class:`~pyfast.losses.SADHead` s on the outputs of its submodules ``layers`` (shallowest
+    first) and the PS-KD bank of last epoch's predictions (``bank``, buffers only).
+
+    Training ``forward(x [B, C, H, H])`` passes the M rotated copies of the batch through the backbone at once
+    (``[M * B, ...]``, see :func:`~pyfast.losses.rotated_copies`) and returns ``(logits [B, N]`` of the unrotated
+    images, ``aux_logits``: L x ``[B, M, N * M]``, ``aux_features``: L x ``[B, M, D])``. Eval returns the backbone's
+    logits alone, and :meth:`inference_model` is the backbone without heads or bank.
+    """
+
+    def __init__(self, backbone: nn.Module, layers: list[str], heads: nn.ModuleList, bank: EpochTargetBank,
+                 n_trans: int):
+        super().__init__()
+        self.backbone, self.heads, self.bank = backbone, heads, bank
+        self.layers, self.n_trans = list(layers), n_trans
+
+    def forward(self, x: torch.Tensor):
+        if not self.training:
+            return self.backbone(x)
+        B, M = x.shape[0], self.n_trans
+        out, taps = _run_tapped(self.backbone, self.layers, rotated_copies(x, M))
+        aux_logits, aux_features = [], []
+        for head, f in zip(self.heads, taps):
+            a, h = head(f, return_features=True)
+            aux_logits.append(a.view(M, B, -1).transpose(0, 1))
+            aux_features.append(h.view(M, B, -1).transpose(0, 1))
+        return out[:B], aux_logits, aux_features
+
+    def inference_model(self) -> nn.Module:
+        return self.backbone
+
+
+@METHODS.register("lsskd", "LSSKD layered self-distillation: rotation-SAD heads after each stage + PS-KD (no teacher)")
+class LSSKD(Method):
+    """Layered self-supervised KD (:func:`pyfast.losses.lsskd_loss`, whose docstring says what is reconstructed).
+
+    Options: ``layers`` (the tapped submodules, default the four stage outputs of resnet18), ``tau``, ``sad_weight``,
+    ``kd_weight``, ``ens_weight``, ``feat_weight`` (the loss's), ``alpha_max`` (PS-KD's alpha_T) and ``rotations``
+    (M, 1..4: the backbone's training batch is M times the data batch). Every head's feature module ends at the channel count of
+    the deepest tapped layer, so the feature alignment compares like with like. The bank of last epoch's
+    predictions is a buffer of the model (checkpointed, exact on ``--resume``), kept equal on all DDP ranks by
+    all-gathering each step's predictions, and excluded from DDP's own buffer broadcast.
+    """
+
+    default_model = "resnet18"
+    arg_defaults: ClassVar[dict] = {"layers": ["layers.1", "layers.3", "layers.5", "layers.7"], "tau": 3.0,
+                                    "sad_weight": 1.0, "kd_weight": 1.0, "ens_weight": 0.0, "feat_weight": 0.0,
+                                    "alpha_max": 0.8,
+                                    "rotations": 4}
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._index, self._epoch = None, 0  # the current batch's sample indices and epoch (set by batch())
+
+    def check_args(self) -> None:
+        layers = self.args["layers"]
+        if (not isinstance(layers, list) or not layers or not all(isinstance(n, str) and n for n in layers)
+                or len(set(layers)) != len(layers)):
+            raise ValueError(f"method_args: layers must be a non-empty list of distinct submodule names, got {layers!r}")
+        _number(self.args, "tau", strict=True)
+        for name in ("sad_weight", "kd_weight", "ens_weight", "feat_weight", "alpha_max"):
+            _number(self.args, name)
+        if self.args["alpha_max"] > 1:
+            raise ValueError(f"method_args: alpha_max must be in [0, 1], got {self.args['alpha_max']!r}")
+        m = self.args["rotations"]
+        if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= 4:
+            raise ValueError(f"method_args: rotations must be an integer in 1..4, got {m!r}")
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        _, height, width = self.data.image_shape
+        if self.args["rotations"] > 1 and height != width:
+            raise ValueError(f"method_args: rotations > 1 needs square images, {self.data.name} has {height}x{width}")
+        layers = self.args["layers"]
+        shapes = _tap_shapes(model, layers, self.data.image_shape, "layers", "layers.1 for resnet18")
+        if any(len(s) != 4 for s in shapes):
+            raise ValueError(f"method_args: layers must name modules with [B, C, H, W] outputs, got shapes "
+                             f"{[tuple(s) for s in shapes]}")
+        out_ch = shapes[-1][1]
+        heads = nn.ModuleList(SADHead(s[1], self.data.num_classes, self.args["rotations"], out_ch) for s in shapes)
+        bank = EpochTargetBank(len(self.data.y_train), self.data.num_classes)
+        wrapped = LayeredSelfDistilled(model, layers, heads, bank, self.args["rotations"])
+        # The method keeps the bank equal on all ranks (EpochTargetBank.update); DDP need not broadcast it each step.
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            wrapped, [f"bank.{name}" for name, _ in bank.named_buffers()])
+        return wrapped
+
+    def batch(self, data, index, augment, epoch):
+        self._index, self._epoch = index, epoch
+        return super().batch(data, index, augment, epoch)
+
+    def loss(self, model, x, y):
+        if self._index is None or len(self._index) != len(y):
+            raise RuntimeError("lsskd: loss() needs the batch's sample indices; make the batch with method.batch()")
+        logits, aux_logits, aux_features = model(x)
+        bank = _unwrap(model).bank
+        alpha = EpochTargetBank.alpha(self._epoch, self.cfg.epochs, self.args["alpha_max"])
+        targets = bank.targets(self._index, y, alpha)
+        a = self.args
+        loss = lsskd_loss(logits, aux_logits, targets, y, a["tau"], a["sad_weight"], a["kd_weight"], a["ens_weight"],
+                          a["feat_weight"], aux_features)
+        bank.update(self._index, torch.softmax(logits.detach().float(), 1))
+        self._index = None
+        return loss, logits

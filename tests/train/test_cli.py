@@ -30,6 +30,7 @@ SMOKE = {
     "pld": ["--model-arg", "width=0.125", "--method-arg", "teacher={teacher}"],
     "bd-kd": ["--model-arg", "width=0.125", "--method-arg", "teacher_model_args={{width: 0.125}}"],
     "uskd": ["--model-arg", "width=0.125"],
+    "lsskd": ["--model-arg", "width=0.125", "--method-arg", "layers=[layers.3, layers.7]"],
     "gcab": ["--model-arg", "dim=32", "--model-arg", "depth=2", "--model-arg", "num_heads=4", "--method-arg",
              "tasks=2"],
     "hag-gr": ["--model-arg", "depth=2"],
