@@ -68,7 +68,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 @dataclasses.dataclass
-class Reinforced:
+class ReinforcedData:
     """A reinforced dataset in memory: ``meta`` (see the module docstring), ``params [N, S, NUM_FIELDS]``,
     ``indices [N, S, K]`` and ``probs [N, S, K]``."""
 
@@ -94,7 +94,7 @@ class Reinforced:
                                  f"{m['fingerprint'][:12]}, these are {fingerprint(data)[:12]}); reinforce this data")
 
 
-def load_reinforced(path: str | os.PathLike, data: ImageData | None = None) -> Reinforced:
+def load_reinforced(path: str | os.PathLike, data: ImageData | None = None) -> ReinforcedData:
     """Read a file written by :func:`reinforce` (checked against ``data`` when given)."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -108,7 +108,7 @@ def load_reinforced(path: str | os.PathLike, data: ImageData | None = None) -> R
         raise ReinforceError(f"{path} is not a pyfast reinforced file")
     if obj["meta"].get("version") != VERSION:
         raise ReinforceError(f"{path} has version {obj['meta'].get('version')!r}; this pyfast reads {VERSION}")
-    rd = Reinforced(obj["meta"], obj["params"], obj["indices"], obj["probs"])
+    rd = ReinforcedData(obj["meta"], obj["params"], obj["indices"], obj["probs"])
     n, s, k = rd.meta["num_images"], rd.meta["samples"], rd.meta["topk"]
     shapes = {"params": (n, s, T.NUM_FIELDS), "indices": (n, s, k), "probs": (n, s, k)}
     for name, shape in shapes.items():
@@ -159,7 +159,7 @@ def reinforce(data: ImageData, teachers: Sequence[nn.Module], out: str | os.Path
               topk: int = 5, seed: int = 0, batch_size: int = 256, magnitude: int = 9, erase_p: float = 0.25,
               teacher_meta: Sequence[dict] | None = None, device: str | torch.device = "cpu",
               save_interval: float = 60.0, progress: bool = True,
-              log: Callable[[str], None] = print) -> Reinforced:
+              log: Callable[[str], None] = print) -> ReinforcedData:
     """Reinforce ``data``'s training set with the ensemble ``teachers`` (eval-mode models taking normalised images)
     and write it to ``out`` atomically (see the module docstring); returns it.
 
@@ -245,7 +245,11 @@ def reinforce(data: ImageData, teachers: Sequence[nn.Module], out: str | os.Path
                 values, classes = [], []
                 for rows in torch.arange(len(image)).split(batch_size):
                     x = T.apply(x_train[image[rows].to(device)], p[rows].to(device))
-                    top = sparsify(ensemble_probs(teachers, data.normalize(x)), topk)
+                    mean = ensemble_probs(teachers, data.normalize(x))
+                    if mean.shape != (len(rows), num_classes):
+                        raise ReinforceError(f"--teacher: the teachers give outputs of shape {tuple(mean.shape)} for "
+                                             f"{len(rows)} images of {data.name}, expected {num_classes} classes")
+                    top = sparsify(mean, topk)
                     values.append(top.values.cpu())
                     classes.append(top.indices.cpu())
                 params[block] = p.view(len(block), samples, -1)
@@ -261,7 +265,7 @@ def reinforce(data: ImageData, teachers: Sequence[nn.Module], out: str | os.Path
                 save_progress(done)
             raise
 
-    result = Reinforced(meta, params, indices, probs)
+    result = ReinforcedData(meta, params, indices, probs)
     obj = {"format": FORMAT, "meta": meta, "params": params, "indices": indices, "probs": probs}
     atomic_write(out, lambda f: torch.save(obj, f))
     partial.unlink(missing_ok=True)

@@ -19,6 +19,7 @@ The pipeline, in order (Dataset Reinforcement's CIFAR recipe at the images' own 
 Deviation from the spec (which follows ml-dr's CIFAR-100 recipe): images are not resized to 224 first; the crop pads
 by the dataset's own ``crop_padding`` (4 for 32x32) instead of 16 at 224. Geometric ops sample the nearest pixel
 (torchvision's RandAugment default is nearest too) about the image centre, and fill with 0, as torchvision's default.
+RandomErasing records a random colour per box (ml-dr erases to 0); ``fill = 0`` rows replay ml-dr's choice.
 
 RandAugment ops at level ``L`` (the stored signed magnitude, ``|L| <= 30``):
 
@@ -96,7 +97,13 @@ def _affine_table() -> torch.Tensor:
     return table
 
 
-_AFFINE = _affine_table()
+_AFFINE = {torch.device("cpu"): _affine_table()}  # per device, copied on first use
+
+
+def _affine_on(device: torch.device) -> torch.Tensor:
+    if device not in _AFFINE:
+        _AFFINE[device] = _AFFINE[torch.device("cpu")].to(device)
+    return _AFFINE[device]
 
 
 def sample_params(num: int, image_shape: tuple[int, int, int], *, crop_padding: int, hflip: bool, magnitude: int = 9,
@@ -140,8 +147,8 @@ def sample_params(num: int, image_shape: tuple[int, int, int], *, crop_padding: 
     u_top, u_left = torch.rand(num, generator=g), torch.rand(num, generator=g)
     fill = torch.randint(0, 256, (num, 3), generator=g)
     erase = (torch.rand(num, generator=g) < erase_p) & fits.any(1)
-    top = (u_top * (height - h + 1)).long().clamp(max=height - 1)
-    left = (u_left * (width - w + 1)).long().clamp(max=width - 1)
+    top = torch.minimum((u_top * (height - h + 1)).long(), height - h)  # (the minimum guards float rounding)
+    left = torch.minimum((u_left * (width - w + 1)).long(), width - w)
     if channels == 1:
         fill[:, 1:] = 0
     box = torch.stack([erase.long(), top, left, h, w, *fill.unbind(1)], 1)
@@ -232,7 +239,7 @@ def _geometric(x: torch.Tensor, op: torch.Tensor, level: torch.Tensor) -> torch.
     coordinates ``u = 2 j + 1 - W`` make every pixel centre an integer; the source pixel is
     ``floor((u' + W) / 2)`` with ``u' = (a u + b v) / 2^16 - 2 t``, all in int64."""
     B, _, H, W = x.shape
-    coeff = _AFFINE.to(x.device)[op, level + MAX_LEVEL]  # [B, 4]
+    coeff = _affine_on(x.device)[op, level + MAX_LEVEL]  # [B, 4]
     a, b, c, d = (coeff[:, k].view(B, 1, 1) for k in range(4))
     shift = torch.div(level.abs() * 150 * torch.where(op == _OP["translate_x"], W, H), 30 * 331,
                       rounding_mode="floor") * level.sign()

@@ -34,7 +34,7 @@ class Reinforced(Method):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.store = None  # the pyfast.reinforce.Reinforced file, loaded by prepare_model
+        self.store = None  # the pyfast.reinforce.ReinforcedData file, loaded by prepare_model
         self._draws = None  # (epoch, replay [N] bool, sample [N] int64) of the current epoch
         self._target = None  # the soft targets [B, C] of the last batch, for loss()
 

@@ -351,6 +351,8 @@ def test_reinforce_bad_input_names_the_argument(tmp_path, small):
             reinforce(small, teachers, tmp_path / "d.pt", **kw, **_quiet())
     with pytest.raises(ReinforceError, match="--teacher: give at least one"):
         reinforce(small, [], tmp_path / "d.pt", **_quiet())
+    with pytest.raises(ReinforceError, match=r"--teacher: the teachers give outputs of shape \(256, 7\)"):
+        reinforce(small, [Recorder(0, num_classes=7)], tmp_path / "d.pt", **_quiet())
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(ReinforceError, match="unreadable"):
         load_reinforced(tmp_path / "junk.pt")
