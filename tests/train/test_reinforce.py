@@ -396,6 +396,16 @@ def test_cli_reinforce_then_train_on_it(tmp_path, capsys, teacher_run, digits):
         load_teachers([str(teacher_run)], dataclasses.replace(digits, name="cifar10"))
 
 
+def test_cli_reinforce_ctrl_c_says_how_to_continue(tmp_path, capsys, monkeypatch, teacher_run):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pyfast.reinforce.reinforce", interrupted)
+    out = tmp_path / "d.pt"
+    assert cli.main(["reinforce", "--teacher", str(teacher_run), "--out", str(out), "--no-progress"]) == 130
+    assert f"saved in {out}.partial: rerun the same command to continue" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The reinforced training method
 # --------------------------------------------------------------------------------------------------------------
