@@ -168,20 +168,20 @@ def _add_reinforce(sub) -> None:
                     "--topk, all in one file (written atomically). Progress is saved in OUT.partial: rerun the same "
                     "command to continue after an interruption. Train on the file with `pyfast train --method "
                     "reinforced --method-arg reinforced=OUT`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default="digits", help="dataset name (as for pyfast train)")
+)
+    p.add_argument("--data", default="digits", help="dataset name, as for pyfast train (default %(default)s)")
     p.add_argument("--data-dir", help="directory with the dataset files (CIFAR)")
     p.add_argument("--teacher", action="append", required=True, metavar="DIR",
                    help="a `pyfast train` run directory (or its last.pt) on the same data; repeat for an ensemble")
-    p.add_argument("--samples", type=_positive_int, default=4, help="augmentations stored per image (NS)")
-    p.add_argument("--topk", type=_positive_int, default=5, help="probabilities kept per augmentation (K)")
+    p.add_argument("--samples", type=_positive_int, default=4, help="augmentations stored per image, NS (default %(default)s)")
+    p.add_argument("--topk", type=_positive_int, default=5, help="probabilities kept per augmentation, K (default %(default)s)")
     p.add_argument("--out", help="the reinforced file (default runs/reinforced-DATA.pt)")
-    p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the augmentation draws")
-    p.add_argument("--batch-size", type=_positive_int, default=256, help="augmented images per teacher forward")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the augmentation draws (default %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="augmented images per teacher forward (default %(default)s)")
     p.add_argument("--magnitude", type=_int_at_least(0), default=9,
-                   help="RandAugment magnitude M in 0..30 (torchvision's 31 bins)")
-    p.add_argument("--erase-p", type=_nonnegative_float, default=0.25, help="probability of RandomErasing")
-    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N")
+                   help="RandAugment magnitude M in 0..30, torchvision's 31 bins (default %(default)s)")
+    p.add_argument("--erase-p", type=_nonnegative_float, default=0.25, help="probability of RandomErasing (default %(default)s)")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N (default %(default)s)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_cmd_reinforce, parser=p)
 
