@@ -3,6 +3,7 @@
     pyfast train --list                                  methods, models and datasets
     pyfast train --method iir-snn --data digits --epochs 2 [--model --batch-size --lr --seed --out --resume --amp ...]
     pyfast train --config run.yaml [--flags override the file]
+    pyfast reinforce --teacher DIR [--teacher DIR ...] --samples 4 --topk 5 --out FILE   Dataset Reinforcement
     torchrun --nproc_per_node 2 -m pyfast train ...      data-parallel (gloo on CPU, nccl on CUDA)
     pyfast bench [--op lif ...] [--out DIR] [args for the benchmark scripts]
     pyfast info [args of pyfast.info]
@@ -159,6 +160,57 @@ def config_from_args(args) -> TrainConfig:
     return config_from_dict(values)
 
 
+def _add_reinforce(sub) -> None:
+    p = sub.add_parser(
+        "reinforce", help="Dataset Reinforcement: store augmentations and teacher-ensemble top-k probabilities",
+        description="For every training image, draw --samples replayable augmentations (crop, flip where the data "
+                    "allows it, RandAugment, RandomErasing), average the teachers' softmax on each and keep its top "
+                    "--topk, all in one file (written atomically). Progress is saved in OUT.partial: rerun the same "
+                    "command to continue after an interruption. Train on the file with `pyfast train --method "
+                    "reinforced --method-arg reinforced=OUT`.",
+)
+    p.add_argument("--data", default="digits", help="dataset name, as for pyfast train (default %(default)s)")
+    p.add_argument("--data-dir", help="directory with the dataset files (CIFAR)")
+    p.add_argument("--teacher", action="append", required=True, metavar="DIR",
+                   help="a `pyfast train` run directory (or its last.pt) on the same data; repeat for an ensemble")
+    p.add_argument("--samples", type=_positive_int, default=4, help="augmentations stored per image, NS (default %(default)s)")
+    p.add_argument("--topk", type=_positive_int, default=5, help="probabilities kept per augmentation, K (default %(default)s)")
+    p.add_argument("--out", help="the reinforced file (default runs/reinforced-DATA.pt)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the augmentation draws (default %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="augmented images per teacher forward (default %(default)s)")
+    p.add_argument("--magnitude", type=_int_at_least(0), default=9,
+                   help="RandAugment magnitude M in 0..30, torchvision's 31 bins (default %(default)s)")
+    p.add_argument("--erase-p", type=_nonnegative_float, default=0.25, help="probability of RandomErasing (default %(default)s)")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N (default %(default)s)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=_cmd_reinforce, parser=p)
+
+
+def _cmd_reinforce(args) -> int:
+    from pyfast.reinforce import load_teachers, reinforce
+
+    if args.data not in DATASETS:
+        args.parser.error(f"argument --data: must be one of {', '.join(DATASETS.names())}, got {args.data!r}")
+    out = Path(args.out or f"runs/reinforced-{args.data}.pt")
+    try:
+        data = DATASETS.get(args.data).builder(args.data_dir)
+        teachers, infos = load_teachers(args.teacher, data)
+        rd = reinforce(data, teachers, out, samples=args.samples, topk=args.topk, seed=args.seed,
+                       batch_size=args.batch_size, magnitude=args.magnitude, erase_p=args.erase_p,
+                       teacher_meta=infos, device=resolve_device(args.device), progress=args.progress,
+                       log=lambda line: print(line, flush=True))
+    except (ConfigError, FileNotFoundError) as err:
+        args.parser.error(str(err))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the finished part is saved in {out}.partial: rerun the same command to continue",
+              file=sys.stderr)
+        return 130
+    print(f"reinforced {rd.meta['num_images']} {args.data} images x {rd.samples} samples, top-{rd.meta['topk']} of "
+          f"{len(teachers)} teacher(s) -> {out}\ntrain on it: pyfast train --method reinforced --method-arg "
+          f"reinforced={out}", flush=True)
+    return 0
+
+
 def _cmd_train(args) -> int:
     if getattr(args, "list", False):
         print(_list_registries())
@@ -256,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyfast", description="pyfast: compiled-kernel backend for PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
+    _add_reinforce(sub)
     p = sub.add_parser("bench", help="run kernel benchmarks from bench/ (source checkout): ratio tables, CSV, PNG",
                        description="Run bench/bench_OP.py for every op (or those named with --op); unknown "
                                    "arguments go to each script (e.g. --quick, --T 8, --dtype fp32). Writes "

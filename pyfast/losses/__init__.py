@@ -1,5 +1,7 @@
-"""Distillation losses (plain PyTorch: each is a handful of fused elementwise ops and one reduction per row)."""
+"""Distillation losses: Hinton KD, NKD / USKD, PLD (through the fused ``pld`` op), BD-KD, LSSKD's auxiliary-head
+losses, and Dataset Reinforcement's sparse targets and loss."""
 
+from pyfast.losses.dr import DRLoss, Sparse, densify, dr_loss, sparsify
 from pyfast.losses.kd import (
                               BDKDLoss,
                               KDLoss,
@@ -24,7 +26,7 @@ from pyfast.losses.lsskd import (
 )
 
 __all__ = [
-    "BDKDLoss", "EpochTargetBank", "KDLoss", "LSSKDLoss", "NKDLoss", "PLDLoss", "SADHead", "USKDLoss", "bdkd_losses",
-    "kd_loss", "lsskd_loss", "marginal_classes", "nkd_loss", "non_target", "pld_loss", "rotated_copies", "sad_labels",
-    "zipf_non_target_labels",
+    "BDKDLoss", "DRLoss", "EpochTargetBank", "KDLoss", "LSSKDLoss", "NKDLoss", "PLDLoss", "SADHead", "Sparse",
+    "USKDLoss", "bdkd_losses", "densify", "dr_loss", "kd_loss", "lsskd_loss", "marginal_classes", "nkd_loss",
+    "non_target", "pld_loss", "rotated_copies", "sad_labels", "sparsify", "zipf_non_target_labels",
 ]

@@ -7,6 +7,7 @@ from pyfast.methods import (  # noqa: F401  (registration)
     karat,
     large_batch,
     mesa,
+    reinforced,
     standard,
     weighted_conv,
 )

@@ -36,6 +36,7 @@ SMOKE = {
     "hag-gr": ["--model-arg", "depth=2"],
     "large-batch": ["--model-arg", "width=0.125", "--method-arg", "ghost_batch_size=4", "--method-arg",
                     "base_batch_size=16"],
+    "reinforced": ["--model-arg", "width=0.125", "--method-arg", "reinforced={reinforced}"],
 }
 
 
@@ -48,6 +49,15 @@ def teacher(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def reinforced(tmp_path_factory, teacher) -> Path:
+    """A reinforced digits file (one sample per image) from the teacher, for the reinforced method."""
+    out = tmp_path_factory.mktemp("reinforced") / "digits.dr"
+    assert cli.main(["reinforce", "--teacher", str(teacher), "--samples", "1", "--topk", "3", "--batch-size", "512",
+                     "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
 def available_methods() -> list[str]:
     return METHODS.names()
 
@@ -57,9 +67,10 @@ def test_every_available_method_has_a_smoke_run():
 
 
 @pytest.mark.parametrize("method", sorted(SMOKE))
-def test_cli_smoke_run_of_each_method_with_its_default_model(tmp_path, capsys, method, teacher):
+def test_cli_smoke_run_of_each_method_with_its_default_model(tmp_path, capsys, method, teacher, reinforced):
     argv = ["train", "--method", method, "--epochs", "1", "--batch-size", "16", "--max-steps-per-epoch", "2",
-            "--out", str(tmp_path), "--no-progress", *(a.format(teacher=teacher) for a in SMOKE[method])]
+            "--out", str(tmp_path), "--no-progress",
+            *(a.format(teacher=teacher, reinforced=reinforced) for a in SMOKE[method])]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     default_model = METHODS.get(method).builder.default_model

@@ -1,0 +1,126 @@
+"""Dataset Reinforcement's targets and loss: sparse top-k teacher probabilities and the KL loss against them.
+
+:func:`sparsify` keeps the k largest probabilities of each row (what ``pyfast reinforce`` stores), :func:`densify`
+rebuilds a full distribution from them, :func:`dr_loss` trains a student on it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyfast.losses._checks import REDUCTIONS, check_logits, reduce
+
+DENSIFY_METHODS = ("smooth", "topk")
+
+
+class Sparse(NamedTuple):
+    """The top-k of probability rows: ``values`` float ``[..., k]`` in descending order, ``indices`` integer
+    ``[..., k]`` (their classes)."""
+
+    values: torch.Tensor
+    indices: torch.Tensor
+
+
+def sparsify(p: torch.Tensor, k: int) -> Sparse:
+    """The ``k`` largest entries of each row of probabilities ``p [..., C]``: ``Sparse(values [..., k], indices
+    [..., k] int64)``, values in descending order (ties in any order)."""
+    if not isinstance(p, torch.Tensor) or not p.is_floating_point() or p.dim() < 1:
+        raise ValueError(f"p must be a floating-point tensor [..., C] of probabilities, got "
+                         f"{getattr(p, 'dtype', type(p).__name__)} {tuple(getattr(p, 'shape', ()))}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= p.shape[-1]:
+        raise ValueError(f"k must be an integer in [1, {p.shape[-1]}] (the number of classes), got {k!r}")
+    values, indices = p.topk(k, dim=-1, sorted=True)
+    return Sparse(values, indices)
+
+
+def densify(sparse: Sparse | tuple[torch.Tensor, torch.Tensor], num_classes: int,
+            method: str = "smooth") -> torch.Tensor:
+    """Full distributions ``[..., num_classes]`` (float32, or the values' dtype if wider) from top-k ``sparse``.
+
+    With ``r = 1 - sum(values)`` the mass the top-k leave over:
+
+    - ``"smooth"``: the top-k classes keep their values, the other ``C - k`` share ``r`` equally. Where ``r < 0``
+      (values that sum above 1), the row is ``softmax(values)`` on the top-k and 0 elsewhere, as ml-dr does. A
+      ``r`` in ``[-k eps, 0)`` (eps of the values' dtype) is the rounding of a true probability vector and counts as
+      ``r = 0``, so ``densify(sparsify(p, C))`` gives ``p`` back. With ``k = C`` there is no other class and ``r``
+      (rounding) is dropped.
+    - ``"topk"``: the top-k values renormalised to sum to 1, 0 elsewhere (ml-dr's ``"zeros"`` takes a softmax of the
+      values instead, which flattens probabilities towards uniform; this keeps their ratios).
+
+    Rows sum to 1 (up to rounding); the top-k classes keep their values under ``"smooth"`` (r >= 0).
+    """
+    values, indices = sparse
+    if not isinstance(values, torch.Tensor) or not values.is_floating_point() or values.dim() < 1:
+        raise ValueError(f"sparse values must be a floating-point tensor [..., k], got "
+                         f"{getattr(values, 'dtype', type(values).__name__)} {tuple(getattr(values, 'shape', ()))}")
+    if not isinstance(indices, torch.Tensor) or indices.dtype.is_floating_point or indices.shape != values.shape:
+        raise ValueError(f"sparse indices must be an integer tensor of the values' shape {tuple(values.shape)}, got "
+                         f"{getattr(indices, 'dtype', type(indices).__name__)} {tuple(getattr(indices, 'shape', ()))}")
+    if indices.device != values.device:
+        raise ValueError(f"sparse indices are on {indices.device} but the values on {values.device}")
+    k = values.shape[-1]
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < max(k, 2):
+        raise ValueError(f"num_classes must be an integer >= k = {k} (and >= 2), got {num_classes!r}")
+    if method not in DENSIFY_METHODS:
+        raise ValueError(f"method must be one of {', '.join(DENSIFY_METHODS)}, got {method!r}")
+    if values.numel() and not torch.isfinite(values).all():
+        raise ValueError("sparse values must be finite")
+    indices = indices.long()
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= num_classes):
+        raise ValueError(f"sparse indices must lie in [0, {num_classes}), got [{int(indices.min())}, "
+                         f"{int(indices.max())}]")
+    v = values if values.dtype == torch.float64 else values.float()
+    total = v.sum(-1, keepdim=True)
+    if method == "topk":
+        if values.numel() and bool((total <= 0).any()):
+            raise ValueError("sparse values must have a positive sum in every row for method='topk'")
+        return torch.zeros(*v.shape[:-1], num_classes, dtype=v.dtype, device=v.device).scatter(
+            -1, indices, v / total)
+    r = 1.0 - total
+    r = torch.where((r < 0) & (r >= -k * torch.finfo(values.dtype).eps), 0.0, r)
+    rest = r / (num_classes - k) if num_classes > k else torch.zeros_like(r)
+    smooth = rest.expand(*v.shape[:-1], num_classes).scatter(-1, indices, v)
+    fallback = torch.zeros_like(smooth).scatter(-1, indices, torch.softmax(v, -1))
+    return torch.where(r < 0, fallback, smooth)
+
+
+def dr_loss(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """``KL(target || softmax(logits))`` per sample, ``sum_c t_c (log t_c - log_softmax(logits)_c)`` (0 log 0 = 0).
+
+    ``logits``: ``[B, C]`` (any floating dtype; computed in float32 or wider); ``target``: ``[B, C]`` probability
+    rows (non-negative, summing to 1 within 1e-3), e.g. :func:`densify` 's. ``reduction="mean"`` is PyTorch's
+    ``F.kl_div(log_softmax(logits), target, reduction="batchmean")`` (the sum over classes, averaged over the batch),
+    ``"sum"`` sums over the batch, ``"none"`` gives ``[B]``. The target is treated as a constant (no gradient).
+    """
+    check_logits("logits", logits)
+    if not isinstance(target, torch.Tensor) or not target.is_floating_point() or target.shape != logits.shape:
+        raise ValueError(f"target must be a floating-point tensor of the logits' shape {tuple(logits.shape)}, got "
+                         f"{getattr(target, 'dtype', type(target).__name__)} {tuple(getattr(target, 'shape', ()))}")
+    if target.device != logits.device:
+        raise ValueError(f"target is on {target.device} but the logits are on {logits.device}")
+    t = target.detach()
+    t = t if t.dtype == torch.float64 else t.float()
+    if t.numel():
+        sums = t.sum(1)
+        if not torch.isfinite(t).all() or bool((t < 0).any()) or bool(((sums - 1).abs() > 1e-3).any()):
+            raise ValueError("target rows must be finite, non-negative probabilities summing to 1 (within 1e-3)")
+    s = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+    per = F.kl_div(F.log_softmax(s, 1), t.to(s.dtype), reduction="none").sum(1)
+    return reduce(per, reduction)
+
+
+class DRLoss(nn.Module):
+    """:func:`dr_loss` as a module: ``DRLoss()(logits [B, C], target [B, C])``."""
+
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return dr_loss(logits, target, self.reduction)
