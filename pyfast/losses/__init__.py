@@ -3,26 +3,26 @@ losses, and Dataset Reinforcement's sparse targets and loss."""
 
 from pyfast.losses.dr import DRLoss, Sparse, densify, dr_loss, sparsify
 from pyfast.losses.kd import (
-                              BDKDLoss,
-                              KDLoss,
-                              NKDLoss,
-                              PLDLoss,
-                              USKDLoss,
-                              bdkd_losses,
-                              kd_loss,
-                              nkd_loss,
-                              non_target,
-                              pld_loss,
-                              zipf_non_target_labels,
+    BDKDLoss,
+    KDLoss,
+    NKDLoss,
+    PLDLoss,
+    USKDLoss,
+    bdkd_losses,
+    kd_loss,
+    nkd_loss,
+    non_target,
+    pld_loss,
+    zipf_non_target_labels,
 )
 from pyfast.losses.lsskd import (
-                                 EpochTargetBank,
-                                 LSSKDLoss,
-                                 SADHead,
-                                 lsskd_loss,
-                                 marginal_classes,
-                                 rotated_copies,
-                                 sad_labels,
+    EpochTargetBank,
+    LSSKDLoss,
+    SADHead,
+    lsskd_loss,
+    marginal_classes,
+    rotated_copies,
+    sad_labels,
 )
 
 __all__ = [
