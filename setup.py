@@ -33,7 +33,11 @@ from torch.utils import cpp_extension
 
 # -fno-trapping-math: no FP traps, which lets gcc vectorise selects. -ffp-contract=off: no fused multiply-adds, so
 # the baseline and AVX2+FMA builds of the CPU loops (and the float32 reference) round alike: bit-identical results.
-CXX_FLAGS = ["-O3", "-std=c++20", "-fno-trapping-math", "-ffp-contract=off"]
+# -fopenmp (compile and link): at::parallel_for is a header template whose parallel region is an `omp parallel`
+# pragma, compiled in only when _OPENMP is defined; without the flag every CPU kernel silently runs on one thread.
+# The link adds libgomp.so.1, the soname of the OpenMP runtime torch already loaded, so both share one thread pool.
+CXX_FLAGS = ["-O3", "-std=c++20", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp"]
+LINK_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "-std=c++20", "-lineinfo"]
 
 
@@ -80,9 +84,11 @@ def _extension(with_cuda):
         return cpp_extension.CUDAExtension(
             sources=sources,
             extra_compile_args={"cxx": CXX_FLAGS + ["-DPYFAST_WITH_CUDA"], "nvcc": NVCC_FLAGS},
+            extra_link_args=LINK_FLAGS,
             **common,
         )
-    return cpp_extension.CppExtension(sources=cpu_sources, extra_compile_args={"cxx": CXX_FLAGS}, **common)
+    return cpp_extension.CppExtension(sources=cpu_sources, extra_compile_args={"cxx": CXX_FLAGS},
+                                      extra_link_args=LINK_FLAGS, **common)
 
 
 class BuildExt(cpp_extension.BuildExtension):
