@@ -2,6 +2,8 @@
 // (ghost batch, block of whole channels); one item computes its channels' statistics and then normalises them
 // (forward), or its channels' sums and then dx (backward), while the item's data is still in cache. Per-position
 // sums are folded onto channels in double; no item shares an output, so results do not depend on the thread count.
+// Outputs of half the last-level cache or more are written through an L1 buffer with streaming stores
+// (cpu::PieceWriter): they would not stay cached anyway, and streaming saves the read of every output line.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/macros/Macros.h>
@@ -23,6 +25,8 @@ namespace pyfast {
 namespace {
 
 constexpr int64_t kSpan = 1024;  // values per sample in one item (whole channels, at least one): 3 vectors of it fit L1
+// Streamed outputs (cpu::stream_output) are written kPieceRows rows x kPieceSpan values at a time into an L1 buffer.
+constexpr int64_t kPieceRows = 4, kPieceSpan = 512;
 
 #define PYFAST_CLONE_LOOPS "ghost_bn/ghost_bn_cpu_kernels.inc"
 #define PYFAST_CLONE_AVX512
@@ -35,10 +39,10 @@ template <typename scalar_t>
 struct Fns {
   using A = acc_t<scalar_t>;
   void (*stats)(const scalar_t*, int64_t, int64_t, int64_t, const A*, A*, A*);
-  void (*norm)(const scalar_t*, scalar_t*, int64_t, int64_t, int64_t, const A*, const A*, const A*);
+  void (*norm)(const scalar_t*, int64_t, scalar_t*, int64_t, int64_t, int64_t, const A*, const A*, const A*);
   void (*bwd_stats)(const scalar_t*, const scalar_t*, int64_t, int64_t, int64_t, const A*, A*, A*);
-  void (*bwd_dx)(const scalar_t*, const scalar_t*, scalar_t*, int64_t, int64_t, int64_t, const A*, const A*, const A*,
-                 const A*);
+  void (*bwd_dx)(const scalar_t*, const scalar_t*, int64_t, scalar_t*, int64_t, int64_t, int64_t, const A*, const A*,
+                 const A*, const A*);
 };
 
 #define PYFAST_GHOST_BN_FNS(ns)                                                                                   \
@@ -88,9 +92,12 @@ void fwd_cpu_kernel(const ghost_bn::FwdArgs& a) {
   auto* var = static_cast<A*>(a.var);
   auto* invstd = static_cast<A*>(a.invstd);
   const int64_t stride = l.C * l.S;
-  cpu::advise_huge_pages(y, l.N * stride * static_cast<int64_t>(sizeof(scalar_t)));
+  const int64_t bytes = l.N * stride * static_cast<int64_t>(sizeof(scalar_t));
+  cpu::advise_huge_pages(y, bytes);
+  const bool stream = cpu::stream_output(bytes);
   const Items items = items_of(l);
   at::parallel_for(0, items.count, 1, [&](int64_t begin, int64_t end) {
+    cpu::PieceWriter<scalar_t> out(stream, kPieceRows * kPieceSpan);
     std::vector<A> k, s1, s2, mu, sc, sh;
     for (int64_t it = begin; it < end; ++it) {
       const int64_t g = it / items.blocks, c0 = (it % items.blocks) * items.per_block;
@@ -118,7 +125,18 @@ void fwd_cpu_kernel(const ghost_bn::FwdArgs& a) {
         fill_channel(sc.data(), ci, l.S, static_cast<A>((w ? static_cast<double>(w[c]) : 1.0) * inv));
         fill_channel(sh.data(), ci, l.S, b ? b[c] : A(0));
       }
-      fns.norm(xb, y + (xb - x), stride, rows, L, mu.data(), sc.data(), sh.data());
+      scalar_t* yb = y + (xb - x);
+      if (stream) {
+        for (int64_t r = 0; r < rows; r += kPieceRows)
+          for (int64_t j = 0; j < L; j += kPieceSpan) {
+            const int64_t nr = std::min(kPieceRows, rows - r), len = std::min(kPieceSpan, L - j);
+            fns.norm(xb + r * stride + j, stride, out.target(nullptr), len, nr, len, mu.data() + j, sc.data() + j,
+                     sh.data() + j);
+            for (int64_t i = 0; i < nr; ++i) out.commit(yb + (r + i) * stride + j, len, i * len);
+          }
+      } else {
+        fns.norm(xb, stride, yb, stride, rows, L, mu.data(), sc.data(), sh.data());
+      }
     }
   });
 }
@@ -137,9 +155,12 @@ void bwd_cpu_kernel(const ghost_bn::BwdArgs& a) {
   auto* sdy = static_cast<A*>(a.sdy);
   auto* sdyxmu = static_cast<A*>(a.sdyxmu);
   const int64_t stride = l.C * l.S;
-  if (gx) cpu::advise_huge_pages(gx, l.N * stride * static_cast<int64_t>(sizeof(scalar_t)));
+  const int64_t bytes = l.N * stride * static_cast<int64_t>(sizeof(scalar_t));
+  if (gx) cpu::advise_huge_pages(gx, bytes);
+  const bool stream = gx && cpu::stream_output(bytes);
   const Items items = items_of(l);
   at::parallel_for(0, items.count, 1, [&](int64_t begin, int64_t end) {
+    cpu::PieceWriter<scalar_t> out(stream, kPieceRows * kPieceSpan);
     std::vector<A> mu, t1, t2, ca, cb, cc;
     for (int64_t it = begin; it < end; ++it) {
       const int64_t g = it / items.blocks, c0 = (it % items.blocks) * items.per_block;
@@ -165,7 +186,18 @@ void bwd_cpu_kernel(const ghost_bn::BwdArgs& a) {
         fill_channel(cb.data(), ci, l.S, static_cast<A>(-wa * inv * inv * sum_dyxmu / m));
         fill_channel(cc.data(), ci, l.S, static_cast<A>(-wa * sum_dy / m));
       }
-      if (gx) fns.bwd_dx(gr + off, x + off, gx + off, stride, rows, L, mu.data(), ca.data(), cb.data(), cc.data());
+      if (gx && stream) {
+        for (int64_t r = 0; r < rows; r += kPieceRows)
+          for (int64_t j = 0; j < L; j += kPieceSpan) {
+            const int64_t nr = std::min(kPieceRows, rows - r), len = std::min(kPieceSpan, L - j);
+            const int64_t o = off + r * stride + j;
+            fns.bwd_dx(gr + o, x + o, stride, out.target(nullptr), len, nr, len, mu.data() + j, ca.data() + j,
+                       cb.data() + j, cc.data() + j);
+            for (int64_t i = 0; i < nr; ++i) out.commit(gx + o + i * stride, len, i * len);
+          }
+      } else if (gx) {
+        fns.bwd_dx(gr + off, x + off, stride, gx + off, stride, rows, L, mu.data(), ca.data(), cb.data(), cc.data());
+      }
     }
   });
 }
