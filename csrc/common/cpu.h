@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -56,30 +57,54 @@ inline void advise_huge_pages(void* data, int64_t bytes) {
 #endif
 }
 
-// Bytes of the last-level cache (the C library's report; 32 MiB when it has none).
+// Bytes of the last-level cache of CPU 0: the kernel's report (/sys/devices/system/cpu/cpu0/cache/index*/, the
+// highest level), else the C library's, else 32 MiB. The kernel's comes first because glibc reads CPUID, which
+// virtual machines fill loosely (320 MiB of L3 on a 32 MiB KVM guest seen here).
 inline int64_t last_level_cache_bytes() {
   static const int64_t bytes = [] {
-    long v = -1;
-#if defined(__linux__) && defined(_SC_LEVEL3_CACHE_SIZE)
-    v = sysconf(_SC_LEVEL3_CACHE_SIZE);
-    if (v <= 0) v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    int64_t best = 0;
+    int best_level = 0;
+#ifdef __linux__
+    // One sysfs file holds one number ("3"; "32768K"): read it, with its unit suffix if any.
+    const auto read = [](int index, const char* name, long long& value, char& unit) {
+      char path[96];
+      std::snprintf(path, sizeof(path), "/sys/devices/system/cpu/cpu0/cache/index%d/%s", index, name);
+      std::FILE* f = std::fopen(path, "r");
+      if (f == nullptr) return false;
+      unit = ' ';
+      const int got = std::fscanf(f, "%lld%c", &value, &unit);
+      std::fclose(f);
+      return got >= 1;
+    };
+    for (int i = 0; i < 16; ++i) {
+      long long level = 0, size = 0;
+      char unit = ' ';
+      if (!read(i, "level", level, unit) || level < best_level || !read(i, "size", size, unit)) continue;
+      const int64_t value = size << (unit == 'K' ? 10 : unit == 'M' ? 20 : 0);
+      if (value > 0) best = value, best_level = static_cast<int>(level);
+    }
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+    if (best <= 0) best = sysconf(_SC_LEVEL3_CACHE_SIZE);
 #endif
-    return v > 0 ? static_cast<int64_t>(v) : int64_t{32} << 20;
+#endif
+    return best > 0 ? best : int64_t{32} << 20;
   }();
   return bytes;
 }
 
-// Whether a loop should write an output of `bytes` with streaming stores (stream_copy). From half the last-level
-// cache up, the output and the input it is computed from no longer both fit: ordinary stores would first read
-// every output line from memory (read-for-ownership: a third of the traffic of y = f(x)) and push the input out of
-// the cache on the way, while streaming stores write whole lines straight to memory. The same policy as glibc's
-// memcpy, which streams copies from 3/4 of the shared cache up. Smaller outputs stay cached for their consumer.
-// PYFAST_STREAM_MIN_BYTES=<n> sets the threshold instead (read once per process; the tests use 0 to stream all).
+// Whether a loop should write an output of `bytes` with streaming stores (stream_copy): from a quarter of the
+// last-level cache up. The output and the input it is computed from then fill half of that cache, and the rest of
+// the working set (other layers' tensors, weights, the other cores' data) the other half, so the output would not
+// stay cached for its consumer anyway; ordinary stores would first read every output line from memory
+// (read-for-ownership: a third of the traffic of y = f(x)) and push the input out on the way, while streaming stores
+// write whole lines straight to memory. glibc's memcpy switches to streaming stores at a similar fraction of the L3.
+// Smaller outputs stay cached. PYFAST_STREAM_MIN_BYTES=<n> sets the threshold instead (read once per process; the
+// tests use it to stream every output, or none).
 inline bool stream_output(int64_t bytes) {
 #if defined(__x86_64__)
   static const int64_t threshold = [] {
     const char* env = std::getenv("PYFAST_STREAM_MIN_BYTES");
-    return env != nullptr ? std::strtoll(env, nullptr, 10) : last_level_cache_bytes() / 2;
+    return env != nullptr ? std::strtoll(env, nullptr, 10) : last_level_cache_bytes() / 4;
   }();
   return bytes >= threshold;
 #else
