@@ -1,9 +1,7 @@
 // CRReLU, CPU kernels (maths in crrelu.h, loops in crrelu_cpu_kernels.inc). Work items of at most kChunk elements
 // with one eps each ([outer, C, inner] runs; the whole tensor in chunks for a shared eps) or, channel-last
 // (inner = 1, C > 1), blocks of whole rows. Each item's share of d(eps) is written to its own double slot and the
-// slots are added in item order, so d(eps) does not depend on the thread count. The loops run on pieces of about
-// kPiece elements; outputs of half the last-level cache or more go through an L1 buffer and streaming stores
-// (cpu::PieceWriter): y = f(x) at that size is memory-bound, and streaming saves the read of every output line.
+// slots are added in item order, so d(eps) does not depend on the thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/macros/Macros.h>
@@ -24,7 +22,6 @@ namespace pyfast {
 namespace {
 
 constexpr int64_t kChunk = 16384;   // elements per work item
-constexpr int64_t kPiece = 2048;    // elements per call of a loop (its output buffer stays in L1 when streaming)
 constexpr int64_t kMinColRows = 64;  // rows per channel-last item at least (bounds the d(eps) partials to numel/64)
 
 // The same loops for AVX2 + FMA and for AVX-512 (512-bit vectors preferred): the exp polynomial makes the loops
@@ -69,7 +66,6 @@ struct Split {
   int64_t items;
   int64_t chunks_per_row;  // runs: chunks of one [inner] run
   int64_t rows_per_item;   // cols: rows of C elements per item
-  int64_t piece_rows;      // cols: rows per call of a loop (about kPiece elements)
   int64_t grain;           // items per parallel task at least
 };
 
@@ -78,7 +74,6 @@ Split split_of(const crrelu::Layout& l) {
   s.cols = l.inner == 1 && l.C > 1;
   if (s.cols) {
     s.rows_per_item = std::max(kMinColRows, kChunk / l.C);
-    s.piece_rows = std::max<int64_t>(1, kPiece / l.C);
     s.items = (l.outer + s.rows_per_item - 1) / s.rows_per_item;
     s.grain = 1;
   } else {
@@ -97,36 +92,22 @@ void fwd_cpu_kernel(const crrelu::FwdArgs& a) {
   const auto* x = static_cast<const scalar_t*>(a.x);
   auto* y = static_cast<scalar_t*>(a.y);
   const auto* eps = static_cast<const A*>(a.eps);
-  const int64_t bytes = l.outer * l.C * l.inner * static_cast<int64_t>(sizeof(scalar_t));
-  cpu::advise_huge_pages(y, bytes);
-  const bool stream = cpu::stream_output(bytes);
+  cpu::advise_huge_pages(y, l.outer * l.C * l.inner * static_cast<int64_t>(sizeof(scalar_t)));
   const Split s = split_of(l);
   at::parallel_for(0, s.items, s.grain, [&](int64_t begin, int64_t end) {
-    cpu::PieceWriter<scalar_t> out(stream, s.cols ? s.piece_rows * l.C : kPiece);
     for (int64_t it = begin; it < end; ++it) {
       if (s.cols) {
         const int64_t r0 = it * s.rows_per_item, rows = std::min(s.rows_per_item, l.outer - r0);
-        const int64_t step = stream ? s.piece_rows : rows;
-        for (int64_t r = r0; r < r0 + rows; r += step) {
-          const int64_t nr = std::min(step, r0 + rows - r);
-          fns.fwd_cols(x + r * l.C, out.target(y + r * l.C), nr, l.C, eps);
-          out.commit(y + r * l.C, nr * l.C);
-        }
+        fns.fwd_cols(x + r0 * l.C, y + r0 * l.C, rows, l.C, eps);
       } else {
         const int64_t row = it / s.chunks_per_row, k = (it % s.chunks_per_row) * kChunk;
-        const int64_t off = row * l.inner + k, n = std::min(kChunk, l.inner - k);
-        const int64_t step = stream ? kPiece : n;
-        for (int64_t o = off; o < off + n; o += step) {
-          const int64_t m = std::min(step, off + n - o);
-          fns.fwd_run(x + o, out.target(y + o), m, eps[row % l.C]);
-          out.commit(y + o, m);
-        }
+        const int64_t off = row * l.inner + k;
+        fns.fwd_run(x + off, y + off, std::min(kChunk, l.inner - k), eps[row % l.C]);
       }
     }
   });
 }
 
-// d(eps) is summed per piece whether or not grad_x streams, so its rounding does not depend on the output's size.
 template <typename scalar_t, bool kGradX, bool kGradEps>
 void bwd_cpu_kernel(const crrelu::BwdArgs& a) {
   using A = acc_t<scalar_t>;
@@ -136,35 +117,23 @@ void bwd_cpu_kernel(const crrelu::BwdArgs& a) {
   const auto* x = static_cast<const scalar_t*>(a.x);
   auto* gx = static_cast<scalar_t*>(a.grad_x);
   const auto* eps = static_cast<const A*>(a.eps);
-  const int64_t bytes = l.outer * l.C * l.inner * static_cast<int64_t>(sizeof(scalar_t));
-  if (kGradX) cpu::advise_huge_pages(gx, bytes);
-  const bool stream = kGradX && cpu::stream_output(bytes);
+  if (kGradX) cpu::advise_huge_pages(gx, l.outer * l.C * l.inner * static_cast<int64_t>(sizeof(scalar_t)));
   const Split s = split_of(l);
   std::vector<double> partial(kGradEps ? static_cast<size_t>(s.items * (s.cols ? l.C : 1)) : 0);
   at::parallel_for(0, s.items, s.grain, [&](int64_t begin, int64_t end) {
-    cpu::PieceWriter<scalar_t> out(stream, s.cols ? s.piece_rows * l.C : kPiece);
     std::vector<A> acc(s.cols && kGradEps ? static_cast<size_t>(l.C) : 0);
     for (int64_t it = begin; it < end; ++it) {
       if (s.cols) {
         const int64_t r0 = it * s.rows_per_item, rows = std::min(s.rows_per_item, l.outer - r0);
         std::fill(acc.begin(), acc.end(), A(0));
-        for (int64_t r = r0; r < r0 + rows; r += s.piece_rows) {
-          const int64_t nr = std::min(s.piece_rows, r0 + rows - r);
-          fns.bwd_cols(g + r * l.C, x + r * l.C, kGradX ? out.target(gx + r * l.C) : nullptr, nr, l.C, eps,
-                       acc.data());
-          if (kGradX) out.commit(gx + r * l.C, nr * l.C);
-        }
+        fns.bwd_cols(g + r0 * l.C, x + r0 * l.C, kGradX ? gx + r0 * l.C : nullptr, rows, l.C, eps, acc.data());
         if (kGradEps)
           for (int64_t c = 0; c < l.C; ++c) partial[it * l.C + c] = static_cast<double>(acc[c]);
       } else {
         const int64_t row = it / s.chunks_per_row, k = (it % s.chunks_per_row) * kChunk;
-        const int64_t off = row * l.inner + k, n = std::min(kChunk, l.inner - k);
-        double sum = 0.0;
-        for (int64_t o = off; o < off + n; o += kPiece) {
-          const int64_t m = std::min(kPiece, off + n - o);
-          sum += fns.bwd_run(g + o, x + o, kGradX ? out.target(gx + o) : nullptr, m, eps[row % l.C]);
-          if (kGradX) out.commit(gx + o, m);
-        }
+        const int64_t off = row * l.inner + k;
+        const double sum = fns.bwd_run(g + off, x + off, kGradX ? gx + off : nullptr, std::min(kChunk, l.inner - k),
+                                       eps[row % l.C]);
         if (kGradEps) partial[it] = sum;
       }
     }

@@ -2,8 +2,6 @@
 // (ghost batch, block of whole channels); one item computes its channels' statistics and then normalises them
 // (forward), or its channels' sums and then dx (backward), while the item's data is still in cache. Per-position
 // sums are folded onto channels in double; no item shares an output, so results do not depend on the thread count.
-// Outputs of half the last-level cache or more are written through an L1 buffer with streaming stores
-// (cpu::PieceWriter): they would not stay cached anyway, and streaming saves the read of every output line.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/macros/Macros.h>
@@ -25,8 +23,6 @@ namespace pyfast {
 namespace {
 
 constexpr int64_t kSpan = 1024;  // values per sample in one item (whole channels, at least one): 3 vectors of it fit L1
-// Streamed outputs (cpu::stream_output) are written kPieceRows rows x kPieceSpan values at a time into an L1 buffer.
-constexpr int64_t kPieceRows = 4, kPieceSpan = 512;
 
 #define PYFAST_CLONE_LOOPS "ghost_bn/ghost_bn_cpu_kernels.inc"
 #define PYFAST_CLONE_AVX512
@@ -39,10 +35,10 @@ template <typename scalar_t>
 struct Fns {
   using A = acc_t<scalar_t>;
   void (*stats)(const scalar_t*, int64_t, int64_t, int64_t, const A*, A*, A*);
-  void (*norm)(const scalar_t*, int64_t, scalar_t*, int64_t, int64_t, int64_t, const A*, const A*, const A*);
+  void (*norm)(const scalar_t*, scalar_t*, int64_t, int64_t, int64_t, const A*, const A*, const A*);
   void (*bwd_stats)(const scalar_t*, const scalar_t*, int64_t, int64_t, int64_t, const A*, A*, A*);
-  void (*bwd_dx)(const scalar_t*, const scalar_t*, int64_t, scalar_t*, int64_t, int64_t, int64_t, const A*, const A*,
-                 const A*, const A*);
+  void (*bwd_dx)(const scalar_t*, const scalar_t*, scalar_t*, int64_t, int64_t, int64_t, const A*, const A*, const A*,
+                 const A*);
 };
 
 #define PYFAST_GHOST_BN_FNS(ns)                                                                                   \
@@ -91,20 +87,6 @@ double fold(const A* s, int64_t ci, int64_t S) {
   return t;
 }
 
-// Writes a piece of output rows: straight into the output, or through `out`'s L1 buffer with streaming stores.
-// loop(dst, dst_stride, r, j, nr, len) runs the loop on rows [r, r + nr) and positions [j, j + len) of the item.
-template <typename scalar_t, class Loop>
-void write_rows(cpu::PieceWriter<scalar_t>& out, bool stream, scalar_t* dst, int64_t stride, int64_t rows, int64_t L,
-                const Loop& loop) {
-  if (!stream) return loop(dst, stride, 0, 0, rows, L);
-  for (int64_t r = 0; r < rows; r += kPieceRows)
-    for (int64_t j = 0; j < L; j += kPieceSpan) {
-      const int64_t nr = std::min(kPieceRows, rows - r), len = std::min(kPieceSpan, L - j);
-      loop(out.target(nullptr), len, r, j, nr, len);
-      for (int64_t i = 0; i < nr; ++i) out.commit(dst + (r + i) * stride + j, len, i * len);
-    }
-}
-
 template <typename scalar_t>
 void fwd_cpu_kernel(const ghost_bn::FwdArgs& a) {
   using A = acc_t<scalar_t>;
@@ -118,12 +100,9 @@ void fwd_cpu_kernel(const ghost_bn::FwdArgs& a) {
   auto* var = static_cast<A*>(a.var);
   auto* invstd = static_cast<A*>(a.invstd);
   const int64_t stride = l.C * l.S;
-  const int64_t bytes = l.N * stride * static_cast<int64_t>(sizeof(scalar_t));
-  cpu::advise_huge_pages(y, bytes);
-  const bool stream = cpu::stream_output(bytes);
+  cpu::advise_huge_pages(y, l.N * stride * static_cast<int64_t>(sizeof(scalar_t)));
   const Items items = items_of(l);
   at::parallel_for(0, items.count, 1, [&](int64_t begin, int64_t end) {
-    cpu::PieceWriter<scalar_t> out(stream, kPieceRows * kPieceSpan);
     std::vector<A> s1, s2, kc, scale, zeros, k_span, mu_span, sc_span, sh_span;
     for (int64_t it = begin; it < end; ++it) {
       const int64_t g = it / items.blocks, c0 = (it % items.blocks) * items.per_block;
@@ -153,10 +132,7 @@ void fwd_cpu_kernel(const ghost_bn::FwdArgs& a) {
       const A* mu = per_position<A>(mean_c, nc, l.S, mu_span);
       const A* sc = per_position(scale.data(), nc, l.S, sc_span);
       const A* sh = per_position(b ? b + c0 : zeros.data(), nc, l.S, sh_span);
-      write_rows(out, stream, y + (xb - x), stride, rows, L,
-                 [&](scalar_t* dst, int64_t ds, int64_t r, int64_t j, int64_t nr, int64_t len) {
-                   fns.norm(xb + r * stride + j, stride, dst, ds, nr, len, mu + j, sc + j, sh + j);
-                 });
+      fns.norm(xb, y + (xb - x), stride, rows, L, mu, sc, sh);
     }
   });
 }
@@ -175,12 +151,9 @@ void bwd_cpu_kernel(const ghost_bn::BwdArgs& a) {
   auto* sdy = static_cast<A*>(a.sdy);
   auto* sdyxmu = static_cast<A*>(a.sdyxmu);
   const int64_t stride = l.C * l.S;
-  const int64_t bytes = l.N * stride * static_cast<int64_t>(sizeof(scalar_t));
-  if (gx) cpu::advise_huge_pages(gx, bytes);
-  const bool stream = gx && cpu::stream_output(bytes);
+  if (gx) cpu::advise_huge_pages(gx, l.N * stride * static_cast<int64_t>(sizeof(scalar_t)));
   const Items items = items_of(l);
   at::parallel_for(0, items.count, 1, [&](int64_t begin, int64_t end) {
-    cpu::PieceWriter<scalar_t> out(stream, kPieceRows * kPieceSpan);
     std::vector<A> t1, t2, ca, cb, cc, mu_span, ca_span, cb_span, cc_span;
     for (int64_t it = begin; it < end; ++it) {
       const int64_t g = it / items.blocks, c0 = (it % items.blocks) * items.per_block;
@@ -208,11 +181,7 @@ void bwd_cpu_kernel(const ghost_bn::BwdArgs& a) {
       const A* pa = per_position(ca.data(), nc, l.S, ca_span);
       const A* pb = per_position(cb.data(), nc, l.S, cb_span);
       const A* pc = per_position(cc.data(), nc, l.S, cc_span);
-      write_rows(out, stream, gx + off, stride, rows, L,
-                 [&](scalar_t* dst, int64_t ds, int64_t r, int64_t j, int64_t nr, int64_t len) {
-                   const int64_t o = off + r * stride + j;
-                   fns.bwd_dx(gr + o, x + o, stride, dst, ds, nr, len, mu + j, pa + j, pb + j, pc + j);
-                 });
+      fns.bwd_dx(gr + off, x + off, gx + off, stride, rows, L, mu, pa, pb, pc);
     }
   });
 }

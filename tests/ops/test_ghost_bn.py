@@ -3,10 +3,6 @@ CUDA (tier 4). The Triton twin (tier 3) is tested in test_ghost_bn_triton.py."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -168,40 +164,6 @@ def test_cpp_large_mean_is_accurate():
     y = ghost_batch_norm(x.float(), None, None, None, None, True, 0.1, 1e-5, 8, backend="cpp")
     y_ref, _, _ = ghost_batch_norm_ref(x, None, None, None, None, 8, 0.1, 1e-5)
     torch.testing.assert_close(y.double(), y_ref, rtol=0, atol=5e-3)
-
-
-@needs_cpp
-def test_cpp_streaming_stores_change_no_bit(tmp_path):
-    # Outputs of half the last-level cache or more go through an L1 buffer and streaming stores. The same outputs
-    # with every output streamed (PYFAST_STREAM_MIN_BYTES=0, read once per process) and with none: spans longer than
-    # a streamed piece (S = 600), rows not 16-byte aligned (C S = 21), a remainder ghost; three dtypes.
-    script = (
-        "import sys, torch, pyfast\n"
-        "def outputs():\n"
-        "    g = torch.Generator().manual_seed(0)\n"
-        "    out = []\n"
-        "    for shape, ghost in (((9, 3, 20, 30), 4), ((10, 3, 7), 4), ((37, 7), 8)):\n"
-        "        for dtype in (torch.float32, torch.bfloat16, torch.float64):\n"
-        "            acc = torch.float64 if dtype == torch.float64 else torch.float32\n"
-        "            x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 1).to(dtype)\n"
-        "            dy = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)\n"
-        "            w = torch.rand(shape[1], generator=g, dtype=torch.float64).to(acc) + 0.5\n"
-        "            b = torch.randn(shape[1], generator=g, dtype=torch.float64).to(acc)\n"
-        "            y, mean, var, inv = torch.ops.pyfast.ghost_bn_fwd(x, w, b, ghost, 1e-5)\n"
-        "            out.append((y, mean, var, inv, *torch.ops.pyfast.ghost_bn_bwd(dy, x, mean, inv, w, ghost, True, True,"
-        " True)))\n"
-        "    return out\n"
-        "torch.save(outputs(), sys.argv[1])\n"
-    )
-    results = []
-    for threshold in ("0", str(2**62)):  # stream every output, then none
-        path = tmp_path / f"stream_min_{threshold}.pt"
-        env = {**os.environ, "PYFAST_STREAM_MIN_BYTES": threshold}
-        subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env, cwd=os.getcwd())
-        results.append(torch.load(path))
-    for got, want in zip(*results, strict=True):
-        for a, b in zip(got, want, strict=True):
-            assert torch.equal(a, b)
 
 
 @needs_cpp
