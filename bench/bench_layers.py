@@ -9,6 +9,9 @@ Providers per op, all computing the same maths on the same inputs (except the pe
                       maths, a cost yardstick), the official per-chunk loop of F.batch_norm for ghost BN, and a
                       Python loop of M (F.dropout -> F.linear -> F.cross_entropy) for multi-sample dropout
 
+Every provider does the whole training-mode step: ghost BN also writes its running statistics (the reference's are
+copied into the buffers, so torch.compile cannot drop them as dead code).
+
 Modes: ``fwd`` (training-mode forward under no_grad) and ``fwd+bwd`` (forward, then ``torch.autograd.grad`` of the
 output, or loss, w.r.t. every input: x and eps; x, weight and bias; h, weight and bias). Providers are timed in
 alternation ``--rounds`` times and the fastest median is kept. The first table gives speedups over the eager
@@ -116,10 +119,18 @@ def _ghost_bn(provider, case, device, dtype):
     w = torch.ones(c, device=device, dtype=acc)
     b = torch.zeros(c, device=device, dtype=acc)
     rm, rv = torch.zeros(c, device=device, dtype=acc), torch.ones(c, device=device, dtype=acc)
+
+    def ref(x, w, b):  # training mode writes the running statistics back, as pyfast and the peer do
+        y, new_mean, new_var = ghost_batch_norm_ref(x, rm, rv, w, b, ghost, 0.1, 1e-5)
+        with torch.no_grad():
+            rm.copy_(new_mean)
+            rv.copy_(new_var)
+        return y
+
     if provider == "reference":
-        fn = lambda x, w, b: ghost_batch_norm_ref(x, rm, rv, w, b, ghost, 0.1, 1e-5)[0]
+        fn = ref
     elif provider == "reference+compile":
-        fn = _compiled(lambda x, w, b: ghost_batch_norm_ref(x, rm, rv, w, b, ghost, 0.1, 1e-5)[0])
+        fn = _compiled(ref)
     elif provider == "peer":
         fn = lambda x, w, b: ghost_batch_norm_loop_ref(x, rm, rv, w, b, ghost, 0.1, 1e-5)
     else:

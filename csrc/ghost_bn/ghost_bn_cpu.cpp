@@ -69,10 +69,22 @@ Items items_of(const ghost_bn::Layout& l) {
   return it;
 }
 
-// Fills v[j] over channel ci's S positions of the span.
+// The per-position vectors of an item's loops hold one value per channel, repeated over its S positions. With S = 1
+// (x of [N, C]) that is the per-channel array itself and nothing is copied; otherwise `span` is filled from it.
 template <typename A>
-void fill_channel(A* v, int64_t ci, int64_t S, A value) {
-  std::fill(v + ci * S, v + (ci + 1) * S, value);
+const A* per_position(const A* per_channel, int64_t nc, int64_t S, std::vector<A>& span) {
+  if (S == 1) return per_channel;
+  span.resize(static_cast<size_t>(nc * S));
+  for (int64_t ci = 0; ci < nc; ++ci) std::fill(span.begin() + ci * S, span.begin() + (ci + 1) * S, per_channel[ci]);
+  return span.data();
+}
+
+// Sum over channel ci's S positions of the per-position sums s, in double.
+template <typename A>
+double fold(const A* s, int64_t ci, int64_t S) {
+  double t = 0.0;
+  for (int64_t p = ci * S; p < (ci + 1) * S; ++p) t += static_cast<double>(s[p]);
+  return t;
 }
 
 template <typename scalar_t>
@@ -91,34 +103,36 @@ void fwd_cpu_kernel(const ghost_bn::FwdArgs& a) {
   cpu::advise_huge_pages(y, l.N * stride * static_cast<int64_t>(sizeof(scalar_t)));
   const Items items = items_of(l);
   at::parallel_for(0, items.count, 1, [&](int64_t begin, int64_t end) {
-    std::vector<A> k, s1, s2, mu, sc, sh;
+    std::vector<A> s1, s2, kc, scale, zeros, k_span, mu_span, sc_span, sh_span;
     for (int64_t it = begin; it < end; ++it) {
       const int64_t g = it / items.blocks, c0 = (it % items.blocks) * items.per_block;
       const int64_t nc = std::min(items.per_block, l.C - c0), L = nc * l.S;
       const int64_t rows = ghost_bn::ghost_rows(l, g);
       const scalar_t* xb = x + g * l.B * stride + c0 * l.S;
-      for (auto* v : {&k, &s1, &s2, &mu, &sc, &sh}) v->assign(static_cast<size_t>(L), A(0));
-      for (int64_t ci = 0; ci < nc; ++ci) fill_channel(k.data(), ci, l.S, static_cast<A>(xb[ci * l.S]));
-      fns.stats(xb, stride, rows, L, k.data(), s1.data(), s2.data());
-      const double m = static_cast<double>(rows * l.S);
+      s1.assign(static_cast<size_t>(L), A(0));
+      s2.assign(static_cast<size_t>(L), A(0));
+      kc.resize(static_cast<size_t>(nc));
+      for (int64_t ci = 0; ci < nc; ++ci) kc[ci] = static_cast<A>(xb[ci * l.S]);
+      fns.stats(xb, stride, rows, L, per_position(kc.data(), nc, l.S, k_span), s1.data(), s2.data());
+      const double inv_m = 1.0 / static_cast<double>(rows * l.S);
+      A* mean_c = mean + g * l.C + c0;
+      A* var_c = var + g * l.C + c0;
+      A* inv_c = invstd + g * l.C + c0;
+      scale.resize(static_cast<size_t>(nc));
       for (int64_t ci = 0; ci < nc; ++ci) {
-        double t1 = 0.0, t2 = 0.0;
-        for (int64_t s = 0; s < l.S; ++s) {
-          t1 += static_cast<double>(s1[ci * l.S + s]);
-          t2 += static_cast<double>(s2[ci * l.S + s]);
-        }
-        const double d = t1 / m;
-        const double v = std::max(t2 / m - d * d, 0.0);
+        const double d = fold(s1.data(), ci, l.S) * inv_m;
+        const double v = std::max(fold(s2.data(), ci, l.S) * inv_m - d * d, 0.0);
         const double inv = 1.0 / std::sqrt(v + a.eps);
-        const int64_t c = c0 + ci, gc = g * l.C + c;
-        mean[gc] = static_cast<A>(static_cast<double>(k[ci * l.S]) + d);
-        var[gc] = static_cast<A>(v);
-        invstd[gc] = static_cast<A>(inv);
-        fill_channel(mu.data(), ci, l.S, mean[gc]);
-        fill_channel(sc.data(), ci, l.S, static_cast<A>((w ? static_cast<double>(w[c]) : 1.0) * inv));
-        fill_channel(sh.data(), ci, l.S, b ? b[c] : A(0));
+        mean_c[ci] = static_cast<A>(static_cast<double>(kc[ci]) + d);
+        var_c[ci] = static_cast<A>(v);
+        inv_c[ci] = static_cast<A>(inv);
+        scale[ci] = static_cast<A>((w ? static_cast<double>(w[c0 + ci]) : 1.0) * inv);
       }
-      fns.norm(xb, y + (xb - x), stride, rows, L, mu.data(), sc.data(), sh.data());
+      if (!b) zeros.assign(static_cast<size_t>(nc), A(0));
+      const A* mu = per_position<A>(mean_c, nc, l.S, mu_span);
+      const A* sc = per_position(scale.data(), nc, l.S, sc_span);
+      const A* sh = per_position(b ? b + c0 : zeros.data(), nc, l.S, sh_span);
+      fns.norm(xb, y + (xb - x), stride, rows, L, mu, sc, sh);
     }
   });
 }
@@ -140,32 +154,34 @@ void bwd_cpu_kernel(const ghost_bn::BwdArgs& a) {
   if (gx) cpu::advise_huge_pages(gx, l.N * stride * static_cast<int64_t>(sizeof(scalar_t)));
   const Items items = items_of(l);
   at::parallel_for(0, items.count, 1, [&](int64_t begin, int64_t end) {
-    std::vector<A> mu, t1, t2, ca, cb, cc;
+    std::vector<A> t1, t2, ca, cb, cc, mu_span, ca_span, cb_span, cc_span;
     for (int64_t it = begin; it < end; ++it) {
       const int64_t g = it / items.blocks, c0 = (it % items.blocks) * items.per_block;
       const int64_t nc = std::min(items.per_block, l.C - c0), L = nc * l.S;
       const int64_t rows = ghost_bn::ghost_rows(l, g);
       const int64_t off = g * l.B * stride + c0 * l.S;
-      for (auto* v : {&mu, &t1, &t2, &ca, &cb, &cc}) v->assign(static_cast<size_t>(L), A(0));
-      for (int64_t ci = 0; ci < nc; ++ci) fill_channel(mu.data(), ci, l.S, mean[g * l.C + c0 + ci]);
-      fns.bwd_stats(gr + off, x + off, stride, rows, L, mu.data(), t1.data(), t2.data());
-      const double m = static_cast<double>(rows * l.S);
+      t1.assign(static_cast<size_t>(L), A(0));
+      t2.assign(static_cast<size_t>(L), A(0));
+      const A* mu = per_position(mean + g * l.C + c0, nc, l.S, mu_span);
+      fns.bwd_stats(gr + off, x + off, stride, rows, L, mu, t1.data(), t2.data());
+      const double inv_m = 1.0 / static_cast<double>(rows * l.S);
+      for (auto* v : {&ca, &cb, &cc}) v->resize(static_cast<size_t>(nc));
       for (int64_t ci = 0; ci < nc; ++ci) {
-        double sum_dy = 0.0, sum_dyxmu = 0.0;
-        for (int64_t s = 0; s < l.S; ++s) {
-          sum_dy += static_cast<double>(t1[ci * l.S + s]);
-          sum_dyxmu += static_cast<double>(t2[ci * l.S + s]);
-        }
+        const double sum_dy = fold(t1.data(), ci, l.S), sum_dyxmu = fold(t2.data(), ci, l.S);
         const int64_t c = c0 + ci, gc = g * l.C + c;
         sdy[gc] = static_cast<A>(sum_dy);
         sdyxmu[gc] = static_cast<A>(sum_dyxmu);
         const double inv = static_cast<double>(invstd[gc]);
         const double wa = (w ? static_cast<double>(w[c]) : 1.0) * inv;
-        fill_channel(ca.data(), ci, l.S, static_cast<A>(wa));
-        fill_channel(cb.data(), ci, l.S, static_cast<A>(-wa * inv * inv * sum_dyxmu / m));
-        fill_channel(cc.data(), ci, l.S, static_cast<A>(-wa * sum_dy / m));
+        ca[ci] = static_cast<A>(wa);
+        cb[ci] = static_cast<A>(-wa * inv * inv * sum_dyxmu * inv_m);
+        cc[ci] = static_cast<A>(-wa * sum_dy * inv_m);
       }
-      if (gx) fns.bwd_dx(gr + off, x + off, gx + off, stride, rows, L, mu.data(), ca.data(), cb.data(), cc.data());
+      if (!gx) continue;
+      const A* pa = per_position(ca.data(), nc, l.S, ca_span);
+      const A* pb = per_position(cb.data(), nc, l.S, cb_span);
+      const A* pc = per_position(cc.data(), nc, l.S, cc_span);
+      fns.bwd_dx(gr + off, x + off, gx + off, stride, rows, L, mu, pa, pb, pc);
     }
   });
 }

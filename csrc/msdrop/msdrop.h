@@ -1,11 +1,12 @@
 // Multi-sample dropout head with averaged cross-entropy (Inoue 2019): the maths shared by the CPU and CUDA kernels
-// (torch-free). The two GEMMs of each pass are ATen's (MKL / cuBLAS), called from msdrop_host.h.
+// (torch-free). The GEMMs are ATen's (MKL / cuBLAS), called from msdrop_host.h, and on the CPU forward from
+// msdrop_cpu.cpp, which runs the forward per block of rows of X.
 //
 // h: [B, D] features, W: [C, D], b: [C], y: [B] class indices, M dropout samples, drop probability p < 1.
 //   mask     keep(k, i, d) = [hash(seed, (k B + i) D + d) >> 8 >= ceil(p 2^24)],  s = 1 / (1 - p)
 //   forward  X_k = h * keep_k * s                       [M B, D] (one matrix: the M masked copies stacked)
-//            logits = X W^T + b                         [M B, C] (one GEMM for all samples; b added in the
-//                                                        cross-entropy pass over each row)
+//            logits = X W^T + b                         [M B, C] (one GEMM for all samples, or one per block of
+//                                                        rows; b added in the cross-entropy pass over each row)
 //            lse_r = log sum_c exp(logits_rc),  loss = (1 / (M B)) sum_r (lse_r - logits_r,y_r)
 //   backward G = (softmax(logits) - onehot(y)) dloss / (M B)          [M B, C]
 //            dW = G^T X (X regenerated from h and the seed: no mask is stored),  db = sum_r G_r

@@ -1,13 +1,17 @@
-// Multi-sample dropout head, CPU kernels (maths in msdrop.h, mask loops in msdrop_cpu_kernels.inc, GEMMs in
-// msdrop_host.h). Rows are independent everywhere, so results do not depend on the thread count.
+// Multi-sample dropout head, CPU kernels (maths in msdrop.h, mask loops in msdrop_cpu_kernels.inc; the backward's
+// GEMMs in msdrop_host.h, the forward's here, fused per block of rows). Rows are independent everywhere, so results
+// do not depend on the thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/ops/scalar_tensor.h>
 #include <c10/macros/Macros.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -21,8 +25,10 @@
 namespace pyfast {
 namespace {
 
+// The exp polynomial of the cross-entropy rows is compute-bound: fused multiply-adds in the vector clones.
 #define PYFAST_CLONE_LOOPS "msdrop/msdrop_cpu_kernels.inc"
 #define PYFAST_CLONE_AVX512
+#define PYFAST_CLONE_FMA
 #include "common/isa_clones.inc"
 
 template <typename scalar_t>
@@ -89,26 +95,6 @@ void masked_sum(const msdrop::MaskArgs& a) {
 }
 
 template <typename scalar_t>
-void ce(const msdrop::CeArgs& a) {
-  using A = acc_t<scalar_t>;
-  const auto fns = pick<scalar_t>();
-  auto* logits = static_cast<scalar_t*>(a.logits);
-  const auto* bias = static_cast<const scalar_t*>(a.bias);
-  auto* lse = static_cast<A*>(a.lse);
-  auto* rows = static_cast<double*>(a.loss_rows);
-  at::parallel_for(0, a.R, std::max<int64_t>(1, 4096 / a.C), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      scalar_t* z = logits + r * a.C;
-      const A l = fns.row_lse(z, bias, a.C);
-      lse[r] = l;
-      const int64_t y = a.target[r % a.B];
-      TORCH_CHECK_VALUE(y >= 0 && y < a.C, "msdrop: target values must be in [0, ", a.C, "), got ", y);
-      rows[r] = static_cast<double>(l) - static_cast<double>(static_cast<A>(z[y]));
-    }
-  });
-}
-
-template <typename scalar_t>
 void grad(const msdrop::GradArgs& a) {
   using A = acc_t<scalar_t>;
   const auto fns = pick<scalar_t>();
@@ -138,19 +124,72 @@ struct CpuKernels {
   void masked_sum(const msdrop::MaskArgs& a, msdrop::DType dt) const {
     dispatch(dt, [&](auto t) { pyfast::masked_sum<decltype(t)>(a); });
   }
-  void ce(const msdrop::CeArgs& a, msdrop::DType dt) const {
-    dispatch(dt, [&](auto t) { pyfast::ce<decltype(t)>(a); });
-  }
   void grad(const msdrop::GradArgs& a, msdrop::DType dt) const {
     dispatch(dt, [&](auto t) { pyfast::grad<decltype(t)>(a); });
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> msdrop_fwd_cpu(const at::Tensor& h, const at::Tensor& weight,
+// Forward, fused per block of rows of the stacked [M B, D] matrix X: the block's rows of X (masked copies of h) are
+// made in a per-thread buffer of about kBlockBytes that stays in L2, multiplied by W^T into the block's logits rows
+// (ATen's GEMM, on one thread inside the parallel region), and reduced to their log-sum-exp and cross-entropy terms
+// while those rows are still cached. X never goes to memory (made whole, it was written, then read back by one big
+// GEMM). Each row's result depends only on its block, and the blocks are fixed, so nothing depends on the thread count.
+// kBlockBytes: blocks of 512 KiB keep the per-call cost of the GEMM (it packs W^T again each call) to about 1% over one
+// big GEMM, while the block and the packed W^T still share a 1 MiB L2.
+constexpr int64_t kBlockBytes = int64_t{512} << 10;
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> msdrop_fwd_cpu(const at::Tensor& h_in, const at::Tensor& weight,
                                                               const std::optional<at::Tensor>& bias,
-                                                              const at::Tensor& target, const at::Tensor& seed,
+                                                              const at::Tensor& target_in, const at::Tensor& seed,
                                                               int64_t num_samples, double p) {
-  return msdrop::msdrop_fwd_host(h, weight, bias, target, seed, num_samples, p, CpuKernels{});
+  const msdrop::Shape s = msdrop::check(h_in, weight, target_in, seed, num_samples, p);
+  const at::Tensor h = h_in.contiguous();
+  const at::Tensor target = target_in.contiguous();
+  const at::Tensor b = msdrop::bias_of(bias, s, h);
+  const at::Tensor wt = weight.t();  // [D, C]: the GEMM reads W transposed in place
+  const int64_t R = s.M * s.B;
+  const auto acc = acc_type(h.scalar_type());
+  at::Tensor logits = at::empty({R, s.C}, h.options());
+  at::Tensor lse = at::empty({R}, h.options().dtype(acc));
+  std::vector<double> loss_rows(static_cast<size_t>(R));
+  const uint32_t key = msdrop::key_of(*seed.reshape({1}).contiguous().const_data_ptr<int64_t>());
+  const int64_t block = std::clamp<int64_t>(kBlockBytes / (s.D * h.element_size()), 8, 512);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "msdrop_fwd_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const auto fns = pick<scalar_t>();
+    const auto* hp = h.const_data_ptr<scalar_t>();
+    const auto* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
+    const auto* yp = target.const_data_ptr<int64_t>();
+    auto* zp = logits.mutable_data_ptr<scalar_t>();
+    auto* lp = lse.mutable_data_ptr<A>();
+    at::parallel_for(0, (R + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
+      // Below autograd on every thread (the guard is thread-local): this is the op's kernel, and mm_out would
+      // otherwise refuse a weight that requires grad.
+      const at::AutoDispatchBelowADInplaceOrView below_autograd;
+      at::Tensor x = at::empty({block, s.D}, h.options());
+      auto* xp = x.mutable_data_ptr<scalar_t>();
+      for (int64_t blk = begin; blk < end; ++blk) {
+        const int64_t r0 = blk * block, rows = std::min(block, R - r0);
+        for (int64_t r = r0; r < r0 + rows; ++r)
+          fns.make_x_row(hp + (r % s.B) * s.D, xp + (r - r0) * s.D, s.D, key, static_cast<uint32_t>(r * s.D),
+                         s.threshold, static_cast<A>(s.scale));
+        at::Tensor z = logits.narrow(0, r0, rows);
+        at::mm_out(z, x.narrow(0, 0, rows), wt);
+        for (int64_t r = r0; r < r0 + rows; ++r) {
+          scalar_t* zr = zp + r * s.C;
+          const A l = fns.row_lse(zr, bp, s.C);
+          lp[r] = l;
+          const int64_t y = yp[r % s.B];
+          TORCH_CHECK_VALUE(y >= 0 && y < s.C, "msdrop: target values must be in [0, ", s.C, "), got ", y);
+          loss_rows[r] = static_cast<double>(l) - static_cast<double>(static_cast<A>(zr[y]));
+        }
+      }
+    });
+  });
+  double total = 0.0;  // row order: the same sum whatever the thread count
+  for (const double v : loss_rows) total += v;
+  at::Tensor loss = at::scalar_tensor(total / static_cast<double>(R), h.options());
+  return {loss, logits.view({s.M, s.B, s.C}), lse};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> msdrop_bwd_cpu(const at::Tensor& grad_loss, const at::Tensor& logits,

@@ -1,6 +1,8 @@
-// Host side of msdrop_fwd / msdrop_bwd, shared by the CPU and CUDA registrations: argument checks, allocation, the
-// two ATen GEMMs of each pass, and calls to the device's elementwise / row kernels (a Kernels struct of launchers:
-// make_x, masked_sum, ce, grad). pyfast/ops/msdrop.py validates first with friendlier messages.
+// Host side of msdrop_fwd / msdrop_bwd: argument checks, allocation, the two ATen GEMMs of each pass, and calls to the
+// device's elementwise / row kernels (a Kernels struct of launchers: make_x, masked_sum, ce, grad). The backward is
+// shared by the CPU and CUDA registrations, the forward is CUDA's (the CPU forward fuses its steps per block of rows
+// in msdrop_cpu.cpp, with check() and bias_of() from here). pyfast/ops/msdrop.py validates first with friendlier
+// messages.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -50,7 +52,17 @@ inline Shape check(const at::Tensor& h, const at::Tensor& weight, const at::Tens
   return s;
 }
 
-// Returns loss (0-d, h's dtype), logits [M, B, C] (h's dtype) and lse [M B] (float32, float64 for float64 h).
+// The bias, checked, in h's dtype and contiguous; undefined when absent.
+inline at::Tensor bias_of(const std::optional<at::Tensor>& bias, const Shape& s, const at::Tensor& h) {
+  if (!bias.has_value()) return at::Tensor();
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == s.C, "msdrop: bias must be [C] = [", s.C, "], got ",
+                    bias->sizes());
+  TORCH_CHECK_VALUE(bias->device() == h.device(), "msdrop: bias must be on h's device");
+  return bias->to(h.scalar_type()).contiguous();
+}
+
+// Returns loss (0-d, h's dtype), logits [M, B, C] (h's dtype) and lse [M B] (float32, float64 for float64 h). The CUDA
+// forward; the CPU one (msdrop_cpu.cpp) fuses the same steps per block of rows.
 template <class Kernels>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> msdrop_fwd_host(const at::Tensor& h_in, const at::Tensor& weight_in,
                                                                const std::optional<at::Tensor>& bias,
@@ -64,13 +76,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> msdrop_fwd_host(const at::Tensor&
   k.make_x(MaskArgs{h.const_data_ptr(), x.mutable_data_ptr(), seed.const_data_ptr<int64_t>(), s.M, s.B, s.D,
                     s.threshold, s.scale},
            dtype_of(h));
-  at::Tensor b;
-  if (bias.has_value()) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == s.C, "msdrop: bias must be [C] = [", s.C, "], got ",
-                      bias->sizes());
-    TORCH_CHECK_VALUE(bias->device() == h.device(), "msdrop: bias must be on h's device");
-    b = bias->to(h.scalar_type()).contiguous();
-  }
+  const at::Tensor b = bias_of(bias, s, h);
   at::Tensor logits = at::mm(x, weight_in.t());  // the bias is added by the cross-entropy pass (no broadcast copy)
   const auto acc = acc_type(h.scalar_type());
   at::Tensor lse = at::empty({s.M * s.B}, h.options().dtype(acc));

@@ -191,11 +191,12 @@ def ghost_batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running
         if running_mean is None:
             raise ValueError("ghost_batch_norm: training=False needs running_mean and running_var")
         return F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)
-    counts = ghost_counts(x.shape[0], x[0, 0].numel(), ghost_batch_size)
-    if min(counts) < 2:
+    n, spatial = x.shape[0], math.prod(x.shape[2:])
+    smallest = (n - (num_ghosts(n, ghost_batch_size) - 1) * ghost_batch_size) * spatial  # the last ghost batch
+    if smallest < 2:
         raise ValueError(f"ghost_batch_norm: every ghost batch needs more than 1 value per channel in training; "
-                         f"N={x.shape[0]} with ghost_batch_size={ghost_batch_size} leaves a ghost batch of "
-                         f"{counts[-1]} value(s) per channel (choose another ghost_batch_size or batch size)")
+                         f"N={n} with ghost_batch_size={ghost_batch_size} leaves a ghost batch of "
+                         f"{smallest} value(s) per channel (choose another ghost_batch_size or batch size)")
     chosen = resolve("ghost_bn", backend, x.device)
     if chosen == "reference":
         y, new_mean, new_var = ghost_batch_norm_ref(x, running_mean, running_var, weight, bias, ghost_batch_size,
@@ -208,23 +209,47 @@ def ghost_batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running
     op = torch.ops.pyfast.ghost_bn_fwd_triton if chosen == "triton" else torch.ops.pyfast.ghost_bn_fwd
     y, mean, var, _ = op(x, weight, bias, ghost_batch_size, eps)
     if running_mean is not None:
-        _update_running(running_mean, running_var, mean, var, counts, momentum)
+        _update_running(running_mean, running_var, mean, var, n, spatial, ghost_batch_size, momentum)
     return y
 
 
-def _update_running(running_mean, running_var, mean, var, counts, momentum) -> None:
-    """The closed form of :func:`pyfast.reference.ghost_bn.running_update` for both buffers in a handful of ops:
-    the EMA weights m (1 - m)^(G-1-g) (times the unbiasing factor m_g / (m_g - 1) for the variance) are Python
-    numbers, so one [2, 1, G] x [2, G, C] batched product gives both sums."""
-    g = len(counts)
-    ema = [momentum * (1.0 - momentum) ** (g - 1 - i) for i in range(g)]
-    weights = torch.tensor([[ema], [[e * c / (c - 1) for e, c in zip(ema, counts)]]], dtype=torch.float64,
-                           device=mean.device)
+# (N, spatial size, ghost batch size, momentum, dtype, device) -> the weights of _update_running; a training run sees
+# one or two keys.
+_EMA_WEIGHTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _ema_weights(n: int, spatial: int, ghost_batch_size: int, momentum: float, dtype: torch.dtype,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two [G] vectors: the EMA weights m (1 - m)^(G-1-g) of the ghost means, and the same times m_g / (m_g - 1) (the
+    unbiasing factor, m_g the ghost's values per channel) for the ghost variances. Cached outside torch.compile:
+    building them costs more than the update itself."""
+    key = (n, spatial, ghost_batch_size, momentum, dtype, device)
+    weights = None if torch.compiler.is_compiling() else _EMA_WEIGHTS.get(key)
+    if weights is None:
+        counts = ghost_counts(n, spatial, ghost_batch_size)
+        g = len(counts)
+        ema = [momentum * (1.0 - momentum) ** (g - 1 - i) for i in range(g)]
+        both = torch.tensor([ema, [e * c / (c - 1) for e, c in zip(ema, counts)]], dtype=dtype, device=device)
+        weights = (both[0], both[1])
+        if not torch.compiler.is_compiling():  # under compile the tensor is a constant of the graph
+            if len(_EMA_WEIGHTS) >= 64:
+                _EMA_WEIGHTS.clear()
+            _EMA_WEIGHTS[key] = weights
+    return weights
+
+
+def _update_running(running_mean, running_var, mean, var, n, spatial, ghost_batch_size, momentum) -> None:
+    """The closed form of :func:`pyfast.reference.ghost_bn.running_update` for both buffers, one in-place
+    ``addmv_`` each: ``r <- (1 - m)^G r + stats^T w`` with the [G] weights of :func:`_ema_weights`, in the
+    statistics' dtype (float32, float64 for float64 inputs)."""
+    w_mean, w_var = _ema_weights(n, spatial, ghost_batch_size, momentum, mean.dtype, mean.device)
+    decay = (1.0 - momentum) ** w_mean.shape[0]
     with torch.no_grad():
-        sums = torch.bmm(weights, torch.stack([mean, var]).double())  # [2, 1, C]
-        decay = (1.0 - momentum) ** g
-        running_mean.copy_(running_mean.double() * decay + sums[0, 0])
-        running_var.copy_(running_var.double() * decay + sums[1, 0])
+        for buf, stats, w in ((running_mean, mean, w_mean), (running_var, var, w_var)):
+            if buf.dtype == stats.dtype:
+                buf.addmv_(stats.t(), w, beta=decay)
+            else:  # e.g. the float16 buffers of a half module: the update runs in the statistics' dtype
+                buf.copy_(torch.addmv(buf.to(stats.dtype), stats.t(), w, beta=decay))
 
 
 def ghost_count(n: int, ghost_batch_size: int) -> int:

@@ -167,6 +167,24 @@ def test_cpp_large_mean_is_accurate():
 
 
 @needs_cpp
+def test_cpp_running_update_repeated_and_in_half_buffers():
+    # Float32 and float16 running buffers (the update runs in float32 and rounds into float16) over calls that reuse
+    # the cached EMA weights (same ghost counts) and one that needs new ones (a remainder ghost).
+    x, w, b, rm, rv = _inputs((10, 4, 3, 3), torch.float32)
+    bufs = {torch.float32: (rm.clone(), rv.clone()), torch.float16: (rm.half(), rv.half())}
+    ref_m, ref_v = rm.clone(), rv.clone()
+    for n in (10, 10, 7):
+        for run_m, run_v in bufs.values():
+            ghost_batch_norm(x[:n], run_m, run_v, w, b, True, 0.2, 1e-5, 4, backend="cpp")
+        _, ref_m, ref_v = ghost_batch_norm_ref(x[:n], ref_m, ref_v, w, b, 4, 0.2, 1e-5)
+        for dtype, (run_m, run_v) in bufs.items():
+            tol = 2e-5 if dtype == torch.float32 else 2e-3
+            assert run_m.dtype == dtype and run_v.dtype == dtype
+            torch.testing.assert_close(run_m.float(), ref_m, rtol=tol, atol=tol)
+            torch.testing.assert_close(run_v.float(), ref_v, rtol=tol, atol=tol)
+
+
+@needs_cpp
 def test_opcheck():
     x, w, b, _, _ = _inputs((10, 4, 3, 3), torch.float32)
     torch.library.opcheck(torch.ops.pyfast.ghost_bn_fwd.default, (x, w, b, 4, 1e-5))

@@ -15,7 +15,10 @@ from pyfast.reference.msdrop import keep_mask, msdrop_logits_ref, msdrop_loss_re
 needs_cpp = pytest.mark.skipif(not _extension.has_cpp(), reason=f"needs pyfast._C: {_extension.cpp_reason()}")
 BACKENDS = ["reference", pytest.param("cpp", marks=needs_cpp)]
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-CASES = [(8, 5, 3, 4, 0.5), (16, 32, 10, 8, 0.3), (3, 7, 2, 1, 0.9), (33, 64, 100, 8, 0.5), (5, 9, 4, 3, 0.0)]
+# (B, D, C, M, p); the last has rows long enough that the CPU forward runs several blocks of rows (60 rows of
+# D = 4096: blocks of 32 rows in float32, 16 in float64).
+CASES = [(8, 5, 3, 4, 0.5), (16, 32, 10, 8, 0.3), (3, 7, 2, 1, 0.9), (33, 64, 100, 8, 0.5), (5, 9, 4, 3, 0.0),
+         (15, 4096, 7, 4, 0.5)]
 IDS = [f"B{b}-D{d}-C{c}-M{m}-p{p}" for b, d, c, m, p in CASES]
 
 
