@@ -25,15 +25,9 @@ namespace karat {
 
 using DType = ::pyfast::DType;
 
-// sin and cos of a float score, branch-free so the CPU loops vectorise: the quadrant n = round(x 2/pi) and the
-// remainder r = x - n pi/2 in double (exact enough for |x| < 2^30), then the Cephes minimax polynomials on
-// |r| <= pi/4 in float (about 1 ulp) and the quadrant's swap / signs as selects.
-PYFAST_HD void sincos_fast(float x, float& s, float& c) {
-  const double xd = static_cast<double>(x);
-  const double t = xd * 0.63661977236758134308 + 6755399441055744.0;  // + 1.5 * 2^52 rounds to an integer
-  const double n = t - 6755399441055744.0;
-  const int quadrant = static_cast<int>(n);
-  const float r = static_cast<float>(xd - n * 1.57079632679489661923);
+// sin and cos from the remainder r = x - n pi/2, |r| <= pi/4, and the quadrant n: the Cephes minimax polynomials in
+// float (about 1 ulp), then the quadrant's swap / signs as selects (branch-free, so the CPU loops vectorise).
+PYFAST_HD void sincos_quadrant(float r, int quadrant, float& s, float& c) {
   const float z = r * r;
   const float sp = r + r * z * ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f);
   const float cp = 1.0f - 0.5f * z + z * z * ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z +
@@ -43,6 +37,15 @@ PYFAST_HD void sincos_fast(float x, float& s, float& c) {
   const float c0 = swap ? sp : cp;
   s = (quadrant & 2) ? -s0 : s0;
   c = ((quadrant + 1) & 2) ? -c0 : c0;
+}
+
+// sin and cos of a float score: the quadrant n = round(x 2/pi) and the remainder in double (exact enough for
+// |x| < 2^30).
+PYFAST_HD void sincos_fast(float x, float& s, float& c) {
+  const double xd = static_cast<double>(x);
+  const double t = xd * 0.63661977236758134308 + 6755399441055744.0;  // + 1.5 * 2^52 rounds to an integer
+  const double n = t - 6755399441055744.0;
+  sincos_quadrant(static_cast<float>(xd - n * 1.57079632679489661923), static_cast<int>(n), s, c);
 }
 
 // The same in float alone, for |x| <= kSmallAngleLimit: the remainder by Cody-Waite with pi/2 split into three float
@@ -55,16 +58,8 @@ PYFAST_HD void sincos_small(float x, float& s, float& c) {
   const float n = t - 12582912.0f;
   int quadrant;
   __builtin_memcpy(&quadrant, &t, sizeof quadrant);
-  const float r = ((x - n * 1.5703125f) - n * 4.837512969970703125e-4f) - n * 7.54978995489188216e-8f;
-  const float z = r * r;
-  const float sp = r + r * z * ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f);
-  const float cp = 1.0f - 0.5f * z + z * z * ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z +
-                                              4.166664568298827e-2f);
-  const bool swap = (quadrant & 1) != 0;
-  const float s0 = swap ? cp : sp;
-  const float c0 = swap ? sp : cp;
-  s = (quadrant & 2) ? -s0 : s0;
-  c = ((quadrant + 1) & 2) ? -c0 : c0;
+  sincos_quadrant(((x - n * 1.5703125f) - n * 4.837512969970703125e-4f) - n * 7.54978995489188216e-8f, quadrant, s,
+                  c);
 }
 
 PYFAST_HD void sincos_fast(double x, double& s, double& c) {
