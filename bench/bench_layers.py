@@ -241,44 +241,27 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--ops", nargs="+", help=f"subset of {', '.join(OPS)} (default all)")
-    ap.add_argument("--providers", nargs="+", help=f"subset of {', '.join(PROVIDERS)} (default all)")
-    ap.add_argument("--modes", nargs="+", help="fwd+bwd, fwd (default both)")
-    ap.add_argument("--dtype", default="fp32", help="fp32 (default), bf16, fp16")
-    ap.add_argument("--device", choices=("cpu", "cuda"), help="default cuda if available else cpu")
-    ap.add_argument("--csv", help="output CSV (default bench/results/layers_<device>.csv)")
-    ap.add_argument("--quick", action="store_true", help="tiny shapes, short timing (a smoke test)")
-    ap.add_argument("--rounds", type=int, help="alternating timing rounds per provider (default 2; --quick: 1)")
-    ap.add_argument("--min-run-time", type=float, help="seconds of measurement per timing (default 0.5; --quick 0.02)")
-    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    harness.add_common_args(ap, "layers", PROVIDERS, rounds=2)
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = harness.DTYPES[args.dtype]
+    common = harness.resolve_common_args(args, "layers", PROVIDERS, 2, REPO_ROOT)
+    device, dtype, providers, modes = common.device, common.dtype, common.providers, common.modes
     ops = harness.parse_list(args.ops) or list(OPS)
     unknown = [o for o in ops if o not in OPS]
     if unknown:
         raise SystemExit(f"unknown ops {unknown}; known: {', '.join(OPS)}")
-    providers = harness.parse_list(args.providers) or list(PROVIDERS)
-    if "reference" not in providers:
-        providers = ["reference", *providers]
-    modes = harness.parse_list(args.modes) or ["fwd+bwd", "fwd"]
-    rounds = args.rounds or (1 if args.quick else 2)
-    min_run_time = args.min_run_time or (0.02 if args.quick else 0.5)
     cases = QUICK_CASES if args.quick else CASES
-    csv_path = args.csv or os.path.join(REPO_ROOT, "bench", "results", f"layers_{device.type}.csv")
+    csv_path = common.csv_path
     sha = harness.git_sha()
     print(f"device: {harness.device_name(device)}, torch {torch.__version__}, git {sha}, dtype {args.dtype}, "
           f"threads {torch.get_num_threads()}")
     rows = []
     with harness.CsvWriter(csv_path) as writer:
         for op in ops:
-            rows += bench_op(op, cases[op], device, dtype, modes, providers, min_run_time, rounds,
+            rows += bench_op(op, cases[op], device, dtype, modes, providers, common.min_run_time, common.rounds,
                              not args.no_memory, sha, writer)
     ran = [p for p in providers if any(r.provider == p for r in rows)]
     for op in ops:

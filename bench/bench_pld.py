@@ -72,44 +72,24 @@ def _pld(provider, case, device, dtype):
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--providers", nargs="+", help=f"subset of {', '.join(PROVIDERS)} (default all)")
-    ap.add_argument("--modes", nargs="+", help="fwd+bwd, fwd (default both)")
     ap.add_argument("--C", nargs="+", help="class counts at B = 256 (default 100 1000)")
-    ap.add_argument("--dtype", default="fp32", help="fp32 (default), bf16, fp16")
-    ap.add_argument("--device", choices=("cpu", "cuda"), help="default cuda if available else cpu")
-    ap.add_argument("--csv", help="output CSV (default bench/results/pld_<device>.csv)")
-    ap.add_argument("--quick", action="store_true", help="tiny shapes, short timing (a smoke test)")
-    ap.add_argument("--rounds", type=int, help="alternating timing rounds per provider (default 3; --quick: 1)")
-    ap.add_argument("--min-run-time", type=float, help="seconds of measurement per timing (default 0.5; --quick 0.02)")
-    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    harness.add_common_args(ap, "pld", PROVIDERS, rounds=3)
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = harness.DTYPES[args.dtype]
-    providers = harness.parse_list(args.providers) or list(PROVIDERS)
-    unknown = [p for p in providers if p not in PROVIDERS]
-    if unknown:
-        raise SystemExit(f"unknown providers {unknown}; known: {', '.join(PROVIDERS)}")
-    if "reference" not in providers:
-        providers = ["reference", *providers]
-    modes = harness.parse_list(args.modes) or ["fwd+bwd", "fwd"]
-    rounds = args.rounds or (1 if args.quick else 3)
-    min_run_time = args.min_run_time or (0.02 if args.quick else 0.5)
+    common = harness.resolve_common_args(args, "pld", PROVIDERS, 3, REPO_ROOT)
+    device, dtype, providers, modes = common.device, common.dtype, common.providers, common.modes
     classes = harness.parse_list(args.C, int)
     cases = QUICK_CASES if args.quick else ([(256, c) for c in classes] if classes else CASES)
-    csv_path = args.csv or os.path.join(REPO_ROOT, "bench", "results", f"pld_{device.type}.csv")
+    csv_path = common.csv_path
     sha = harness.git_sha()
     print(f"device: {harness.device_name(device)}, torch {torch.__version__}, git {sha}, dtype {args.dtype}, "
           f"threads {torch.get_num_threads()}, tau_t {TAU}")
     with harness.CsvWriter(csv_path) as writer:
-        rows = bench_op("pld", cases, device, dtype, modes, providers, min_run_time, rounds, not args.no_memory, sha,
-                        writer, builder=_pld, peer=PEER)
+        rows = bench_op("pld", cases, device, dtype, modes, providers, common.min_run_time, common.rounds,
+                        not args.no_memory, sha, writer, builder=_pld, peer=PEER)
     ran = [p for p in providers if any(r.provider == p for r in rows)]
     print(f"\npld: speedup over eager reference (peer: {PEER})")
     print(harness.ratio_table(rows, ran, [p for p in KERNELS if p in ran]))

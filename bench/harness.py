@@ -383,3 +383,48 @@ def plot_ratio_bars(csv_rows: Sequence[dict], path: str, title: str = "") -> boo
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+@dataclasses.dataclass
+class CommonArgs:
+    """The settings every op benchmark resolves the same way (see :func:`add_common_args`)."""
+
+    device: torch.device
+    dtype: torch.dtype
+    providers: list[str]  # always includes "reference" (the ratios' baseline)
+    modes: list[str]
+    rounds: int
+    min_run_time: float
+    csv_path: str
+
+
+def add_common_args(ap, name: str, providers: Sequence[str], rounds: int) -> None:
+    """The options shared by the op benchmarks (providers, modes, dtype, device, CSV, quick, timing, memory,
+    threads); ``name`` names the default CSV ``bench/results/<name>_<device>.csv``."""
+    ap.add_argument("--providers", nargs="+", help=f"subset of {', '.join(providers)} (default all)")
+    ap.add_argument("--modes", nargs="+", help="fwd+bwd, fwd (default both)")
+    ap.add_argument("--dtype", default="fp32", help="fp32 (default), bf16, fp16")
+    ap.add_argument("--device", choices=("cpu", "cuda"), help="default cuda if available else cpu")
+    ap.add_argument("--csv", help=f"output CSV (default bench/results/{name}_<device>.csv)")
+    ap.add_argument("--quick", action="store_true", help="tiny shapes, short timing (a smoke test)")
+    ap.add_argument("--rounds", type=int, help=f"alternating timing rounds per provider (default {rounds}; --quick: 1)")
+    ap.add_argument("--min-run-time", type=float, help="seconds of measurement per timing (default 0.5; --quick 0.02)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+
+
+def resolve_common_args(args, name: str, providers: Sequence[str], rounds: int, repo_root: str) -> CommonArgs:
+    """Apply ``--threads`` and resolve the options of :func:`add_common_args`; unknown providers exit with a message."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    chosen = parse_list(args.providers) or list(providers)
+    unknown = [p for p in chosen if p not in providers]
+    if unknown:
+        raise SystemExit(f"unknown providers {unknown}; known: {', '.join(providers)}")
+    if "reference" not in chosen:
+        chosen = ["reference", *chosen]
+    return CommonArgs(device, DTYPES[args.dtype], chosen, parse_list(args.modes) or ["fwd+bwd", "fwd"],
+                      args.rounds or (1 if args.quick else rounds),
+                      args.min_run_time or (0.02 if args.quick else 0.5),
+                      args.csv or os.path.join(repo_root, "bench", "results", f"{name}_{device.type}.csv"))
