@@ -7,7 +7,7 @@
 # Run from anywhere; it works in the repository root. Needs python3 with torch (CUDA build), triton and nvcc; no
 # network. Stages run in order; a stage that fails (or times out) is recorded and the next one still runs; the
 # script exits non-zero at the end if any stage failed. Every stage has a timeout and the stages share one budget
-# (GPU_CHECK_BUDGET_S, default 450 s) so the whole script stays under 8 minutes; a stage with no time left is
+# (GPU_CHECK_BUDGET_S, default 420 s) so the whole script stays under 8 minutes; a stage with no time left is
 # recorded as failed, not run.
 #
 # Environment:
@@ -16,8 +16,11 @@
 #                     site dir put on PYTHONPATH: spikingjelly and its loguru; add pytest, pluggy and iniconfig there
 #                     if the machine's python3 lacks pytest
 #   SKIP_BUILD=1      use the extension already built in the tree
-#   GPU_CHECK_BUDGET_S  total seconds for all stages (default 450; a stage may overrun its timeout by 10 s)
+#   GPU_CHECK_BUDGET_S  total seconds for all stages (default 420; a stage may overrun its timeout by 10 s)
 #   BENCH_NEURONS     neurons per time step for the benchmark (default 4194304 = 2**22 = 64*65536)
+#   BENCH_LIF_T       time steps of the LIF benchmark (default "1 4 8 32")
+#   GPU_CHECK_STAGES  space-separated names of the stages to run (default: all); e.g. a short lease's
+#                     "build import pytest_cuda bench_lif profile_lif bench_karat"
 #
 # OUTDIR gets: gpu_check.log (everything), <stage>.log per stage, lif_cuda.csv, lif_cuda_compile.csv, mesa_cuda.csv,
 # wconv_cuda.csv, layers_cuda.csv, gated_cuda.csv, karat_cuda.csv, pld_cuda.csv, stages.tsv.
@@ -49,6 +52,10 @@ say() { echo "== $*" | tee -a "$LOG"; }
 stage() {
     local name=$1 cap=$2 counts=$3
     shift 3
+    if [ -n "${GPU_CHECK_STAGES:-}" ] && [[ " $GPU_CHECK_STAGES " != *" $name "* ]]; then
+        printf '%s\t%s\t%s\n' "$name" "not-selected" 0 >> "$OUT/stages.tsv"
+        return 0
+    fi
     local left=$((BUDGET - (SECONDS - START)))
     local limit=$((cap < left ? cap : left))
     if [ "$limit" -lt 10 ]; then
@@ -126,7 +133,10 @@ stage info 60 0 "$PY" -m pyfast.info
 # --- CUDA tests ------------------------------------------------------------------------------------------------------
 # A GPU check that tested nothing must not pass: pytest's exit code 5 (nothing selected) fails the stage, and so does
 # a run where every CUDA test was skipped.
-stage pytest_cuda 150 1 "$PY" -m pytest -m cuda -q -p no:cacheprovider tests
+# pytest-xdist, where installed, spreads the tests (and their Triton compilations) over 8 workers.
+XDIST=()
+"$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 8)
+stage pytest_cuda 150 1 "$PY" -m pytest -m cuda -q -rfE --tb=short -p no:cacheprovider "${XDIST[@]}" tests
 if [ -f "$OUT/pytest_cuda.log" ] && ! grep -qE "[0-9]+ passed" "$OUT/pytest_cuda.log"; then
     say "pytest_cuda: no CUDA test passed"
     FAILED+=("pytest_cuda(none passed)")
@@ -143,11 +153,14 @@ print(f'device-to-device copy: {2 * x.numel() / ms / 1e6:.0f} GB/s (bytes read +
 # --- benchmark -------------------------------------------------------------------------------------------------------
 # Every provider but reference+compile over all cases, then reference+compile (one inductor compilation per case,
 # tens of seconds each) on fwd+bwd of a subset. Each CSV is written case by case, so a timeout keeps the finished cases.
-stage bench_lif 150 1 "$PY" bench/bench_lif.py --device cuda --T 1 4 8 32 --dtype fp32 bf16 fp16 \
+# shellcheck disable=SC2086  (BENCH_LIF_T is a list of numbers)
+stage bench_lif 150 1 "$PY" bench/bench_lif.py --device cuda --T ${BENCH_LIF_T:-1 4 8 32} --dtype fp32 bf16 fp16 \
     --neurons "$NEURONS" --providers reference cuda triton sj-cuda sj-triton --csv "$OUT/lif_cuda.csv"
-# Informational: inductor compiles once per case (tens of seconds), so only the largest fp32 case.
-stage bench_lif_compile 90 0 "$PY" bench/bench_lif.py --device cuda --T 32 --dtype fp32 --modes fwd+bwd \
-    --neurons "$NEURONS" --providers reference reference+compile cuda --csv "$OUT/lif_cuda_compile.csv"
+
+# Informational: kernel-level GPU time of one fwd+bwd at the issues' target shapes (where the milliseconds go).
+stage profile_lif 40 0 "$PY" bench/gpu_profile.py lif --providers cuda triton sj-triton
+stage bench_karat 90 0 "$PY" bench/bench_karat.py --device cuda --min-run-time 0.3 --csv "$OUT/karat_cuda.csv"
+stage profile_karat 40 0 "$PY" bench/gpu_profile.py karat --providers cuda triton sdpa
 
 # The other ops: Mesa (block memory, gradient fidelity, time ratio, quantize microbenchmark) and weighted convolution
 # (WeightedConv2d vs nn.Conv2d on a few CIFAR layers at batch 128, and the density-weight op).
@@ -158,13 +171,16 @@ stage bench_wconv 90 1 "$PY" bench/bench_wconv.py --device cuda --rounds 2 --min
 # compilation per case would not fit the budget).
 stage bench_layers 60 0 "$PY" bench/bench_layers.py --device cuda --providers reference cuda triton peer \
     --rounds 1 --min-run-time 0.2 --no-memory --csv "$OUT/layers_cuda.csv"
-# Informational, as far as the budget reaches: gated class-attention and Fourier-KArAt at their issue shapes.
+# Informational, as far as the budget reaches: gated class-attention at its issue shapes.
 stage bench_gated 60 0 "$PY" bench/bench_gated.py --device cuda --min-run-time 0.3 --csv "$OUT/gated_cuda.csv"
-stage bench_karat 90 0 "$PY" bench/bench_karat.py --device cuda --min-run-time 0.3 --csv "$OUT/karat_cuda.csv"
 # Informational: Plackett-Luce distillation at B=256, C=100 and 1000 (fwd+bwd; one inductor compilation per case for
 # reference+compile).
 stage bench_pld 90 0 "$PY" bench/bench_pld.py --device cuda --modes fwd+bwd --rounds 2 --min-run-time 0.2 \
     --no-memory --csv "$OUT/pld_cuda.csv"
+
+# Informational: inductor compiles once per case (tens of seconds), so only the largest fp32 case.
+stage bench_lif_compile 90 0 "$PY" bench/bench_lif.py --device cuda --T 32 --dtype fp32 --modes fwd+bwd \
+    --neurons "$NEURONS" --providers reference reference+compile cuda --csv "$OUT/lif_cuda_compile.csv"
 
 # --- summary ---------------------------------------------------------------------------------------------------------
 say "stages (name, rc, seconds):"
