@@ -174,8 +174,8 @@ std::vector<at::Tensor> cattn_bwd_host(const at::Tensor& gy_in, const at::Tensor
   // The gate collects every place m multiplies: y, o, zp (values), u (keys, input and output), q0 . m . m, x_0.
   at::Tensor grad_m = gy.mul(pre).sum(0);
   grad_m.add_(g_og.mul(o).sum(0));
-  grad_m.add_(gz.mul(zp).sum({0, 1}));
-  grad_m.add_(gw.mul(q.u.transpose(0, 1)).sum({0, 1}));
+  grad_m.add_(gz.mul(zp).sum(at::IntArrayRef{0, 1}));  // IntArrayRef: {0, 1} alone is ambiguous in torch < 2.13
+  grad_m.add_(gw.mul(q.u.transpose(0, 1)).sum(at::IntArrayRef{0, 1}));
   grad_m.add_(g_r.mul(q.q0).sum(0).mul(m).mul(2.0 * scale));
   grad_m.add_(g_xm0.mul(x.select(1, 0).to(A)).sum(0));
   at::Tensor gx = at::empty_like(x);
