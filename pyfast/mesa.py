@@ -18,6 +18,7 @@ The Mesa paper's DeiT policy quantizes all six (the default). ``quant_groups=Non
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -113,8 +114,9 @@ def _find_heads(model: nn.Module) -> int:
     return 1
 
 
-def _swap(m: nn.Module, kinds: frozenset[str], groups: int, quant: dict) -> nn.Module | None:
-    """The Mesa replacement of ``m`` (sharing its parameters), or None to keep it."""
+def _swap(m: nn.Module, kinds: frozenset[str], groups: int, quant: dict, device: torch.device) -> nn.Module | None:
+    """The Mesa replacement of ``m`` (sharing its parameters), or None to keep it. ``device``: where its estimates
+    live (the device of ``m``'s parameters, or of the nearest enclosing module's for a parameterless layer)."""
     t = type(m)
     if t is nn.Linear and "linear" in kinds:
         new = mnn.Linear(m.in_features, m.out_features, m.bias is not None, device="meta",
@@ -124,7 +126,7 @@ def _swap(m: nn.Module, kinds: frozenset[str], groups: int, quant: dict) -> nn.M
                          m.bias is not None, m.padding_mode, device="meta",
                          quant_groups=_groups_for(m.in_channels, groups), **quant)
     elif t is nn.GELU and "gelu" in kinds:
-        return mnn.GELU(m.approximate, quant_groups=groups, **quant).to(_device_of(m))
+        return mnn.GELU(m.approximate, quant_groups=groups, **quant).to(device)
     elif t is nn.LayerNorm and "layernorm" in kinds and len(m.normalized_shape) >= 1:
         new = mnn.LayerNorm(m.normalized_shape, m.eps, m.elementwise_affine, m.bias is not None, device="meta",
                             quant_groups=_groups_for(m.normalized_shape[-1], groups), **quant)
@@ -133,7 +135,7 @@ def _swap(m: nn.Module, kinds: frozenset[str], groups: int, quant: dict) -> nn.M
     # Move the parameters themselves (same tensors: an optimizer holding them keeps working); fresh estimates.
     for name, p in m.named_parameters(recurse=False):
         setattr(new, name, p)
-    new.quant.to_empty(device=_device_of(m))
+    new.quant.to_empty(device=device)
     new.quant.clip_val.fill_(1.0)
     new.quant.shift.zero_()
     new.quant.initialized.zero_()
@@ -141,31 +143,34 @@ def _swap(m: nn.Module, kinds: frozenset[str], groups: int, quant: dict) -> nn.M
     return new
 
 
-def _device_of(m: nn.Module) -> torch.device:
-    for t in m.parameters():
+def _device_of(m: nn.Module, default: torch.device) -> torch.device:
+    """The device of ``m``'s first parameter or buffer, else ``default``."""
+    for t in itertools.chain(m.parameters(), m.buffers()):
         return t.device
-    return torch.device("cpu")
+    return default
 
 
-def _convert(module: nn.Module, kinds, groups, quant) -> int:
+def _convert(module: nn.Module, kinds, groups, quant, device: torch.device) -> int:
+    """Swap ``module``'s children in place; ``device``: ``module``'s own (for parameterless children)."""
     swapped = 0
     for name, child in module.named_children():
+        child_device = _device_of(child, device)
         if isinstance(child, (mnn.Quantizer, Attention)) or type(child).__module__ == mnn.__name__:
             continue
         if ({"matmul", "softmax"} & kinds) and is_timm_attention(child):
-            swapped += _convert(child, kinds, groups, quant)  # its qkv / proj, by policy
+            swapped += _convert(child, kinds, groups, quant, child_device)  # its qkv / proj, by policy
             new = Attention.from_timm(child, matmul="matmul" in kinds, softmax="softmax" in kinds,
-                                      **quant).to(_device_of(child))
+                                      **quant).to(child_device)
             new.train(child.training)
             setattr(module, name, new)
             swapped += 1
             continue
-        new = _swap(child, kinds, groups, quant)
+        new = _swap(child, kinds, groups, quant, child_device)
         if new is not None:
             setattr(module, name, new)
             swapped += 1
         else:
-            swapped += _convert(child, kinds, groups, quant)
+            swapped += _convert(child, kinds, groups, quant, child_device)
     return swapped
 
 
@@ -189,7 +194,9 @@ def convert(model: nn.Module, policy=None, *, quant_groups: int | None = None, l
     groups = _find_heads(model) if quant_groups is None else mops.check_groups(quant_groups)
     quant = dict(levels=mops.check_levels(levels), ema_decay=mops.check_ema_decay(ema_decay),
                  stochastic=bool(stochastic), backend=backend)
-    model.mesa_layers_converted = _convert(model, kinds, groups, quant) + getattr(model, "mesa_layers_converted", 0)
+    device = _device_of(model, torch.device("cpu"))
+    converted = _convert(model, kinds, groups, quant, device)
+    model.mesa_layers_converted = converted + getattr(model, "mesa_layers_converted", 0)
     if model.mesa_layers_converted == 0:
         del model.mesa_layers_converted  # leave an unquantizable model exactly as it was
     return model

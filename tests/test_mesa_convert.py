@@ -56,6 +56,15 @@ def test_convert_swaps_every_kind_and_keeps_the_function():
     model.load_state_dict(ref.state_dict(), strict=True)
 
 
+def test_new_estimates_live_on_the_model_device():
+    # Parameterless layers (GELU, Softmax) take the device of the module around them: a model on another device
+    # than the CPU (here "meta", which runs nowhere but keeps devices) must not get CPU estimates beside it.
+    model = pyfast.mesa.convert(_tiny_vit().to("meta"))
+    devices = {t.device.type for t in (*model.parameters(), *model.buffers())}
+    assert devices == {"meta"}
+    assert model[3].mlp.act.quant.clip_val.device.type == "meta"
+
+
 def test_policy_selects_kinds():
     model = pyfast.mesa.convert(_tiny_vit(), policy=["linear"])
     types = {type(m) for m in model.modules()}
