@@ -60,6 +60,9 @@ class Quantizer(nn.Module):
         if x.shape[qdim] % self.groups:
             raise ValueError(f"mesa: quant_groups ({self.groups}) must divide the size of the group axis "
                              f"({x.shape[qdim]}) of a tensor of shape {tuple(x.shape)}")
+        if self.clip_val.device != x.device:
+            raise ValueError(f"mesa: the quantizer's running estimates (clip_val, shift) are on {self.clip_val.device} "
+                             f"but the input is on {x.device}; move the module with .to({str(x.device)!r})")
         if seed is None:
             seed = new_seed(x.device)
         backend = resolve("mesa", self.backend, x.device)

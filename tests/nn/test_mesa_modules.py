@@ -143,3 +143,6 @@ def test_bad_module_arguments():
         mesa.MatMul(quant_groups=2.0)
     with pytest.raises(ValueError, match="quant_groups"):
         mesa.GELU(quant_groups=4)(torch.randn(2, 6, requires_grad=True))
+    # Estimates left on another device than the input: a clear error naming both, not a kernel's pointer fault.
+    with pytest.raises(ValueError, match="running estimates .* are on meta but the input is on cpu"):
+        mesa.GELU().to("meta")(torch.randn(2, 6, requires_grad=True))
