@@ -177,10 +177,26 @@ def _values_checked() -> bool:
     return not torch.compiler.is_compiling()
 
 
+_CONSTANTS: dict[tuple[float, torch.device], torch.Tensor] = {}
+_MAX_CONSTANTS = 64
+
+
 def _constant(value: float, x: torch.Tensor) -> torch.Tensor:
-    """A float32 [1] tensor on x's device. torch.full launches a fill; torch.tensor(value, device="cuda") would copy
-    from host memory and synchronise the stream on every call, stalling the GPU behind Python."""
-    return torch.full((1,), float(value), dtype=torch.float32, device=x.device)
+    """A float32 [1] tensor holding ``value`` on x's device, made once per (value, device) and reused: a fresh one
+    would cost an allocation and a fill launch per call and per hyperparameter, host time that bounds a GPU step of
+    a few hundred microseconds. (torch.tensor(value, device="cuda") would even synchronise the stream.) The ops only
+    read it. Made outside inference mode, so a tensor first made under torch.inference_mode can still be saved for
+    a later backward; while torch.compile traces, a traced torch.full instead of a captured global."""
+    if torch.compiler.is_compiling():
+        return torch.full((1,), float(value), dtype=torch.float32, device=x.device)
+    key = (float(value), x.device)
+    cached = _CONSTANTS.get(key)
+    if cached is None:
+        if len(_CONSTANTS) >= _MAX_CONSTANTS:  # e.g. a tau swept over many values: start over rather than grow
+            _CONSTANTS.clear()
+        with torch.inference_mode(False):
+            cached = _CONSTANTS[key] = torch.full((1,), float(value), dtype=torch.float32, device=x.device)
+    return cached
 
 
 def _as_neuron_param(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
