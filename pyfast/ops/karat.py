@@ -124,11 +124,14 @@ karat_fwd_triton.register_autograd(_make_backward(torch.ops.pyfast.karat_bwd_tri
 
 
 def _attention_forward(q, k, v, a, b, W, scale: float, constant_term: bool, fwd_op) -> torch.Tensor:
+    # The tail out = z (W^T V) runs in the accumulation dtype (float32 for half inputs) and rounds once at the end:
+    # in half, U = W^T V sums N products into half and z U sums r more (on a GPU with half reductions too).
+    acc = _acc(q.dtype)
     if constant_term:
-        z = fwd_op(q, k, a[..., 1:], b[..., 1:], scale) + a[..., 0].sum(-1).to(q.dtype)[None, :, None, :]
+        z = fwd_op(q, k, a[..., 1:], b[..., 1:], scale).to(acc) + a[..., 0].sum(-1).to(acc)[None, :, None, :]
     else:
-        z = fwd_op(q, k, a, b, scale)
-    return z @ (W.to(v.dtype).transpose(-1, -2) @ v)
+        z = fwd_op(q, k, a, b, scale).to(acc)
+    return (z @ (W.to(acc).transpose(-1, -2) @ v.to(acc))).to(q.dtype)
 
 
 def _attention_fake(q, k, v, a, b, W, scale, constant_term):
@@ -144,20 +147,24 @@ def _attention_setup_context(ctx, inputs, output):
 def _make_attention_backward(bwd_op):
     def backward(ctx, grad_out):
         q, k, v, a, b, W = ctx.saved_tensors
-        Wv = W.to(v.dtype)
-        U = Wv.transpose(-1, -2) @ v  # [B, H, r, D]
-        grad_z = grad_out @ U.transpose(-1, -2)  # [B, H, N, r]
+        # The tail's gradients in the accumulation dtype, as its forward (float32 for half inputs).
+        acc = _acc(q.dtype)
+        Wa, va, grad_out = W.to(acc), v.to(acc), grad_out.to(acc)
+        U = Wa.transpose(-1, -2) @ va  # [B, H, r, D]
+        grad_z_acc = grad_out @ U.transpose(-1, -2)  # [B, H, N, r]
+        grad_z = grad_z_acc.to(q.dtype)  # the basis op's dtype
         if ctx.constant_term:
             gq, gk, ga, gb, z = bwd_op(grad_z, q, k, a[..., 1:], b[..., 1:], ctx.scale, True)
-            z = z + a[..., 0].sum(-1).to(z.dtype)[None, :, None, :]
-            ga0 = grad_z.sum((0, 2)).to(a.dtype)[:, :, None, None].expand(*a.shape[:3], 1)  # d z / d a[..., 0] = 1
+            z = z.to(acc) + a[..., 0].sum(-1).to(acc)[None, :, None, :]
+            ga0 = grad_z_acc.sum((0, 2)).to(a.dtype)[:, :, None, None].expand(*a.shape[:3], 1)  # dz / da[..., 0] = 1
             ga = torch.cat((ga0, ga), -1)
             gb = torch.cat((torch.zeros_like(b[..., :1]), gb), -1)  # b[..., 0] multiplies sin(0) = 0
         else:
             gq, gk, ga, gb, z = bwd_op(grad_z, q, k, a, b, ctx.scale, True)
+            z = z.to(acc)
         grad_U = z.transpose(-1, -2) @ grad_out  # [B, H, r, D]
-        gv = Wv @ grad_U
-        gW = (v @ grad_U.transpose(-1, -2)).sum(0).to(W.dtype)  # [H, N, r]
+        gv = (Wa @ grad_U).to(v.dtype)
+        gW = (va @ grad_U.transpose(-1, -2)).sum(0).to(W.dtype)  # [H, N, r]
         return gq, gk, gv, ga, gb, gW, None, None
 
     return backward
