@@ -25,6 +25,12 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol, msg=lambda m: f"{msg}\n{m}")
 
 
+def named(name: str):
+    """``msg=`` for torch.testing.assert_close that prefixes ``name`` and keeps torch's mismatch report (a plain string
+    replaces it, and a failure then says which tensor but not by how much)."""
+    return lambda detail: f"{name}: {detail}"
+
+
 def assert_half_error_within(actual: torch.Tensor, truth: torch.Tensor, eager_same_dtype: torch.Tensor, name: str,
                              factor: float = 2.0, floor: float = 1e-3):
     """max |actual - truth| <= factor * max |eager - truth| + floor, for a half-precision kernel output ``actual``."""

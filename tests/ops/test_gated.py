@@ -12,7 +12,7 @@ import torch
 from pyfast import _extension
 from pyfast.ops.gated import gate_compensation, gated_class_attention, gated_route_
 from pyfast.reference.gated import gated_class_attention_ref, gated_route_ref
-from pyfast.testing import assert_half_error_within
+from pyfast.testing import assert_half_error_within, named
 
 needs_cuda = pytest.mark.skipif(not _extension.has_cuda(), reason=f"needs the CUDA kernels: {_extension.cuda_reason()}")
 needs_cpp = pytest.mark.skipif(not _extension.has_cpp(), reason=_extension.cpp_reason() or "no _C")
@@ -85,7 +85,7 @@ def test_cpp_matches_reference(shape, bias, dtype):
     gy = torch.randn_like(y)
     got, want = grads_of(y, args, gy), grads_of(y_ref, ref_args, gy)
     for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=tol * 10, atol=tol * 10, msg=name)
+        torch.testing.assert_close(got[name], want[name], rtol=tol * 10, atol=tol * 10, msg=named(name))
 
 
 @needs_cpp
@@ -322,7 +322,7 @@ def test_cuda_matches_reference(shape, dtype):
     for name in want:
         scale = want[name].abs().max().item() + 1
         torch.testing.assert_close(got[name].cpu().double(), want[name], rtol=tol * 10, atol=tol * 10 * scale,
-                                   msg=name)
+                                   msg=named(name))
 
 
 @pytest.mark.cuda

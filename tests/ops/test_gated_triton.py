@@ -15,6 +15,7 @@ pytest.importorskip("triton")
 from pyfast import _extension
 from pyfast.ops.gated import gated_class_attention, gated_route_
 from pyfast.reference.gated import gated_class_attention_ref, gated_route_ref
+from pyfast.testing import named
 from tests.ops.test_gated import _route_case, grads_of, make_args
 
 DEVICE = "cpu" if _extension.triton_interpret() else "cuda"
@@ -46,7 +47,7 @@ def test_matches_reference(shape, bias, dtype):
     for name in want:
         scale = want[name].abs().max().item() + 1
         torch.testing.assert_close(got[name].cpu().double(), want[name], rtol=tol * 10, atol=tol * 10 * scale,
-                                   msg=name)
+                                   msg=named(name))
 
 
 def test_route_matches_reference():

@@ -12,6 +12,7 @@ import pyfast
 from pyfast import _extension
 from pyfast.ops.ghost_bn import ghost_batch_norm
 from pyfast.reference.ghost_bn import ghost_batch_norm_loop_ref, ghost_batch_norm_ref, running_update
+from pyfast.testing import named
 
 needs_cpp = pytest.mark.skipif(not _extension.has_cpp(), reason=f"needs pyfast._C: {_extension.cpp_reason()}")
 BACKENDS = ["reference", pytest.param("cpp", marks=needs_cpp)]
@@ -61,7 +62,7 @@ def test_one_ghost_equals_batchnorm2d(backend):
     torch.testing.assert_close(gbn.weight.grad, bn.weight.grad, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(gbn.bias.grad, bn.bias.grad, rtol=1e-5, atol=1e-4)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
-        torch.testing.assert_close(getattr(gbn, name), getattr(bn, name), rtol=1e-6, atol=1e-6, msg=name)
+        torch.testing.assert_close(getattr(gbn, name), getattr(bn, name), rtol=1e-6, atol=1e-6, msg=named(name))
     bn.eval()
     gbn.eval()
     torch.testing.assert_close(gbn(x), bn(x))  # eval: the running statistics, plain batch norm
@@ -85,7 +86,7 @@ def test_vectorised_equals_per_chunk_loop(backend, case):
     y_loop.backward(g)
     y.backward(g)
     for name, a, ref in (("x", xs[1], xs[0]), ("weight", ws[1], ws[0]), ("bias", bs[1], bs[0])):
-        torch.testing.assert_close(a.grad, ref.grad, rtol=1e-9, atol=1e-9, msg=name)
+        torch.testing.assert_close(a.grad, ref.grad, rtol=1e-9, atol=1e-9, msg=named(name))
 
 
 def test_closed_form_running_update_is_the_ema_loop():
@@ -210,7 +211,7 @@ def test_torch_compile_fullgraph_module(compile_backend):
     ref(x2).square().sum().backward()
     torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-5)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
-        torch.testing.assert_close(getattr(gbn, name), getattr(ref, name), msg=name)
+        torch.testing.assert_close(getattr(gbn, name), getattr(ref, name), msg=named(name))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -12,7 +12,7 @@ import torch
 from pyfast import _extension
 from pyfast.ops.karat import karat_attention, karat_basis
 from pyfast.reference.karat import fourier_basis_ref, harmonics, karat_attention_ref, karat_z_ref
-from pyfast.testing import HALF_TYPES, assert_half_error_within
+from pyfast.testing import HALF_TYPES, assert_half_error_within, named
 
 needs_cpp = pytest.mark.skipif(not _extension.has_cpp(), reason=f"needs pyfast._C: {_extension.cpp_reason()}")
 
@@ -103,7 +103,7 @@ def test_cpp_matches_reference_float64(N, constant_term):
     ref = _grads(lambda *t: karat_attention_ref(*t, 0.4, constant_term=constant_term), inputs)
     got = _grads(lambda *t: karat_attention(*t, 0.4, constant_term=constant_term, backend="cpp"), inputs)
     for name, x, y in zip(["out", "q", "k", "v", "a", "b", "W"], got, ref):
-        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9, msg=name)
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9, msg=named(name))
 
 
 @needs_cpp
@@ -318,7 +318,7 @@ def test_cuda_matches_reference(dtype, N):
         if dtype in HALF_TYPES:
             assert_half_error_within(x, t, e, name, floor=1e-3 * t.abs().max().item())
         else:
-            torch.testing.assert_close(x.double(), t, rtol=1e-4, atol=1e-4 * t.abs().max().item(), msg=name)
+            torch.testing.assert_close(x.double(), t, rtol=1e-4, atol=1e-4 * t.abs().max().item(), msg=named(name))
 
 
 @pytest.mark.cuda

@@ -18,7 +18,7 @@ pytest.importorskip("triton")
 from pyfast import _extension
 from pyfast.ops.karat import karat_attention, karat_basis
 from pyfast.reference.karat import karat_attention_ref, karat_z_ref
-from pyfast.testing import HALF_TYPES, assert_half_error_within
+from pyfast.testing import HALF_TYPES, assert_half_error_within, named
 
 DEVICE = "cpu" if _extension.triton_interpret() else "cuda"
 
@@ -46,7 +46,7 @@ def test_matches_reference(N, dtype):
     got = _grads(lambda *t: karat_attention(*t, 0.6, backend="triton"), inputs)
     tol = 1e-9 if dtype == torch.float64 else 2e-4
     for name, x, y in zip(["out", "q", "k", "v", "a", "b", "W"], got, ref):
-        torch.testing.assert_close(x, y, rtol=tol, atol=tol * max(1.0, y.abs().max().item()), msg=name)
+        torch.testing.assert_close(x, y, rtol=tol, atol=tol * max(1.0, y.abs().max().item()), msg=named(name))
 
 
 @pytest.mark.parametrize("dtype", HALF_TYPES)
