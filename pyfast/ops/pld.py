@@ -114,7 +114,11 @@ def pld_rows(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
         common = torch.promote_types(student.dtype, teacher.dtype)
         student, teacher = student.to(common), teacher.to(common)
     chosen = resolve("pld", backend, student.device)
-    if chosen == "cuda" and backend == "auto" and student.shape[1] > CUDA_MAX_CLASSES:
+    if chosen == "cuda" and student.shape[1] > CUDA_MAX_CLASSES:
+        if backend != "auto":
+            raise ValueError(f"pld: the CUDA kernel sorts rows of at most {CUDA_MAX_CLASSES} classes in shared memory, "
+                             f"got C = {student.shape[1]}; use backend='triton' or backend='reference' "
+                             f"(backend='auto' does)")
         _warn_once("pld", f"the CUDA kernel sorts at most {CUDA_MAX_CLASSES} classes per row, got "
                           f"C = {student.shape[1]}")
         chosen = "reference"

@@ -341,3 +341,13 @@ def test_cuda_out_of_range_label_and_more_classes_than_the_kernel_sorts():
     with pytest.warns(UserWarning, match="at most 1024 classes"):
         loss = pld_loss(s, t, y, reduction="none")
     torch.testing.assert_close(loss.cpu(), pld_ref(s.cpu(), t.cpu(), y.cpu()))
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_cuda_op_rejects_more_classes_than_the_kernel_sorts():
+    # The C++ check of the op itself (pld_loss checks first, in Python). On the H200 of 2026-11-26 (torch 2.11) this
+    # error, raised inside the CUDA kernel registration, crashed the process (a segfault) when pld_loss reached it.
+    s, t, y = _inputs(3, CUDA_MAX_CLASSES + 1, torch.float32, device="cuda")
+    with pytest.raises(ValueError, match="sorts rows of at most 1024 classes"):
+        torch.ops.pyfast.pld_fwd(s, t, y, 1.0)
