@@ -1,6 +1,7 @@
 // The one TORCH_LIBRARY block of pyfast: every operator schema lives here, so `grep m.def csrc/pyfast.cpp` lists
 // the whole op surface. Kernels register per device in csrc/<op>/<op>_{cpu,cuda}.cpp; fake (meta) kernels and
-// autograd are registered from Python in pyfast/ops/<op>.py.
+// autograd are registered from Python in pyfast/ops/<op>.py, except lif_fwd's autograd (csrc/lif/lif_autograd.cpp,
+// C++ for the host time of a GPU step).
 #include <torch/library.h>
 
 TORCH_LIBRARY(pyfast, m) {

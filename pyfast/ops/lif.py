@@ -40,6 +40,10 @@ def _bwd_fake(grad_spikes, grad_v_last, h_seq, x, v0, k, v_th, v_reset, decay_in
     )
 
 
+# Autograd of the Triton op pyfast::lif_fwd_triton. The C++ op pyfast::lif_fwd has the same autograd written in C++
+# (csrc/lif/lif_autograd.cpp: same saved tensors, same backward call), so its GPU steps pay no Python wrapper.
+
+
 def _setup_context(ctx, inputs, output):
     x, v0, k, v_th, v_reset, decay_input, surrogate, alpha, detach_reset, store_h = inputs
     _, h_seq, _ = output
@@ -52,34 +56,28 @@ def _setup_context(ctx, inputs, output):
     ctx.store_h = store_h
 
 
-def _make_backward(bwd_op):
-    def backward(ctx, grad_spikes, grad_h_seq, grad_v_last):
-        if not ctx.store_h:
-            raise RuntimeError("lif: backward needs the membrane history; the forward was called with store_h=False")
-        h_seq, x, v0, k, v_th = ctx.saved_tensors
-        need_k, need_v_th = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
-        if grad_spikes is None:
-            grad_spikes = torch.zeros_like(h_seq)
-        grad_x, grad_v0, grad_k, grad_v_th = bwd_op(
-            grad_spikes, grad_v_last, h_seq, x, v0, k, v_th, *ctx.config, need_k, need_v_th
-        )
-        return (
-            grad_x,
-            grad_v0 if v0 is not None and ctx.needs_input_grad[1] else None,
-            grad_k if need_k else None,
-            grad_v_th if need_v_th else None,
-            None, None, None, None, None, None,
-        )
-
-    return backward
+def _backward(ctx, grad_spikes, grad_h_seq, grad_v_last):
+    if not ctx.store_h:
+        raise RuntimeError("lif: backward needs the membrane history; the forward was called with store_h=False")
+    h_seq, x, v0, k, v_th = ctx.saved_tensors
+    need_k, need_v_th = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
+    if grad_spikes is None:
+        grad_spikes = torch.zeros_like(h_seq)
+    grad_x, grad_v0, grad_k, grad_v_th = torch.ops.pyfast.lif_bwd_triton(
+        grad_spikes, grad_v_last, h_seq, x, v0, k, v_th, *ctx.config, need_k, need_v_th
+    )
+    return (
+        grad_x,
+        grad_v0 if v0 is not None and ctx.needs_input_grad[1] else None,
+        grad_k if need_k else None,
+        grad_v_th if need_v_th else None,
+        None, None, None, None, None, None,
+    )
 
 
 if _extension.has_cpp():
     torch.library.register_fake("pyfast::lif_fwd")(_fwd_fake)
     torch.library.register_fake("pyfast::lif_bwd")(_bwd_fake)
-    torch.library.register_autograd(
-        "pyfast::lif_fwd", _make_backward(torch.ops.pyfast.lif_bwd), setup_context=_setup_context
-    )
 
 
 # Triton twins. Registered as torch.library.custom_op (not triton_op): under TRITON_INTERPRET=1 a triton_op fails
@@ -134,7 +132,7 @@ def lif_bwd_triton(
 
 lif_fwd_triton.register_fake(_fwd_fake)
 lif_bwd_triton.register_fake(_bwd_fake)
-lif_fwd_triton.register_autograd(_make_backward(torch.ops.pyfast.lif_bwd_triton), setup_context=_setup_context)
+lif_fwd_triton.register_autograd(_backward, setup_context=_setup_context)
 
 
 # --------------------------------------------------------------------------------------------------------------
