@@ -3,12 +3,12 @@
 //
 // One thread owns V neighbouring neurons for all T steps (the recurrence is sequential in t only), so global
 // traffic is exactly one read of each input and one write of each output, coalesced across the warp: a warp
-// touches 32 * V consecutive elements per time step. Forward: V = 16 bytes / sizeof(storage). Backward, which keeps
-// more live values per neuron (gradient carries, surrogate): V = 4 for float32, 2 for float64 and the 16-bit types
-// (on an H200 the 16-bit backward at V = 8 ran at 1.7 TB/s, against 2.6 TB/s for the Triton kernel at one neuron
-// per thread). V falls back to 1 when N or a pointer does not allow the vector access. Arithmetic is float32
-// (float64 for double); the T loop is unrolled so the loads of later steps, which do not depend on the membrane,
-// are issued early.
+// touches 32 * V consecutive elements per time step. Forward: V = 16 bytes / sizeof(storage), or 1 when N or a
+// pointer does not allow the vector access. Backward, which keeps more live values per neuron (gradient carries,
+// surrogate): V = 1, as the Triton backward, whose tuning found one neuron per thread best; on an H200 at T = 32 the
+// half-precision backward at V = 8 ran at 1.7 TB/s against that Triton kernel's 2.6 TB/s, and at float32 a fwd+bwd
+// with the backward at V = 4 took 7% longer than the Triton pair. Arithmetic is float32 (float64 for double); the T loop is unrolled so the loads of
+// later steps, which do not depend on the membrane, are issued early.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -163,12 +163,13 @@ __global__ void __launch_bounds__(kThreads) lif_bwd_kernel(BwdArgs a) {
 
 bool aligned(const void* p, int bytes) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-// kVec neurons per thread when N and every [T, N] / [N] pointer allow a kVec-element vector access, else 1.
-template <typename T, int kVec>
+// Neurons per thread: a 16-byte vector when N and every [T, N] / [N] pointer allow it.
+template <typename T>
 int vector_width(int64_t n, std::initializer_list<const void*> ptrs) {
+  constexpr int kVec = 16 / sizeof(T);
   if (n % kVec != 0) return 1;
   for (const void* p : ptrs)
-    if (!aligned(p, kVec * sizeof(T))) return 1;
+    if (!aligned(p, 16)) return 1;
   return kVec;
 }
 
@@ -177,7 +178,7 @@ int64_t blocks_for(int64_t n, int v) { return (n / v + kThreads - 1) / kThreads;
 template <typename T>
 void fwd(const FwdArgs& a, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(T);
-  const int v = vector_width<T, kVec>(a.N, {a.x, a.v0, a.spikes, a.h_seq, a.v_last});
+  const int v = vector_width<T>(a.N, {a.x, a.v0, a.spikes, a.h_seq, a.v_last});
   const dim3 grid(static_cast<unsigned>(blocks_for(a.N, v)));
   if (v == kVec) {
     if (a.h_seq) lif_fwd_kernel<T, kVec, true><<<grid, kThreads, 0, stream>>>(a);
@@ -188,24 +189,16 @@ void fwd(const FwdArgs& a, cudaStream_t stream) {
   }
 }
 
-template <typename T, int V>
-void bwd_launch(const BwdArgs& a, const dim3 grid, cudaStream_t stream) {
-  if (a.grad_k) {
-    if (a.grad_v_th) lif_bwd_kernel<T, V, true, true><<<grid, kThreads, 0, stream>>>(a);
-    else lif_bwd_kernel<T, V, true, false><<<grid, kThreads, 0, stream>>>(a);
-  } else {
-    if (a.grad_v_th) lif_bwd_kernel<T, V, false, true><<<grid, kThreads, 0, stream>>>(a);
-    else lif_bwd_kernel<T, V, false, false><<<grid, kThreads, 0, stream>>>(a);
-  }
-}
-
 template <typename T>
 void bwd(const BwdArgs& a, cudaStream_t stream) {
-  constexpr int kVec = sizeof(T) == 4 ? 4 : 2;
-  const int v = vector_width<T, kVec>(a.N, {a.grad_spikes, a.grad_v_last, a.h_seq, a.x, a.v0, a.grad_x, a.grad_v0});
-  const dim3 grid(static_cast<unsigned>(blocks_for(a.N, v)));
-  if (v == kVec) bwd_launch<T, kVec>(a, grid, stream);
-  else bwd_launch<T, 1>(a, grid, stream);
+  const dim3 grid(static_cast<unsigned>(blocks_for(a.N, 1)));
+  if (a.grad_k) {
+    if (a.grad_v_th) lif_bwd_kernel<T, 1, true, true><<<grid, kThreads, 0, stream>>>(a);
+    else lif_bwd_kernel<T, 1, true, false><<<grid, kThreads, 0, stream>>>(a);
+  } else {
+    if (a.grad_v_th) lif_bwd_kernel<T, 1, false, true><<<grid, kThreads, 0, stream>>>(a);
+    else lif_bwd_kernel<T, 1, false, false><<<grid, kThreads, 0, stream>>>(a);
+  }
 }
 
 }  // namespace
