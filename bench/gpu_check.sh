@@ -94,6 +94,14 @@ try:
     print('triton', triton.__version__)
 except ImportError as err:
     print('triton missing:', err)
+if torch.cuda.is_available():
+    # float32 GEMM precision as the kernels see it (KArAt's float32 parity failed on an H200 at the 1e-4 level, as if
+    # the score GEMM ran in TF32): the flags, and the measured error of one float32 product against float64.
+    a, b = torch.randn(4096, 64, device='cuda'), torch.randn(64, 4096, device='cuda')
+    err = ((a @ b).double() - a.double() @ b.double()).abs().max().item() / (a.double() @ b.double()).abs().max().item()
+    print('float32 matmul: allow_tf32', torch.backends.cuda.matmul.allow_tf32, '| precision',
+          torch.get_float32_matmul_precision(), f'| max relative error of a 4096x64x4096 product {err:.1e}',
+          '(TF32 gives about 1e-3, IEEE float32 about 1e-6)')
 "
 say "repository: $ROOT at git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
