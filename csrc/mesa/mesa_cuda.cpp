@@ -25,7 +25,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mesa_quantize_cuda(const at::Tens
   const c10::cuda::CUDAGuard guard(x.device());
   return mesa::quantize_host(x, clip_val, shift, initialized, seed, dim, levels, ema_decay, update, stochastic,
                              [&](const mesa::QuantArgs& a, mesa::DType dtype) {
-                               // [2, G, chunks] float32: G x (size / 2^16) floats, not a full-size temporary.
+                               // [2, G, chunks] float32: G x (size / 4096) floats, not a full-size temporary.
                                at::Tensor partials =
                                    at::empty({mesa::quantize_cuda_partials(a)}, x.options().dtype(at::kFloat));
                                C10_CUDA_CHECK(mesa::quantize_cuda_launch(a, dtype, partials.mutable_data_ptr<float>(),
