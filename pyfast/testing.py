@@ -25,6 +25,16 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol, msg=lambda m: f"{msg}\n{m}")
 
 
+def assert_triton_schema_matches(name: str) -> None:
+    """``torch.ops.pyfast.<name>_triton`` has the schema of the C++ op ``torch.ops.pyfast.<name>``: the same argument
+    names and types and the same return types (DESIGN.md: a Triton twin is a drop-in for the C++ op)."""
+    def signature(op):
+        schema = op.default._schema
+        return [(a.name, str(a.type)) for a in schema.arguments], [str(r.type) for r in schema.returns]
+
+    assert signature(getattr(torch.ops.pyfast, f"{name}_triton")) == signature(getattr(torch.ops.pyfast, name)), name
+
+
 def named(name: str):
     """``msg=`` for torch.testing.assert_close that prefixes ``name`` and keeps torch's mismatch report (a plain string
     replaces it, and a failure then says which tensor but not by how much)."""

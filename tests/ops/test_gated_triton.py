@@ -15,7 +15,7 @@ pytest.importorskip("triton")
 from pyfast import _extension
 from pyfast.ops.gated import gated_class_attention, gated_route_
 from pyfast.reference.gated import gated_class_attention_ref, gated_route_ref
-from pyfast.testing import named
+from pyfast.testing import assert_triton_schema_matches, named
 from tests.ops.test_gated import _route_case, grads_of, make_args
 
 DEVICE = "cpu" if _extension.triton_interpret() else "cuda"
@@ -24,10 +24,7 @@ DEVICE = "cpu" if _extension.triton_interpret() else "cuda"
 @pytest.mark.skipif(not _extension.has_cpp(), reason="needs _C for the C++ schemas")
 def test_schemas_match_the_cpp_ops():
     for name in ("gated_cattn_fwd", "gated_cattn_bwd", "gated_route"):
-        cpp = getattr(torch.ops.pyfast, name).default._schema
-        tri = getattr(torch.ops.pyfast, f"{name}_triton").default._schema
-        assert [(a.name, str(a.type)) for a in cpp.arguments] == [(a.name, str(a.type)) for a in tri.arguments], name
-        assert [str(r.type) for r in cpp.returns] == [str(r.type) for r in tri.returns], name
+        assert_triton_schema_matches(name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)

@@ -18,7 +18,7 @@ pytest.importorskip("triton")
 from pyfast import _extension
 from pyfast.ops.karat import karat_attention, karat_basis
 from pyfast.reference.karat import karat_attention_ref, karat_z_ref
-from pyfast.testing import HALF_TYPES, assert_half_error_within, named
+from pyfast.testing import HALF_TYPES, assert_half_error_within, assert_triton_schema_matches, named
 
 DEVICE = "cpu" if _extension.triton_interpret() else "cuda"
 
@@ -98,8 +98,4 @@ def test_torch_compile_fullgraph():
 @pytest.mark.skipif(not _extension.has_cpp(), reason="needs the C++ extension pyfast._C (the C++ schemas)")
 @pytest.mark.parametrize("name", ["karat_fwd", "karat_bwd", "karat_attention"])
 def test_schema_matches_cpp_op(name):
-    def signature(op):
-        schema = op.default._schema
-        return [(a.name, str(a.type)) for a in schema.arguments], [str(r.type) for r in schema.returns]
-
-    assert signature(getattr(torch.ops.pyfast, f"{name}_triton")) == signature(getattr(torch.ops.pyfast, name))
+    assert_triton_schema_matches(name)

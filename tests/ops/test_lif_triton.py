@@ -20,7 +20,7 @@ pytest.importorskip("triton")
 import pyfast
 from pyfast import _extension
 from pyfast.reference.lif import SURROGATES, lif_ref
-from pyfast.testing import TOLERANCES, assert_half_error_within
+from pyfast.testing import TOLERANCES, assert_half_error_within, assert_triton_schema_matches
 
 DEVICE = "cpu" if _extension.triton_interpret() else "cuda"
 
@@ -303,11 +303,7 @@ def test_opcheck():
 @pytest.mark.skipif(not _extension.has_cpp(), reason="needs the C++ extension pyfast._C (the C++ schemas)")
 @pytest.mark.parametrize("name", ["lif_fwd", "lif_bwd"])
 def test_schema_matches_cpp_op(name):
-    def signature(op):
-        schema = op.default._schema
-        return [(a.name, str(a.type)) for a in schema.arguments], [str(r.type) for r in schema.returns]
-
-    assert signature(getattr(torch.ops.pyfast, f"{name}_triton")) == signature(getattr(torch.ops.pyfast, name))
+    assert_triton_schema_matches(name)
 
 
 def test_launcher_rejects_bad_arguments():

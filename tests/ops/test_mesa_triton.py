@@ -19,6 +19,7 @@ from pyfast import _extension
 from pyfast.nn import mesa
 from pyfast.ops.mesa import mesa_dequantize, mesa_quantize
 from pyfast.reference.mesa import mesa_dequantize_ref, mesa_quantize_ref
+from pyfast.testing import assert_triton_schema_matches
 
 DEVICE = "cpu" if _extension.triton_interpret() else "cuda"
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -54,11 +55,7 @@ def test_triton_matches_reference_exactly(dtype, layout):
 @pytest.mark.skipif(not _extension.has_cpp(), reason="needs the C++ extension pyfast._C (the C++ schemas)")
 @pytest.mark.parametrize("name", ["mesa_quantize", "mesa_dequantize"])
 def test_schema_matches_cpp_op(name):
-    def signature(op):
-        schema = op.default._schema
-        return [(a.name, str(a.type)) for a in schema.arguments], [str(r.type) for r in schema.returns]
-
-    assert signature(getattr(torch.ops.pyfast, f"{name}_triton")) == signature(getattr(torch.ops.pyfast, name))
+    assert_triton_schema_matches(name)
 
 
 def test_public_functions_opcheck_and_module():

@@ -14,6 +14,7 @@ pytest.importorskip("triton")
 from pyfast import _extension
 from pyfast.ops.msdrop import multi_sample_dropout_loss
 from pyfast.reference.msdrop import msdrop_loss_ref
+from pyfast.testing import assert_triton_schema_matches
 
 DEVICE = "cpu" if _extension.triton_interpret() else "cuda"
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -71,11 +72,7 @@ def test_gradcheck_opcheck_and_compile():
 @pytest.mark.skipif(not _extension.has_cpp(), reason="needs the C++ extension pyfast._C (the C++ schemas)")
 @pytest.mark.parametrize("name", ["msdrop_fwd", "msdrop_bwd"])
 def test_schema_matches_cpp_op(name):
-    def signature(op):
-        schema = op.default._schema
-        return [(a.name, str(a.type)) for a in schema.arguments], [str(r.type) for r in schema.returns]
-
-    assert signature(getattr(torch.ops.pyfast, f"{name}_triton")) == signature(getattr(torch.ops.pyfast, name))
+    assert_triton_schema_matches(name)
 
 
 def test_launcher_rejects_bad_arguments():

@@ -16,7 +16,7 @@ from pyfast import _extension
 from pyfast.losses import pld_loss
 from pyfast.ops.pld import pld_rows
 from pyfast.reference.pld import pld_ranking, pld_ref
-from pyfast.testing import TOLERANCES
+from pyfast.testing import TOLERANCES, assert_triton_schema_matches
 
 DEVICE = "cpu" if _extension.triton_interpret() else "cuda"
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -94,11 +94,7 @@ def test_gradcheck_opcheck_and_compile():
 @pytest.mark.skipif(not _extension.has_cpp(), reason="needs the C++ extension pyfast._C (the C++ schemas)")
 @pytest.mark.parametrize("name", ["pld_fwd", "pld_bwd"])
 def test_schema_matches_cpp_op(name):
-    def signature(op):
-        schema = op.default._schema
-        return [(a.name, str(a.type)) for a in schema.arguments], [str(r.type) for r in schema.returns]
-
-    assert signature(getattr(torch.ops.pyfast, f"{name}_triton")) == signature(getattr(torch.ops.pyfast, name))
+    assert_triton_schema_matches(name)
 
 
 def test_launcher_rejects_bad_arguments():

@@ -18,6 +18,7 @@ pytest.importorskip("triton")
 from pyfast import _extension
 from pyfast.ops.wconv import pack_den, wconv, wconv_weight
 from pyfast.reference.wconv import wconv_den_grad_ref, wconv_ref, wconv_weight_ref
+from pyfast.testing import assert_triton_schema_matches
 
 DEVICE = "cpu" if _extension.triton_interpret() else "cuda"
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -117,11 +118,7 @@ def test_torch_compile_fullgraph():
 @pytest.mark.skipif(not _extension.has_cpp(), reason="needs the C++ extension pyfast._C (the C++ schemas)")
 @pytest.mark.parametrize("name", ["wconv_weight_fwd", "wconv_weight_bwd"])
 def test_schema_matches_cpp_op(name):
-    def signature(op):
-        schema = op.default._schema
-        return [(a.name, str(a.type)) for a in schema.arguments], [str(r.type) for r in schema.returns]
-
-    assert signature(getattr(torch.ops.pyfast, f"{name}_triton")) == signature(getattr(torch.ops.pyfast, name))
+    assert_triton_schema_matches(name)
 
 
 def test_launcher_rejects_bad_arguments():
