@@ -51,6 +51,19 @@ def assert_half_error_within(actual: torch.Tensor, truth: torch.Tensor, eager_sa
     )
 
 
+def pld_inputs(b: int, c: int, dtype: torch.dtype = torch.float64, seed: int = 0, device="cpu", ties: bool = False):
+    """Student and teacher logits [B, C] and labels [B] for the Plackett-Luce distillation tests; with ``ties``,
+    integer teacher logits (many equal values, -0 and +0 among them)."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(b, c, generator=g, dtype=torch.float64) * 2
+    t = torch.randn(b, c, generator=g, dtype=torch.float64) * 2
+    if ties:
+        t = t.round()
+        t[t == 0] = torch.where(torch.rand(int((t == 0).sum()), generator=g) < 0.5, -0.0, 0.0).double()
+    y = torch.randint(0, c, (b,), generator=g)
+    return s.to(dtype).to(device), t.to(dtype).to(device), y.to(device)
+
+
 def lif_membrane(x: torch.Tensor, v0: torch.Tensor | None, k: torch.Tensor, v_th: torch.Tensor,
                  v_reset: float | None, decay_input: bool) -> torch.Tensor:
     """The charged membrane H_t of every step ([T, *], float64), without autograd: used to place inputs."""

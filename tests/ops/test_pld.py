@@ -16,26 +16,13 @@ from pyfast import _extension
 from pyfast.losses import PLDLoss, pld_loss
 from pyfast.ops.pld import CUDA_MAX_CLASSES, pld_rows
 from pyfast.reference.pld import pld_ranking, pld_ref
-from pyfast.testing import TOLERANCES
+from pyfast.testing import TOLERANCES, pld_inputs
 
 needs_cpp = pytest.mark.skipif(not _extension.has_cpp(), reason=f"needs pyfast._C: {_extension.cpp_reason()}")
 BACKENDS = ["reference", pytest.param("cpp", marks=needs_cpp)]
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 CASES = [(5, 7), (16, 100), (3, 1000), (33, 257), (6, 2)]  # (B, C)
 IDS = [f"B{b}-C{c}" for b, c in CASES]
-
-
-def _inputs(b, c, dtype=torch.float64, seed=0, device="cpu", ties=False):
-    """Student and teacher logits [B, C] and labels [B]; with ``ties``, integer teacher logits (many equal values,
-    -0 and +0 among them)."""
-    g = torch.Generator().manual_seed(seed)
-    s = torch.randn(b, c, generator=g, dtype=torch.float64) * 2
-    t = torch.randn(b, c, generator=g, dtype=torch.float64) * 2
-    if ties:
-        t = t.round()
-        t[t == 0] = torch.where(torch.rand(int((t == 0).sum()), generator=g) < 0.5, -0.0, 0.0).double()
-    y = torch.randint(0, c, (b,), generator=g)
-    return s.to(dtype).to(device), t.to(dtype).to(device), y.to(device)
 
 
 def _op(backend):
@@ -66,7 +53,7 @@ def brute_force_rows(s, t, y, tau):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_equals_the_brute_force_plackett_luce_likelihood(backend):
     for seed, ties in ((0, False), (1, True)):
-        s, t, y = _inputs(6, 9, seed=seed, ties=ties)
+        s, t, y = pld_inputs(6, 9, seed=seed, ties=ties)
         for tau in (1.0, 0.4, 2.5):
             torch.testing.assert_close(_op(backend)(s, t, y, tau), brute_force_rows(s, t, y, tau))
     torch.testing.assert_close(PLDLoss(2.5, reduction="sum", backend=backend)(s, t, y),
@@ -75,7 +62,7 @@ def test_equals_the_brute_force_plackett_luce_likelihood(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_shift_invariant_and_cross_entropy_for_a_one_hot_teacher(backend):
-    s, t, y = _inputs(7, 12)
+    s, t, y = pld_inputs(7, 12)
     rows = _op(backend)
     torch.testing.assert_close(rows(s + 3.0, t, y, 1.0), rows(s, t, y, 1.0))
     torch.testing.assert_close(rows(s, t - 5.0, y, 1.0), rows(s, t, y, 1.0))  # softmax and ranking ignore a shift
@@ -87,7 +74,7 @@ def test_shift_invariant_and_cross_entropy_for_a_one_hot_teacher(backend):
 def test_gradcheck_float64_student_and_teacher(backend):
     rows = _op(backend)
     for b, c in ((4, 6), (3, 2), (2, 40)):
-        s, t, y = _inputs(b, c, seed=c)
+        s, t, y = pld_inputs(b, c, seed=c)
         leaves = (s.clone().requires_grad_(), t.clone().requires_grad_())
         assert torch.autograd.gradcheck(lambda a, b_, y=y: rows(a, b_, y, 0.8), leaves)
         assert torch.autograd.gradcheck(lambda a, t=t, y=y: pld_loss(a, t, y, 1.3, backend=backend), (leaves[0],))
@@ -112,14 +99,14 @@ def test_ranking_tie_rule(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_one_and_two_classes(backend):
     # C = 1 (the op; pld_loss asks for C >= 2): one choice, nothing to rank, loss and gradients 0
-    s, t, y = _inputs(4, 1)
+    s, t, y = pld_inputs(4, 1)
     leaves = (s.clone().requires_grad_(), t.clone().requires_grad_())
     loss = pld_ref(*leaves, y) if backend == "reference" else torch.ops.pyfast.pld_fwd(*leaves, y, 1.0)[0]
     assert torch.equal(loss, torch.zeros(4, dtype=torch.float64))
     loss.sum().backward()
     assert torch.equal(leaves[0].grad, torch.zeros_like(s)) and torch.equal(leaves[1].grad, torch.zeros_like(t))
     # C = 2: the last position is certain, so L = alpha_y CE(s, y)
-    s, t, y = _inputs(5, 2, seed=1)
+    s, t, y = pld_inputs(5, 2, seed=1)
     alpha_y = F.softmax(t / 0.5, 1).gather(1, y[:, None]).squeeze(1)
     torch.testing.assert_close(pld_loss(s, t, y, 0.5, "none", backend=backend),
                                alpha_y * F.cross_entropy(s, y, reduction="none"))
@@ -129,7 +116,7 @@ def test_one_and_two_classes(backend):
 def test_large_logits_stay_finite(backend):
     # the suffix sums run with a running max: no overflow for large logits, no underflow to log(0) for a tail far
     # below the head
-    s, t, y = _inputs(4, 50, dtype=torch.float32)
+    s, t, y = pld_inputs(4, 50, dtype=torch.float32)
     s = s * 60.0
     s[:, ::7] -= 500.0
     loss = pld_loss(s, t * 30, y, 0.5, "none", backend=backend)
@@ -144,7 +131,7 @@ def test_large_logits_stay_finite(backend):
 
 
 def _compare(backend, b, c, dtype, seed=0, device="cpu", tau=0.7, ties=False, non_contiguous=False):
-    s, t, y = _inputs(b, c, dtype, seed, device, ties)
+    s, t, y = pld_inputs(b, c, dtype, seed, device, ties)
     if non_contiguous:
         s, t = s.t().contiguous().t(), t.t().contiguous().t()
         assert not s.is_contiguous() or b == 1 or c == 1
@@ -203,7 +190,7 @@ def test_cpp_baseline_isa_matches(tmp_path):
 
 @needs_cpp
 def test_cpp_thread_count_independent_and_partial_gradients():
-    s, t, y = _inputs(64, 130, torch.float32, ties=True)
+    s, t, y = pld_inputs(64, 130, torch.float32, ties=True)
     loss, perm, lse = torch.ops.pyfast.pld_fwd(s, t, y, 1.0)
     g = torch.randn(64)
     gs, gt = torch.ops.pyfast.pld_bwd(g, s, t, perm, lse, 1.0, True, True)
@@ -227,13 +214,13 @@ def test_cpp_thread_count_independent_and_partial_gradients():
 @needs_cpp
 def test_opcheck():
     for b, c in ((5, 7), (3, 1), (4, 33)):
-        s, t, y = _inputs(b, c, torch.float32)
+        s, t, y = pld_inputs(b, c, torch.float32)
         torch.library.opcheck(torch.ops.pyfast.pld_fwd.default, (s.requires_grad_(), t, y, 0.7))
         _, perm, lse = torch.ops.pyfast.pld_fwd(s.detach(), t, y, 0.7)
         for need in ((True, True), (True, False), (False, True)):
             torch.library.opcheck(torch.ops.pyfast.pld_bwd.default, (torch.randn(b), s.detach(), t, perm, lse, 0.7,
                                                                      *need))
-    s, t, y = _inputs(0, 5, torch.float32)  # an empty batch
+    s, t, y = pld_inputs(0, 5, torch.float32)  # an empty batch
     assert [x.shape for x in torch.ops.pyfast.pld_fwd(s, t, y, 1.0)] == [(0,), (0, 5), (0,)]
 
 
@@ -241,7 +228,7 @@ def test_opcheck():
 @pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
 def test_torch_compile_fullgraph(compile_backend):
     torch._dynamo.reset()
-    s, t, y = _inputs(6, 40, torch.float32)
+    s, t, y = pld_inputs(6, 40, torch.float32)
     compiled = torch.compile(lambda a, b: pld_loss(a, b, y, 0.5, backend="cpp"), fullgraph=True,
                              backend=compile_backend)
     leaves = [s.clone().requires_grad_(), t.clone().requires_grad_()]
@@ -257,7 +244,7 @@ def test_torch_compile_fullgraph(compile_backend):
 
 @needs_cpp
 def test_auto_is_cpp_on_cpu_and_mixed_dtypes_promote():
-    s, t, y = _inputs(8, 20, torch.float32)
+    s, t, y = pld_inputs(8, 20, torch.float32)
     assert torch.equal(pld_loss(s, t, y, reduction="none"), pld_loss(s, t, y, reduction="none", backend="cpp"))
     for s_dt, t_dt in ((torch.bfloat16, torch.float32), (torch.float16, torch.bfloat16), (torch.float32,
                                                                                             torch.float64)):
@@ -269,7 +256,7 @@ def test_auto_is_cpp_on_cpu_and_mixed_dtypes_promote():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bad_input_errors(backend):
-    s, t, y = _inputs(5, 7, torch.float32)
+    s, t, y = pld_inputs(5, 7, torch.float32)
     with pytest.raises(ValueError, match="teacher has 6 classes, expected 7"):
         pld_loss(s, t[:, :6], y, backend=backend)
     with pytest.raises(ValueError, match="teacher has batch 4, expected 5"):
@@ -289,7 +276,7 @@ def test_bad_input_errors(backend):
 
 @needs_cpp
 def test_direct_op_bad_input_errors():
-    s, t, y = _inputs(5, 7, torch.float32)
+    s, t, y = pld_inputs(5, 7, torch.float32)
     with pytest.raises(TypeError, match="teacher must have student's dtype"):
         torch.ops.pyfast.pld_fwd(s, t.double(), y, 1.0)
     with pytest.raises(ValueError, match="teacher must have student's shape"):
@@ -332,10 +319,10 @@ def test_cuda_matches_reference(dtype):
 @pytest.mark.cuda
 @needs_cuda
 def test_cuda_out_of_range_label_and_more_classes_than_the_kernel_sorts():
-    s, t, y = _inputs(3, 9, torch.float32, device="cuda")
+    s, t, y = pld_inputs(3, 9, torch.float32, device="cuda")
     loss = torch.ops.pyfast.pld_fwd(s, t, torch.tensor([0, 9, 2], device="cuda"), 1.0)[0]
     assert loss[1].isnan() and torch.isfinite(loss[[0, 2]]).all()
-    s, t, y = _inputs(3, CUDA_MAX_CLASSES + 1, torch.float32, device="cuda")
+    s, t, y = pld_inputs(3, CUDA_MAX_CLASSES + 1, torch.float32, device="cuda")
     with pytest.raises(ValueError, match="sorts rows of at most 1024 classes"):
         pld_loss(s, t, y, backend="cuda")
     with pytest.warns(UserWarning, match="at most 1024 classes"):
@@ -348,6 +335,6 @@ def test_cuda_out_of_range_label_and_more_classes_than_the_kernel_sorts():
 def test_cuda_op_rejects_more_classes_than_the_kernel_sorts():
     # The C++ check of the op itself (pld_loss checks first, in Python). On the H200 of 2026-11-26 (torch 2.11) this
     # error, raised inside the CUDA kernel registration, crashed the process (a segfault) when pld_loss reached it.
-    s, t, y = _inputs(3, CUDA_MAX_CLASSES + 1, torch.float32, device="cuda")
+    s, t, y = pld_inputs(3, CUDA_MAX_CLASSES + 1, torch.float32, device="cuda")
     with pytest.raises(ValueError, match="sorts rows of at most 1024 classes"):
         torch.ops.pyfast.pld_fwd(s, t, y, 1.0)

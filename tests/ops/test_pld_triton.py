@@ -1,6 +1,7 @@
 """Tier 3: the Triton Plackett-Luce distillation kernels (kernels/pld.py, ``pyfast::pld_fwd_triton`` /
 ``pld_bwd_triton``) against :mod:`pyfast.reference.pld`. Without a GPU they run in Triton's CPU interpreter."""
 
+import functools
 import os
 
 import pytest
@@ -16,22 +17,14 @@ from pyfast import _extension
 from pyfast.losses import pld_loss
 from pyfast.ops.pld import pld_rows
 from pyfast.reference.pld import pld_ranking, pld_ref
-from pyfast.testing import TOLERANCES, assert_triton_schema_matches
+from pyfast.testing import TOLERANCES, assert_triton_schema_matches, pld_inputs
 
 DEVICE = "cpu" if _extension.triton_interpret() else "cuda"
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 CASES = [(5, 7), (3, 1), (4, 2), (6, 33)]  # (B, C), tiny: the interpreter runs every lane in numpy
 
 
-def _inputs(b, c, dtype, seed=0, ties=False):
-    g = torch.Generator().manual_seed(seed)
-    s = torch.randn(b, c, generator=g, dtype=torch.float64) * 2
-    t = torch.randn(b, c, generator=g, dtype=torch.float64) * 2
-    if ties:
-        t = t.round()
-        t[t == 0] = torch.where(torch.rand(int((t == 0).sum()), generator=g) < 0.5, -0.0, 0.0).double()
-    y = torch.randint(0, c, (b,), generator=g)
-    return s.to(dtype).to(DEVICE), t.to(dtype).to(DEVICE), y.to(DEVICE)
+_inputs = functools.partial(pld_inputs, device=DEVICE)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -39,7 +32,7 @@ def test_matches_reference(dtype):
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     for i, (b, c) in enumerate(CASES):
         for tau, ties in ((0.7, False), (2.0, True)):
-            s, t, y = _inputs(b, c, dtype, i, ties)
+            s, t, y = _inputs(b, c, dtype, seed=i, ties=ties)
             leaves = [s.clone().requires_grad_(), t.clone().requires_grad_()]
             loss, perm, lse = torch.ops.pyfast.pld_fwd_triton(*leaves, y, tau)
             ref = [x.detach().cpu().clone().requires_grad_() for x in (s, t)]
