@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 import sys
 
 import pytest
@@ -59,21 +58,15 @@ def test_time_ms_is_positive():
 
 
 @pytest.mark.slow
-def test_bench_lif_quick_cpu_csv(tmp_path):
-    csv_path = tmp_path / "lif.csv"
+def test_bench_lif_quick_cpu_csv(run_bench_quick):
     # 'cuda' cannot run on the CPU: it must be skipped with a printed reason, not silently.
-    cmd = [sys.executable, os.path.join(REPO_ROOT, "bench", "bench_lif.py"), "--quick", "--device", "cpu",
-           "--csv", str(csv_path), "--providers", "reference", "cpp", "cuda", "--threads", "1"]
-    proc = subprocess.run(cmd, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "skip cuda:" in proc.stdout
-    assert "speedup over eager reference" in proc.stdout
+    out, rows = run_bench_quick("bench_lif", "--providers", "reference", "cpp", "cuda", "--threads", "1", timeout=300)
+    assert "skip cuda:" in out
+    assert "speedup over eager reference" in out
 
     providers = ["reference"] + (["cpp"] if _extension.has_cpp() else [])
     if not _extension.has_cpp():
-        assert "skip cpp:" in proc.stdout
-    rows = harness.read_csv(str(csv_path))
-    assert rows and list(rows[0]) == harness.COLUMNS
+        assert "skip cpp:" in out
     got = {(r["provider"], r["mode"], int(r["T"]), r["dtype"]) for r in rows}
     want = {(p, m, t, d) for p in providers for m in ("fwd", "fwd+bwd") for t in (1, 4) for d in ("fp32", "bf16")}
     assert got == want

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from bench import bench_layers, harness
+from bench import bench_layers
 from pyfast import _extension
 
 
-def test_bench_layers_quick_cpu_csv(tmp_path):
-    csv_path = tmp_path / "layers.csv"
-    cmd = [sys.executable, os.path.join(REPO_ROOT, "bench", "bench_layers.py"), "--quick", "--device", "cpu",
-           "--csv", str(csv_path), "--min-run-time", "0.01", "--threads", "1", "--no-memory"]
-    proc = subprocess.run(cmd, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "skip cuda:" in proc.stdout and "skip triton:" in proc.stdout
-    assert "vs reference + torch.compile" in proc.stdout
-    rows = harness.read_csv(str(csv_path))
-    assert rows and list(rows[0]) == harness.COLUMNS
+def test_bench_layers_quick_cpu_csv(run_bench_quick):
+    out, rows = run_bench_quick("bench_layers", "--min-run-time", "0.01", "--threads", "1", "--no-memory")
+    assert "skip cuda:" in out and "skip triton:" in out
+    assert "vs reference + torch.compile" in out
     want_providers = {"reference", "reference+compile", "peer"} | ({"cpp"} if _extension.has_cpp() else set())
     for op, cases in bench_layers.QUICK_CASES.items():
         got = {(r["provider"], r["mode"]) for r in rows if r["op"] == op}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import torch
@@ -11,7 +10,7 @@ import torch
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from bench import bench_wconv, harness
+from bench import bench_wconv
 from pyfast import _extension
 
 
@@ -23,16 +22,11 @@ def test_layer_lists_are_the_cifar_networks():
     assert bench_wconv.layer_name((64, 128, 32, 32, 2)) == "64x128@32x32/s2"
 
 
-def test_bench_wconv_quick_cpu_csv(tmp_path):
-    csv_path = tmp_path / "wconv.csv"
-    cmd = [sys.executable, os.path.join(REPO_ROOT, "bench", "bench_wconv.py"), "--quick", "--device", "cpu",
-           "--batch", "2", "--layers", "64x128@32x32/s2", "--min-run-time", "0.01", "--csv", str(csv_path),
-           "--op-shapes", "16x8x3x3", "--op-providers", "reference", "cpp", "cuda", "triton", "--threads", "1"]
-    proc = subprocess.run(cmd, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "time / nn.Conv2d time" in proc.stdout and "skip cuda:" in proc.stdout and "skip triton:" in proc.stdout
-    rows = harness.read_csv(str(csv_path))
-    assert rows and list(rows[0]) == harness.COLUMNS
+def test_bench_wconv_quick_cpu_csv(run_bench_quick):
+    out, rows = run_bench_quick("bench_wconv", "--batch", "2", "--layers", "64x128@32x32/s2", "--min-run-time", "0.01",
+                                "--op-shapes", "16x8x3x3", "--op-providers", "reference", "cpp", "cuda", "triton",
+                                "--threads", "1", timeout=300)
+    assert "time / nn.Conv2d time" in out and "skip cuda:" in out and "skip triton:" in out
     layer = {(r["provider"], r["mode"]) for r in rows if r["op"] == "wconv-layer"}
     assert layer == {(p, m) for p in bench_wconv.LAYER_PROVIDERS for m in ("fwd", "fwd+bwd")}
     op = {(r["provider"], r["mode"]) for r in rows if r["op"] == "wconv-weight"}
