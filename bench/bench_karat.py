@@ -81,13 +81,25 @@ def _forward(provider: str, compiled_ref):
     return lambda q, k, v, a, b, W: karat_attention(q, k, v, a, b, W, backend=provider)
 
 
-def run_case(B, H, N, D, G, r, dtype, device, providers, min_run_time, sha) -> tuple[list[harness.Row], dict]:
+def make_case(B, H, N, D, G, r, dtype, device) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """``(q, k, v, a, b, W)`` requiring grad (seeded) and an output gradient ``g`` for one attention shape."""
     torch.manual_seed(0)
     q, k, v = (torch.randn(B, H, N, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
     a, b = (torch.randn(H, r, N, G + 1, device=device, requires_grad=True) for _ in range(2))
     W = (torch.randn(H, N, r, device=device) / (N * (r * (G + 1)) ** 0.5)).requires_grad_()
-    inputs = (q, k, v, a, b, W)
-    g = torch.randn(B, H, N, D, device=device, dtype=dtype)
+    return (q, k, v, a, b, W), torch.randn(B, H, N, D, device=device, dtype=dtype)
+
+
+def fwd_bwd_step(provider: str, compiled_ref, inputs, g):
+    """One timed fwd+bwd of ``provider``: the forward, then the gradient of every input (q, k, v for SDPA)."""
+    fwd = _forward(provider, compiled_ref)
+    wrt = inputs[:3] if provider == "sdpa" else inputs
+    return lambda: torch.autograd.grad(fwd(*inputs), wrt, g)
+
+
+def run_case(B, H, N, D, G, r, dtype, device, providers, min_run_time, sha) -> tuple[list[harness.Row], dict]:
+    inputs, g = make_case(B, H, N, D, G, r, dtype, device)
+    a, b, W = inputs[3:]
     compiled_ref = torch.compile(karat_attention_ref)
     shape = f"{B}x{H}x{N}x{D} G{G} r{r}"
     with torch.no_grad():
@@ -102,11 +114,7 @@ def run_case(B, H, N, D, G, r, dtype, device, providers, min_run_time, sha) -> t
             if not err <= (1e-4 if dtype == torch.float32 else 3e-2):
                 note = f"max relative error {err:.2e} against the reference"
 
-        wrt = inputs[:3] if provider == "sdpa" else inputs
-
-        def step(fwd=fwd, wrt=wrt):
-            return torch.autograd.grad(fwd(*inputs), wrt, g)
-
+        step = fwd_bwd_step(provider, compiled_ref, inputs, g)
         step()  # warm-up (compilation)
         saved[provider] = saved_bytes(lambda fwd=fwd: fwd(*inputs), [a, b, W])
         peak = harness.peak_memory_bytes(step, device) / 2**20

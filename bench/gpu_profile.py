@@ -47,19 +47,10 @@ def lif_calls(args, device):
 def karat_calls(args, device):
     from bench import bench_karat
 
-    torch.manual_seed(0)
-    B, H, D, G, r, N = 32, 3, 64, 3, 12, args.tokens
-    dtype = harness.DTYPES[args.dtype]
-    q, k, v = (torch.randn(B, H, N, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
-    a, b = (torch.randn(H, r, N, G + 1, device=device, requires_grad=True) for _ in range(2))
-    W = (torch.randn(H, N, r, device=device) / (N * (r * (G + 1)) ** 0.5)).requires_grad_()
-    inputs = (q, k, v, a, b, W)
-    g = torch.randn(B, H, N, D, device=device, dtype=dtype)
+    inputs, g = bench_karat.make_case(32, 3, args.tokens, 64, 3, 12, harness.DTYPES[args.dtype], device)
     compiled_ref = torch.compile(bench_karat.karat_attention_ref)
     for name in args.providers:
-        fwd = bench_karat._forward(name, compiled_ref)
-        wrt = inputs[:3] if name == "sdpa" else inputs
-        yield name, (lambda fwd=fwd, wrt=wrt: torch.autograd.grad(fwd(*inputs), wrt, g))
+        yield name, bench_karat.fwd_bwd_step(name, compiled_ref, inputs, g)
 
 
 def profile_call(name: str, call, iters: int) -> None:
