@@ -8,7 +8,6 @@
 // (pyfast/ops/lif.py), which computes the same thing. Both ops reach their fake kernels through the dispatcher, so
 // torch.compile traces forward and backward alike.
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
