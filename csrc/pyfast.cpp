@@ -71,6 +71,19 @@ TORCH_LIBRARY(pyfast, m) {
   m.def(
       "karat_bwd(Tensor grad_z, Tensor q, Tensor k, Tensor a, Tensor b, float scale, bool recompute_z=False) -> "
       "(Tensor grad_q, Tensor grad_k, Tensor grad_a, Tensor grad_b, Tensor z)");
+  // Fourier-KArAt attention, out = (z + c0) (W^T V): the basis contraction above over the harmonic slots m = 1..G of
+  // a, b [H, r, N, M] (slot 0 is the m = 0 constant term c0 = sum_q a[..., q, 0] when constant_term), and the learned
+  // row operator W [H, N, r], without forming the N x N attention matrix. q, k, v: [B, H, N, D]; out: q's shape and
+  // dtype. One kernel for every device (csrc/karat/karat_attention.cpp): batched GEMMs around karat_fwd.
+  m.def(
+      "karat_attention(Tensor q, Tensor k, Tensor v, Tensor a, Tensor b, Tensor W, float scale, bool constant_term) "
+      "-> Tensor");
+  // Backward of karat_attention from q, k and v (z and W^T V are recomputed, z by karat_bwd): gradients of every input,
+  // each in that input's dtype and shape.
+  m.def(
+      "karat_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor a, Tensor b, Tensor W, float scale, "
+      "bool constant_term) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_a, Tensor grad_b, "
+      "Tensor grad_W)");
 
   // CRReLU (csrc/crrelu/crrelu.h has the maths): y = max(0, x) + eps x exp(-x^2/2). eps: floating, one value
   // (shared) or x.size(dim) values (per channel along `dim`; dim is ignored for a shared eps). y has x's shape and

@@ -1,14 +1,14 @@
 """Fourier-KArAt attention as torch custom ops: the basis contraction ``torch.ops.pyfast.karat_fwd`` / ``karat_bwd``
-(C++ CPU and CUDA) and its Triton twins ``karat_fwd_triton`` / ``karat_bwd_triton``, with fake kernels and autograd,
-plus the public functions :func:`karat_basis` and :func:`karat_attention`.
+and the whole attention ``karat_attention`` / ``karat_attention_bwd`` (C++ CPU and CUDA kernels), their Triton twins
+(``*_triton``), with fake kernels and autograd, plus the public functions :func:`karat_basis` and
+:func:`karat_attention`.
 
 The expensive part of ``W Phi(A) V`` is ``z = Phi(A) . coef``, a GEMM whose 2 G N long K-dimension is generated from
 the scores; the kernels fuse it with ``A = scale q k^T`` and never materialise ``A`` or the basis (backward
-recomputes them tile by tile from q and k, the only activations the op saves). The rest is small and left to ATen:
+recomputes them tile by tile from q and k, the only activations the op saves). The rest is small:
 ``sigma V = (z W^T) V = z (W^T V)`` is evaluated as ``z @ (W^T V)`` with ``W^T V: [B, H, r, D]``, so the ``N x N``
-attention matrix ``sigma`` is never formed either. The whole attention is one custom op (``pyfast::karat_attention``,
-``karat_attention_triton``) whose backward saves q, k and v only. The maths is in :mod:`pyfast.reference.karat` and at the top of
-``csrc/karat/karat.h``.
+attention matrix ``sigma`` is never formed either. The whole attention is one op whose backward saves q, k and v only.
+The maths is in :mod:`pyfast.reference.karat` and at the top of ``csrc/karat/karat.h``.
 """
 
 from __future__ import annotations
@@ -118,9 +118,12 @@ karat_bwd_triton.register_fake(_bwd_fake)
 karat_fwd_triton.register_autograd(_make_backward(torch.ops.pyfast.karat_bwd_triton), setup_context=_setup_context)
 
 
-# The whole attention as one custom op per kernel family, so that autograd saves q, k and v only: backward rebuilds
+# The whole attention as one op per kernel family, so that autograd saves q, k and v only: backward rebuilds
 # U = W^T V (a small GEMM) and gets z back from the basis backward (recompute_z), instead of keeping z [B, H, N, r],
-# U [B, H, r, D] and a batch-expanded copy of W alive between forward and backward.
+# U [B, H, r, D] and a batch-expanded copy of W alive between forward and backward. pyfast::karat_attention and
+# karat_attention_bwd are C++ ops: the CPU kernel runs the tail inside its basis tiles (csrc/karat/karat_cpu.cpp), the
+# CUDA kernel is batched cuBLAS GEMMs around the basis ops (karat_cuda.cpp); the Triton twins below are that same
+# composition in Python around the Triton basis ops.
 
 
 def _attention_forward(q, k, v, a, b, W, scale: float, constant_term: bool, fwd_op) -> torch.Tensor:
@@ -128,14 +131,40 @@ def _attention_forward(q, k, v, a, b, W, scale: float, constant_term: bool, fwd_
     # in half, U = W^T V sums N products into half and z U sums r more (on a GPU with half reductions too).
     acc = _acc(q.dtype)
     if constant_term:
-        z = fwd_op(q, k, a[..., 1:], b[..., 1:], scale).to(acc) + a[..., 0].sum(-1).to(acc)[None, :, None, :]
+        z = fwd_op(q, k, a[..., 1:], b[..., 1:], scale).to(acc) + a[..., 0].to(acc).sum(-1)[None, :, None, :]
     else:
         z = fwd_op(q, k, a, b, scale).to(acc)
     return (z @ (W.to(acc).transpose(-1, -2) @ v.to(acc))).to(q.dtype)
 
 
+def _attention_backward(grad_out, q, k, v, a, b, W, scale: float, constant_term: bool, bwd_op):
+    # The tail's gradients in the accumulation dtype, as its forward (float32 for half inputs).
+    acc = _acc(q.dtype)
+    Wa, va, grad_out = W.to(acc), v.to(acc), grad_out.to(acc)
+    U = Wa.transpose(-1, -2) @ va  # [B, H, r, D]
+    grad_z_acc = grad_out @ U.transpose(-1, -2)  # [B, H, N, r]
+    grad_z = grad_z_acc.to(q.dtype)  # the basis op's dtype
+    if constant_term:
+        gq, gk, ga, gb, z = bwd_op(grad_z, q, k, a[..., 1:], b[..., 1:], scale, True)
+        z = z.to(acc) + a[..., 0].to(acc).sum(-1)[None, :, None, :]
+        ga0 = grad_z_acc.sum((0, 2)).to(a.dtype)[:, :, None, None].expand(*a.shape[:3], 1)  # dz / da[..., 0] = 1
+        ga = torch.cat((ga0, ga), -1)
+        gb = torch.cat((torch.zeros_like(b[..., :1]), gb), -1)  # b[..., 0] multiplies sin(0) = 0
+    else:
+        gq, gk, ga, gb, z = bwd_op(grad_z, q, k, a, b, scale, True)
+        z = z.to(acc)
+    grad_U = z.transpose(-1, -2) @ grad_out  # [B, H, r, D]
+    gv = (Wa @ grad_U).to(v.dtype)
+    gW = (va @ grad_U.transpose(-1, -2)).sum(0).to(W.dtype)  # [H, N, r]
+    return gq, gk, gv, ga, gb, gW
+
+
 def _attention_fake(q, k, v, a, b, W, scale, constant_term):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def _attention_bwd_fake(grad_out, q, k, v, a, b, W, scale, constant_term):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v, a, b, W))
 
 
 def _attention_setup_context(ctx, inputs, output):
@@ -147,46 +176,39 @@ def _attention_setup_context(ctx, inputs, output):
 def _make_attention_backward(bwd_op):
     def backward(ctx, grad_out):
         q, k, v, a, b, W = ctx.saved_tensors
-        # The tail's gradients in the accumulation dtype, as its forward (float32 for half inputs).
-        acc = _acc(q.dtype)
-        Wa, va, grad_out = W.to(acc), v.to(acc), grad_out.to(acc)
-        U = Wa.transpose(-1, -2) @ va  # [B, H, r, D]
-        grad_z_acc = grad_out @ U.transpose(-1, -2)  # [B, H, N, r]
-        grad_z = grad_z_acc.to(q.dtype)  # the basis op's dtype
-        if ctx.constant_term:
-            gq, gk, ga, gb, z = bwd_op(grad_z, q, k, a[..., 1:], b[..., 1:], ctx.scale, True)
-            z = z.to(acc) + a[..., 0].sum(-1).to(acc)[None, :, None, :]
-            ga0 = grad_z_acc.sum((0, 2)).to(a.dtype)[:, :, None, None].expand(*a.shape[:3], 1)  # dz / da[..., 0] = 1
-            ga = torch.cat((ga0, ga), -1)
-            gb = torch.cat((torch.zeros_like(b[..., :1]), gb), -1)  # b[..., 0] multiplies sin(0) = 0
-        else:
-            gq, gk, ga, gb, z = bwd_op(grad_z, q, k, a, b, ctx.scale, True)
-            z = z.to(acc)
-        grad_U = z.transpose(-1, -2) @ grad_out  # [B, H, r, D]
-        gv = (Wa @ grad_U).to(v.dtype)
-        gW = (va @ grad_U.transpose(-1, -2)).sum(0).to(W.dtype)  # [H, N, r]
-        return gq, gk, gv, ga, gb, gW, None, None
+        return (*bwd_op(grad_out, q, k, v, a, b, W, ctx.scale, ctx.constant_term), None, None)
 
     return backward
 
 
-def _register_attention(name: str, fwd_op, bwd_op):
-    @torch.library.custom_op(f"pyfast::{name}", mutates_args=())
-    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                  W: torch.Tensor, scale: float, constant_term: bool) -> torch.Tensor:
-        return _attention_forward(q, k, v, a, b, W, scale, constant_term, fwd_op)
+@torch.library.custom_op("pyfast::karat_attention_triton", mutates_args=())
+def karat_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                           W: torch.Tensor, scale: float, constant_term: bool) -> torch.Tensor:
+    return _attention_forward(q, k, v, a, b, W, scale, constant_term, torch.ops.pyfast.karat_fwd_triton)
 
-    attention.register_fake(_attention_fake)
-    attention.register_autograd(_make_attention_backward(bwd_op), setup_context=_attention_setup_context)
-    return attention
 
+@torch.library.custom_op("pyfast::karat_attention_bwd_triton", mutates_args=())
+def karat_attention_bwd_triton(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                               a: torch.Tensor, b: torch.Tensor, W: torch.Tensor, scale: float, constant_term: bool
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                          torch.Tensor]:
+    return _attention_backward(grad_out, q, k, v, a, b, W, scale, constant_term, torch.ops.pyfast.karat_bwd_triton)
+
+
+karat_attention_triton.register_fake(_attention_fake)
+karat_attention_bwd_triton.register_fake(_attention_bwd_fake)
+karat_attention_triton.register_autograd(_make_attention_backward(torch.ops.pyfast.karat_attention_bwd_triton),
+                                         setup_context=_attention_setup_context)
 
 # pyfast::karat_attention runs the C++ ops (CPU or CUDA by the tensors' device), karat_attention_triton the Triton ones.
-_ATTENTION = {"triton": _register_attention("karat_attention_triton", torch.ops.pyfast.karat_fwd_triton,
-                                            torch.ops.pyfast.karat_bwd_triton)}
+_ATTENTION = {"triton": torch.ops.pyfast.karat_attention_triton}
 if _extension.has_cpp():
-    _ATTENTION["cpp"] = _ATTENTION["cuda"] = _register_attention("karat_attention", torch.ops.pyfast.karat_fwd,
-                                                                 torch.ops.pyfast.karat_bwd)
+    torch.library.register_fake("pyfast::karat_attention")(_attention_fake)
+    torch.library.register_fake("pyfast::karat_attention_bwd")(_attention_bwd_fake)
+    torch.library.register_autograd("pyfast::karat_attention",
+                                    _make_attention_backward(torch.ops.pyfast.karat_attention_bwd),
+                                    setup_context=_attention_setup_context)
+    _ATTENTION["cpp"] = _ATTENTION["cuda"] = torch.ops.pyfast.karat_attention
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -107,6 +107,17 @@ def test_cpp_matches_reference_float64(N, constant_term):
 
 
 @needs_cpp
+@pytest.mark.parametrize("r, D", [(20, 40), (16, 16), (3, 67)])
+def test_cpp_attention_tail_shapes(r, D):
+    # The CPU kernel's tail products work in blocks of 16 columns and 4 rows: r and D across and off those sizes.
+    inputs = _inputs(B=1, H=2, N=11, D=D, r=r, M=3)
+    ref = _grads(lambda *t: karat_attention_ref(*t, 0.3), inputs)
+    got = _grads(lambda *t: karat_attention(*t, 0.3, backend="cpp"), inputs)
+    for name, x, y in zip(["out", "q", "k", "v", "a", "b", "W"], got, ref):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9, msg=named(name))
+
+
+@needs_cpp
 def test_cpp_matches_reference_float32_large_scores():
     # |A| up to ~ 50: the float sincos reduces the argument in double, so large scores stay accurate.
     inputs = _inputs(N=37, D=16, M=4, dtype=torch.float32, amp=2.0)
@@ -229,6 +240,8 @@ def test_opcheck():
     q, k, v, a, b, W = _inputs(N=7, M=3, dtype=torch.float32)
     for constant_term in (True, False):
         torch.library.opcheck(torch.ops.pyfast.karat_attention, (q, k, v, a, b, W, 0.5, constant_term))
+        torch.library.opcheck(torch.ops.pyfast.karat_attention_bwd,
+                              (torch.randn_like(q), *(t.detach() for t in (q, k, v, a, b, W)), 0.5, constant_term))
 
 
 @needs_cpp
@@ -292,6 +305,15 @@ def test_cpp_op_checks_direct_callers():
         torch.ops.pyfast.karat_fwd(q.int(), q.int(), a, a, 1.0)
     with pytest.raises(ValueError, match="grad_z must be"):
         torch.ops.pyfast.karat_bwd(torch.randn(1, 2, 5, 4), q, q, a, a, 1.0)
+    W = torch.randn(2, 5, 3)
+    with pytest.raises(ValueError, match="M >= 2 slots"):
+        torch.ops.pyfast.karat_attention(q, q, q, a[..., :1], a[..., :1], W, 1.0, True)
+    with pytest.raises(ValueError, match="v must match q"):
+        torch.ops.pyfast.karat_attention(q, q, q.double(), a, a, W, 1.0, True)
+    with pytest.raises(ValueError, match="W must be"):
+        torch.ops.pyfast.karat_attention(q, q, q, a, a, W[:, :4], 1.0, True)
+    with pytest.raises(ValueError, match="grad_out must have q's shape"):
+        torch.ops.pyfast.karat_attention_bwd(q[:, :, :4], q, q, q, a, a, W, 1.0, True)
 
 
 def test_info_lists_karat():
@@ -328,6 +350,8 @@ def test_cuda_opcheck_and_auto_backend():
     torch.library.opcheck(torch.ops.pyfast.karat_fwd, (q.requires_grad_(), k, a, b, 0.5))
     torch.library.opcheck(torch.ops.pyfast.karat_bwd, (torch.randn(2, 3, 33, 4, device="cuda"), q.detach(), k, a, b,
                                                        0.5, True))
-    torch.library.opcheck(torch.ops.pyfast.karat_attention,
-                          (*_inputs(N=33, M=3, dtype=torch.float32, device="cuda"), 0.5, True))
+    attention_inputs = _inputs(N=33, M=3, dtype=torch.float32, device="cuda")
+    torch.library.opcheck(torch.ops.pyfast.karat_attention, (*attention_inputs, 0.5, True))
+    torch.library.opcheck(torch.ops.pyfast.karat_attention_bwd,
+                          (torch.randn_like(q), *(t.detach() for t in attention_inputs), 0.5, True))
     assert karat_basis(q, k, a, b).device.type == "cuda"

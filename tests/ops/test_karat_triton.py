@@ -96,6 +96,6 @@ def test_torch_compile_fullgraph():
 
 
 @pytest.mark.skipif(not _extension.has_cpp(), reason="needs the C++ extension pyfast._C (the C++ schemas)")
-@pytest.mark.parametrize("name", ["karat_fwd", "karat_bwd", "karat_attention"])
+@pytest.mark.parametrize("name", ["karat_fwd", "karat_bwd", "karat_attention", "karat_attention_bwd"])
 def test_schema_matches_cpp_op(name):
     assert_triton_schema_matches(name)
