@@ -1,4 +1,4 @@
-// Fourier-KArAt, CUDA registration of the basis contraction and of the attention built on it: checks (karat_host.h), the device guard and the current
+// Fourier-KArAt, CUDA registration of the basis contraction: checks (karat_host.h), the device guard and the current
 // stream. The rows are processed in tiles over every (batch x head) at once: the tile's scores Q_t K^T and its GEMMs
 // with the packed coefficients are cuBLAS batched GEMMs, the basis and score-gradient tiles come from the torch-free
 // kernels of karat_kernel.cu. The tile height keeps the basis tile under kTileBytes, so the workspace never holds the
@@ -101,58 +101,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd
           gb.to(b.scalar_type()), z.to(q_in.scalar_type())};
 }
 
-// pyfast::karat_attention on CUDA: the basis contraction above and the learned row operator as batched cuBLAS GEMMs
-// over every (batch x head), in the accumulation type (float32 for half inputs, rounded once at the end):
-//   z' = z + c0 (c0[p] = sum_q a[p, q, 0], the m = 0 constant term),  out = (z' W^T) V = z' U,  U = W^T V [r, D]
-// Backward from g_out and q, k, v only: g_z = g_out U^T; karat_bwd gives g_q, g_k, g_a, g_b and z again;
-// g_U = z'^T g_out, g_V = W g_U, g_W = sum_batch V g_U^T, g_c0 = sum_{batch, k} g_z. (The CPU kernel runs the same
-// maths inside its basis tiles; the Triton twin is the same composition in pyfast/ops/karat.py.)
-
-// z [B, H, N, r] in the accumulation type, plus the constant term c0 [H, r] when there is one.
-at::Tensor with_constant_term(at::Tensor z, const at::Tensor& a, const karat::Shape& s, bool constant_term) {
-  z = z.to(acc_type(z.scalar_type()));
-  if (constant_term) z.add_(a.select(3, 0).to(z.scalar_type()).sum(-1).view({1, s.H, 1, s.r}));
-  return z;
-}
-
-at::Tensor karat_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
-                                const at::Tensor& b, const at::Tensor& W, double scale, bool constant_term) {
-  const karat::Shape s = karat::check_attention_inputs(q, k, v, a, b, W, constant_term);
-  const auto acc = acc_type(q.scalar_type());
-  const at::Tensor z = with_constant_term(karat_fwd_cuda(q, k, karat::harmonic_slots(a, constant_term),
-                                                         karat::harmonic_slots(b, constant_term), scale),
-                                          a, s, constant_term);
-  const at::Tensor U = at::matmul(W.to(acc).transpose(-1, -2), v.to(acc));  // [B, H, r, D]
-  return at::matmul(z, U).to(q.scalar_type());
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_attention_bwd_cuda(
-    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
-    const at::Tensor& b, const at::Tensor& W, double scale, bool constant_term) {
-  const karat::Shape s = karat::check_attention_inputs(q, k, v, a, b, W, constant_term);
-  karat::check_grad_out(grad_out, q);
-  const auto acc = acc_type(q.scalar_type());
-  const at::Tensor W_acc = W.to(acc), v_acc = v.to(acc), g_out = grad_out.to(acc);
-  const at::Tensor U = at::matmul(W_acc.transpose(-1, -2), v_acc);  // [B, H, r, D]
-  const at::Tensor g_z = at::matmul(g_out, U.transpose(-1, -2));    // [B, H, N, r]
-  auto [g_q, g_k, g_C_a, g_C_b, z_basis] =
-      karat_bwd_cuda(g_z.to(q.scalar_type()), q, k, karat::harmonic_slots(a, constant_term),
-                     karat::harmonic_slots(b, constant_term), scale, true);
-  const at::Tensor z = with_constant_term(z_basis, a, s, constant_term);
-  const at::Tensor g_U = at::matmul(z.transpose(-1, -2), g_out);  // [B, H, r, D]
-  auto [g_a, g_b] = karat::with_constant_term_grads(g_C_a, g_C_b, constant_term ? g_z.sum({0, 2}) : at::Tensor(), s,
-                                                    a, b);
-  return {g_q, g_k, at::matmul(W_acc, g_U).to(v.scalar_type()), g_a, g_b,
-          at::matmul(v_acc, g_U.transpose(-1, -2)).sum(0).to(W.scalar_type())};
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyfast, CUDA, m) {
   m.impl("karat_fwd", &karat_fwd_cuda);
   m.impl("karat_bwd", &karat_bwd_cuda);
-  m.impl("karat_attention", &karat_attention_cuda);
-  m.impl("karat_attention_bwd", &karat_attention_bwd_cuda);
 }
 
 }  // namespace pyfast

@@ -106,22 +106,6 @@ inline void check_grad_out(const at::Tensor& grad_out, const at::Tensor& q) {
                     " but q is on ", q.device());
 }
 
-// karat_attention's operands in the arithmetic type, contiguous: q, k, v, W, the packed harmonic coefficients C
-// [H, r, 2 G N] and the constant term c0 [H, r] = sum_q a[h, p, q, 0] (undefined without one).
-struct AttentionOperands {
-  at::Tensor q, k, v, W, C, c0;
-  AttentionOperands(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& a,
-                    const at::Tensor& b, const at::Tensor& W_in, bool constant_term) {
-    const auto acc = acc_type(q_in.scalar_type());
-    q = q_in.to(acc).contiguous();
-    k = k_in.to(acc).contiguous();
-    v = v_in.to(acc).contiguous();
-    W = W_in.to(acc).contiguous();
-    C = pack_coef(harmonic_slots(a, constant_term), harmonic_slots(b, constant_term), acc);
-    if (constant_term) c0 = a.select(3, 0).to(acc).sum(-1).contiguous();
-  }
-};
-
 // (g_a, g_b) [H, r, N, M] of karat_attention from the harmonic slots' gradients g_a_h, g_b_h [H, r, N, G] and, with
 // the constant term (g_c0 defined, [H, r]), slot 0: dz / da[p, q, 0] = 1 for every q, and b[..., 0] multiplies
 // sin 0 = 0, so its gradient is zero.

@@ -121,9 +121,9 @@ karat_fwd_triton.register_autograd(_make_backward(torch.ops.pyfast.karat_bwd_tri
 # The whole attention as one op per kernel family, so that autograd saves q, k and v only: backward rebuilds
 # U = W^T V (a small GEMM) and gets z back from the basis backward (recompute_z), instead of keeping z [B, H, N, r],
 # U [B, H, r, D] and a batch-expanded copy of W alive between forward and backward. pyfast::karat_attention and
-# karat_attention_bwd are C++ ops: the CPU kernel runs the tail inside its basis tiles (csrc/karat/karat_cpu.cpp), the
-# CUDA kernel is batched cuBLAS GEMMs around the basis ops (karat_cuda.cpp); the Triton twins below are that same
-# composition in Python around the Triton basis ops.
+# karat_attention_bwd are C++ ops, one kernel for CPU and CUDA (csrc/karat/karat_attention.cpp: batched GEMMs around
+# the basis ops, no Python on the hot path); the Triton twins below are the same composition in Python around the
+# Triton basis ops.
 
 
 def _attention_forward(q, k, v, a, b, W, scale: float, constant_term: bool, fwd_op) -> torch.Tensor:

@@ -108,8 +108,8 @@ def test_cpp_matches_reference_float64(N, constant_term):
 
 @needs_cpp
 @pytest.mark.parametrize("r, D", [(20, 40), (16, 16), (3, 67)])
-def test_cpp_attention_tail_shapes(r, D):
-    # The CPU kernel's tail products work in blocks of 16 columns and 4 rows: r and D across and off those sizes.
+def test_cpp_attention_other_ranks_and_head_widths(r, D):
+    # The whole attention op (basis and tail) at ranks and head widths around powers of two, against the reference.
     inputs = _inputs(B=1, H=2, N=11, D=D, r=r, M=3)
     ref = _grads(lambda *t: karat_attention_ref(*t, 0.3), inputs)
     got = _grads(lambda *t: karat_attention(*t, 0.3, backend="cpp"), inputs)

@@ -1,0 +1,84 @@
+// Fourier-KArAt attention, pyfast::karat_attention / karat_attention_bwd: the basis contraction z (pyfast::karat_fwd /
+// karat_bwd: the CPU or CUDA kernels, by the tensors' device) and the learned row operator W, one kernel for every
+// device (CompositeExplicitAutograd; autograd is registered from pyfast/ops/karat.py). Per batch element and head:
+//   z' = z + c0,  c0[p] = sum_q a[p, q, 0]   (the m = 0 constant term, when constant_term)
+//   out = sigma V = (z' W^T) V = z' U,  U = W^T V [r, D]      (the N x N attention matrix sigma is never formed)
+// Backward, from g_out and q, k, v only (nothing else is saved between the two):
+//   g_z = g_out U^T,  then karat_bwd(g_z) gives g_q, g_k, g_a, g_b and z again (recompute_z)
+//   g_U = z'^T g_out,  g_V = W g_U,  g_W = sum_batch V g_U^T,  g_c0 = sum_{batch, k} g_z
+// The tail runs as batched GEMMs over every (batch x head) at once, in the accumulation type (float32 for half inputs,
+// rounded once at the end). Fusing it into the CPU basis tiles, with BLAS calls or with register-blocked loops per
+// (batch x head), measured no faster than these batched calls. The Triton twins compute the same in Python
+// (pyfast/ops/karat.py).
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/matmul.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "karat/karat_host.h"
+
+namespace pyfast {
+namespace {
+
+using FwdSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double);
+using BwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool);
+
+const c10::TypedOperatorHandle<FwdSig>& basis_fwd() {
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("pyfast::karat_fwd", "").typed<FwdSig>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<BwdSig>& basis_bwd() {
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("pyfast::karat_bwd", "").typed<BwdSig>();
+  return op;
+}
+
+// z [B, H, N, r] in the accumulation type, plus the constant term c0 [H, r] when there is one.
+at::Tensor with_constant_term(const at::Tensor& z_basis, const at::Tensor& a, const karat::Shape& s,
+                              bool constant_term) {
+  at::Tensor z = z_basis.to(acc_type(z_basis.scalar_type()));
+  if (constant_term) z.add_(a.select(3, 0).to(z.scalar_type()).sum(-1).view({1, s.H, 1, s.r}));
+  return z;
+}
+
+at::Tensor karat_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
+                           const at::Tensor& b, const at::Tensor& W, double scale, bool constant_term) {
+  const karat::Shape s = karat::check_attention_inputs(q, k, v, a, b, W, constant_term);
+  const auto acc = acc_type(q.scalar_type());
+  const at::Tensor z = with_constant_term(basis_fwd().call(q, k, karat::harmonic_slots(a, constant_term),
+                                                           karat::harmonic_slots(b, constant_term), scale),
+                                          a, s, constant_term);
+  const at::Tensor U = at::matmul(W.to(acc).transpose(-1, -2), v.to(acc));  // [B, H, r, D]
+  return at::matmul(z, U).to(q.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_attention_bwd(
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
+    const at::Tensor& b, const at::Tensor& W, double scale, bool constant_term) {
+  const karat::Shape s = karat::check_attention_inputs(q, k, v, a, b, W, constant_term);
+  karat::check_grad_out(grad_out, q);
+  const auto acc = acc_type(q.scalar_type());
+  const at::Tensor W_acc = W.to(acc), v_acc = v.to(acc), g_out = grad_out.to(acc);
+  const at::Tensor U = at::matmul(W_acc.transpose(-1, -2), v_acc);  // [B, H, r, D]
+  const at::Tensor g_z = at::matmul(g_out, U.transpose(-1, -2));    // [B, H, N, r]
+  auto [g_q, g_k, g_a_h, g_b_h, z_basis] =
+      basis_bwd().call(g_z.to(q.scalar_type()), q, k, karat::harmonic_slots(a, constant_term),
+                       karat::harmonic_slots(b, constant_term), scale, true);
+  const at::Tensor z = with_constant_term(z_basis, a, s, constant_term);
+  const at::Tensor g_U = at::matmul(z.transpose(-1, -2), g_out);  // [B, H, r, D]
+  auto [g_a, g_b] = karat::with_constant_term_grads(g_a_h, g_b_h, constant_term ? g_z.sum({0, 2}) : at::Tensor(), s,
+                                                    a, b);
+  return {g_q, g_k, at::matmul(W_acc, g_U).to(v.scalar_type()), g_a, g_b,
+          at::matmul(v_acc, g_U.transpose(-1, -2)).sum(0).to(W.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyfast, CompositeExplicitAutograd, m) {
+  m.impl("karat_attention", &karat_attention);
+  m.impl("karat_attention_bwd", &karat_attention_bwd);
+}
+
+}  // namespace pyfast
