@@ -23,9 +23,11 @@ import dataclasses
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -126,6 +128,39 @@ def time_ms(fn: Callable[[], object], device: torch.device, min_run_time: float)
 
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def time_interleaved_ms(fns: dict[str, Callable[[], object]], device: torch.device, min_run_time: float,
+                        block_s: float = 0.05) -> dict[str, float]:
+    """Median wall time in milliseconds of every ``fns[name]()``, measured in interleaved rounds on the CPU.
+
+    Each round times one block (about ``block_s`` seconds of calls) of every function, starting at a different one
+    each round, until ``min_run_time`` seconds per function have been spent. On a shared machine whose speed drifts
+    over seconds, every function then sees the same drift, so ratios between them hold far better than with one
+    function timed after another (``time_ms``). CUDA timings, which do not drift that way, use ``time_ms``.
+    """
+    if device.type == "cuda":
+        return {name: time_ms(fn, device, min_run_time) for name, fn in fns.items()}
+    names = list(fns)
+    calls = {}
+    for name in names:  # warm-up, and the calls per block
+        fns[name]()
+        start = time.perf_counter()
+        fns[name]()
+        calls[name] = max(1, round(block_s / max(time.perf_counter() - start, 1e-9)))
+    per_call: dict[str, list[float]] = {name: [] for name in names}
+    spent = 0.0
+    rnd = 0
+    while spent < min_run_time * len(names) or rnd < 3:
+        for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fns[name]()
+            elapsed = time.perf_counter() - start
+            per_call[name].append(elapsed / calls[name])
+            spent += elapsed
+        rnd += 1
+    return {name: statistics.median(t) * 1e3 for name, t in per_call.items()}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 // Fourier-KArAt attention, pyfast::karat_attention / karat_attention_bwd: the basis contraction z (pyfast::karat_fwd /
 // karat_bwd: the CPU or CUDA kernels, by the tensors' device) and the learned row operator W, one kernel for every
-// device (CompositeExplicitAutograd; autograd is registered from pyfast/ops/karat.py). Per batch element and head:
+// device (CompositeExplicitAutograd), and its autograd (the Autograd key, below). Per batch element and head:
 //   z' = z + c0,  c0[p] = sum_q a[p, q, 0]   (the m = 0 constant term, when constant_term)
 //   out = sigma V = (z' W^T) V = z' U,  U = W^T V [r, D]      (the N x N attention matrix sigma is never formed)
 // Backward, from g_out and q, k, v only (nothing else is saved between the two):
@@ -10,8 +10,14 @@
 // rounded once at the end). Fusing it into the CPU basis tiles, with BLAS calls or with register-blocked loops per
 // (batch x head), measured no faster than these batched calls. The Triton twins compute the same in Python
 // (pyfast/ops/karat.py).
+//
+// Autograd in C++, as for pyfast::lif_fwd (csrc/lif/lif_autograd.cpp): with torch.library.register_autograd the
+// Python wrapper's objects alone kept Python's garbage collector at about 8 % of a CPU fwd+bwd at ViT-Tiny shape, and
+// it costs host time on a GPU. The op reaches its fake kernel (pyfast/ops/karat.py) through the dispatcher, so
+// torch.compile traces it as before.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/matmul.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -74,11 +80,68 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           at::matmul(v_acc, g_U.transpose(-1, -2)).sum(0).to(W.scalar_type())};
 }
 
+using AttentionSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                const at::Tensor&, const at::Tensor&, double, bool);
+using AttentionBwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+    const at::Tensor&, double, bool);
+
+const c10::TypedOperatorHandle<AttentionSig>& attention_op() {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("pyfast::karat_attention", "").typed<AttentionSig>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<AttentionBwdSig>& attention_bwd_op() {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("pyfast::karat_attention_bwd", "").typed<AttentionBwdSig>();
+  return op;
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Saves q, k, v and the parameters a, b, W; backward is one karat_attention_bwd call.
+class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const at::Tensor& a, const at::Tensor& b, const at::Tensor& W, double scale,
+                               bool constant_term) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->save_for_backward({q, k, v, a, b, W});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["constant_term"] = constant_term;
+    return {attention_op().call(q, k, v, a, b, W, scale, constant_term)};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    auto [g_q, g_k, g_v, g_a, g_b, g_W] =
+        attention_bwd_op().call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], saved[5],
+                                ctx->saved_data["scale"].toDouble(), ctx->saved_data["constant_term"].toBool());
+    return {g_q, g_k, g_v, g_a, g_b, g_W, at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor karat_attention_autograd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const at::Tensor& a, const at::Tensor& b, const at::Tensor& W, double scale,
+                                    bool constant_term) {
+  const bool any_grad = q.requires_grad() || k.requires_grad() || v.requires_grad() || a.requires_grad() ||
+                        b.requires_grad() || W.requires_grad();
+  if (!any_grad || !at::GradMode::is_enabled()) {  // nothing to record: straight to the kernel
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return attention_op().call(q, k, v, a, b, W, scale, constant_term);
+  }
+  return AttentionFunction::apply(q, k, v, a, b, W, scale, constant_term)[0];
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyfast, CompositeExplicitAutograd, m) {
   m.impl("karat_attention", &karat_attention);
   m.impl("karat_attention_bwd", &karat_attention_bwd);
 }
+
+TORCH_LIBRARY_IMPL(pyfast, Autograd, m) { m.impl("karat_attention", &karat_attention_autograd); }
 
 }  // namespace pyfast

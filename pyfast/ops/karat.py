@@ -205,9 +205,7 @@ _ATTENTION = {"triton": torch.ops.pyfast.karat_attention_triton}
 if _extension.has_cpp():
     torch.library.register_fake("pyfast::karat_attention")(_attention_fake)
     torch.library.register_fake("pyfast::karat_attention_bwd")(_attention_bwd_fake)
-    torch.library.register_autograd("pyfast::karat_attention",
-                                    _make_attention_backward(torch.ops.pyfast.karat_attention_bwd),
-                                    setup_context=_attention_setup_context)
+    # autograd of pyfast::karat_attention: C++ (csrc/karat/karat_attention.cpp), the same as the Triton twin's below
     _ATTENTION["cpp"] = _ATTENTION["cuda"] = torch.ops.pyfast.karat_attention
 
 
