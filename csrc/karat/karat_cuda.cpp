@@ -1,7 +1,9 @@
 // Fourier-KArAt, CUDA registration of the basis contraction: checks (karat_host.h), the device guard and the current
-// stream. The rows are processed in tiles over every (batch x head) at once: the tile's scores Q_t K^T and its GEMMs
-// with the packed coefficients are cuBLAS batched GEMMs, the basis and score-gradient tiles come from the torch-free
-// kernels of karat_kernel.cu. The tile height keeps the basis tile under kTileBytes, so the workspace never holds the
+// stream. Two paths. The fused one (use_fused: float arithmetic, D <= 128, small r and G) is one kernel forward and two
+// backward (karat_fused.h: a thread per score row or column, nothing of size N x N x G anywhere) plus the two GEMMs
+// g_q = gS K, g_k = gS^T Q. Otherwise the rows are processed in tiles over every (batch x head) at once: the tile's
+// scores Q_t K^T and its GEMMs with the packed coefficients are cuBLAS batched GEMMs, the basis and score-gradient
+// tiles come from the torch-free kernels of karat_kernel.cu. The tile height keeps the basis tile under kTileBytes, so the workspace never holds the
 // whole B*H*N*N*2G basis (and none of it is kept for backward, which regenerates it from q and k).
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
@@ -16,10 +18,16 @@
 
 #include <algorithm>
 
+#include "karat/karat_fused.h"
 #include "karat/karat_host.h"
 
 namespace pyfast {
 namespace karat {
+cudaError_t karat_fused_fwd_launch(const float* q, const float* k, const float* C, float* z, int64_t BH, int64_t N,
+                                   int64_t D, int64_t r, int G, int64_t H, double scale, cudaStream_t stream);
+cudaError_t karat_fused_bwd_launch(const float* gz, const float* q, const float* k, const float* C, float* gS,
+                                   float* z, float* gC_part, int64_t BH, int64_t N, int64_t D, int64_t r, int G,
+                                   int64_t H, double scale, cudaStream_t stream);
 cudaError_t karat_basis_cuda_launch(const void* S, void* bas, int64_t rows, int64_t N, int G, double scale,
                                     DType acc, cudaStream_t stream);
 cudaError_t karat_grad_scores_cuda_launch(const void* bas, const void* E, void* gS, int64_t rows, int64_t N, int G,
@@ -37,6 +45,14 @@ int64_t tile_rows(const karat::Shape& s, int64_t elem) {
 
 karat::DType acc_dtype(at::ScalarType acc) { return acc == at::kDouble ? karat::DType::Float64 : karat::DType::Float32; }
 
+// The fused kernels (karat_fused.h) serve float arithmetic (float32 and half inputs) with D <= 128, r and G within
+// what their threads hold in registers, and a score-gradient buffer gS [B*H, N, N] of at most 4 kTileBytes; anything
+// else (float64 among it) takes the tiled path below.
+bool use_fused(const karat::Shape& s, at::ScalarType acc) {
+  return acc == at::kFloat && s.D <= 128 && s.r <= karat::fused::kMaxR && s.G <= karat::fused::kMaxG &&
+         s.B * s.H * s.N * s.N * static_cast<int64_t>(sizeof(float)) <= 4 * kTileBytes;
+}
+
 at::Tensor karat_fwd_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& a, const at::Tensor& b,
                           double scale) {
   const c10::cuda::CUDAGuard guard(q_in.device());
@@ -44,12 +60,20 @@ at::Tensor karat_fwd_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const 
   const auto acc = acc_type(q_in.scalar_type());
   const int64_t BH = s.B * s.H, L = s.L();
   const at::Tensor q = q_in.to(acc).contiguous().view({BH, s.N, s.D});
-  const at::Tensor kT = k_in.to(acc).contiguous().view({BH, s.N, s.D}).transpose(1, 2);
-  const at::Tensor CT = karat::pack_coef(a, b, acc).transpose(1, 2);  // [H, L, r]
+  const at::Tensor k = k_in.to(acc).contiguous().view({BH, s.N, s.D});
+  const at::Tensor kT = k.transpose(1, 2);
   at::Tensor z = at::empty({s.B, s.H, s.N, s.r}, q.options());
   if (BH == 0) return z.to(q_in.scalar_type());
-  const int64_t kt = tile_rows(s, q.element_size());
   const auto stream = c10::cuda::getCurrentCUDAStream();
+  if (use_fused(s, acc)) {
+    const at::Tensor C = karat::pack_coef(a, b, acc);
+    C10_CUDA_CHECK(karat::karat_fused_fwd_launch(q.const_data_ptr<float>(), k.const_data_ptr<float>(),
+                                                 C.const_data_ptr<float>(), z.mutable_data_ptr<float>(), BH, s.N, s.D,
+                                                 s.r, s.G, s.H, scale, stream));
+    return z.to(q_in.scalar_type());
+  }
+  const at::Tensor CT = karat::pack_coef(a, b, acc).transpose(1, 2);  // [H, L, r]
+  const int64_t kt = tile_rows(s, q.element_size());
   for (int64_t r0 = 0; r0 < s.N; r0 += kt) {
     const int64_t rows = std::min(kt, s.N - r0);
     const at::Tensor S = at::bmm(q.narrow(1, r0, rows), kT);  // [BH, rows, N]
@@ -73,11 +97,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd
   const at::Tensor k = k_in.to(acc).contiguous().view({BH, s.N, s.D});
   const at::Tensor gz = grad_z.to(acc).contiguous().view({s.B, s.H, s.N, s.r});
   const at::Tensor C = karat::pack_coef(a, b, acc);  // [H, r, L]
-  at::Tensor gq = at::empty_like(q), gk = at::zeros_like(k), gC = at::zeros({s.H, s.r, L}, q.options());
   at::Tensor z = recompute_z ? at::empty({s.B, s.H, s.N, s.r}, q.options()) : at::empty({0}, q.options());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  if (use_fused(s, acc) && BH > 0) {
+    const at::Tensor gS = at::empty({BH, s.N, s.N}, q.options());
+    const at::Tensor gC_part = at::empty({s.B, s.H, s.r, L}, q.options());
+    C10_CUDA_CHECK(karat::karat_fused_bwd_launch(
+        gz.const_data_ptr<float>(), q.const_data_ptr<float>(), k.const_data_ptr<float>(), C.const_data_ptr<float>(),
+        gS.mutable_data_ptr<float>(), recompute_z ? z.mutable_data_ptr<float>() : nullptr,
+        gC_part.mutable_data_ptr<float>(), BH, s.N, s.D, s.r, s.G, s.H, scale, stream));
+    auto [ga, gb] = karat::unpack_coef(gC_part.sum(0), s, a.scalar_type());
+    return {at::bmm(gS, k).view(q_in.sizes()).to(q_in.scalar_type()),
+            at::bmm(gS.transpose(1, 2), q).view(k_in.sizes()).to(k_in.scalar_type()), ga, gb.to(b.scalar_type()),
+            z.to(q_in.scalar_type())};
+  }
+  at::Tensor gq = at::empty_like(q), gk = at::zeros_like(k), gC = at::zeros({s.H, s.r, L}, q.options());
   const at::Tensor CT = C.transpose(1, 2);  // [H, L, r]
   const int64_t kt = tile_rows(s, q.element_size());
-  const auto stream = c10::cuda::getCurrentCUDAStream();
   for (int64_t r0 = 0; BH > 0 && r0 < s.N; r0 += kt) {
     const int64_t rows = std::min(kt, s.N - r0);
     const at::Tensor Q_t = q.narrow(1, r0, rows);

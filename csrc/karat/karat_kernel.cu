@@ -4,12 +4,15 @@
 //                recurrence, written to the row's basis Bas[row, (t * G + m - 1) * N + q] (coalesced over q).
 //   grad_scores  one thread per (score row, q): gS = scale * sum_m m (E_s cos(m A) - E_c sin(m A)), reading the same
 //                basis tile and E = g_z C.
+//   fused_*      the fused path (karat_fused.h): one thread per score row (forward; score gradient) or per score
+//                column (coefficient gradient), nothing of size N x N x G anywhere; float arithmetic only.
 // Arithmetic in float (double for double inputs); the host passes the tensors already in that type.
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
 #include "karat/karat.h"
+#include "karat/karat_fused.h"
 
 namespace pyfast {
 namespace karat {
@@ -57,7 +60,73 @@ __global__ void grad_scores_kernel(const A* __restrict__ bas, const A* __restric
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
+constexpr int kFusedThreads = 128;  // few registers per block to spare: the threads hold rows and rank-wide sums
+
+template <int kD>
+__global__ void __launch_bounds__(kFusedThreads)
+    fused_fwd_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ C,
+                     int64_t rows, int64_t N, int64_t D, int64_t r, int G, int64_t H, float scale,
+                     float* __restrict__ z) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (row < rows) fused::fwd_row<float, kD>(row, q, k, C, N, D, r, G, H, scale, z);
+}
+
+template <int kD>
+__global__ void __launch_bounds__(kFusedThreads)
+    fused_grad_scores_kernel(const float* __restrict__ gz, const float* __restrict__ q, const float* __restrict__ k,
+                             const float* __restrict__ C, int64_t rows, int64_t N, int64_t D, int64_t r, int G,
+                             int64_t H, float scale, float* __restrict__ gS, float* __restrict__ z) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (row < rows) fused::grad_scores_row<float, kD>(row, gz, q, k, C, N, D, r, G, H, scale, gS, z);
+}
+
+template <int kD>
+__global__ void __launch_bounds__(kFusedThreads)
+    fused_coef_grad_kernel(const float* __restrict__ gz, const float* __restrict__ q, const float* __restrict__ k,
+                           int64_t cols, int64_t N, int64_t D, int64_t r, int G, float scale,
+                           float* __restrict__ gC_part) {
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (col < cols) fused::coef_grad_column<float, kD>(col, gz, q, k, N, D, r, G, scale, gC_part);
+}
+
+unsigned fused_blocks(int64_t n) { return static_cast<unsigned>((n + kFusedThreads - 1) / kFusedThreads); }
+
 }  // namespace
+
+// Fused forward: z [BH, N, r] from q, k [BH, N, D] (D <= 128) and packed C [H, r, 2 G N], all float.
+cudaError_t karat_fused_fwd_launch(const float* q, const float* k, const float* C, float* z, int64_t BH, int64_t N,
+                                   int64_t D, int64_t r, int G, int64_t H, double scale, cudaStream_t stream) {
+  const int64_t rows = BH * N;
+  if (rows == 0) return cudaSuccess;
+  if (D <= 64)
+    fused_fwd_kernel<64><<<fused_blocks(rows), kFusedThreads, 0, stream>>>(q, k, C, rows, N, D, r, G, H,
+                                                                           static_cast<float>(scale), z);
+  else
+    fused_fwd_kernel<128><<<fused_blocks(rows), kFusedThreads, 0, stream>>>(q, k, C, rows, N, D, r, G, H,
+                                                                            static_cast<float>(scale), z);
+  return cudaGetLastError();
+}
+
+// Fused backward: the score gradient gS [BH, N, N] (and z again when z is not null) and the per-(batch x head)
+// coefficient gradients gC_part [BH, r, 2 G N].
+cudaError_t karat_fused_bwd_launch(const float* gz, const float* q, const float* k, const float* C, float* gS,
+                                   float* z, float* gC_part, int64_t BH, int64_t N, int64_t D, int64_t r, int G,
+                                   int64_t H, double scale, cudaStream_t stream) {
+  const int64_t n = BH * N;
+  if (n == 0) return cudaSuccess;
+  const float sc = static_cast<float>(scale);
+  if (D <= 64) {
+    fused_grad_scores_kernel<64><<<fused_blocks(n), kFusedThreads, 0, stream>>>(gz, q, k, C, n, N, D, r, G, H, sc,
+                                                                                gS, z);
+    fused_coef_grad_kernel<64><<<fused_blocks(n), kFusedThreads, 0, stream>>>(gz, q, k, n, N, D, r, G, sc, gC_part);
+  } else {
+    fused_grad_scores_kernel<128><<<fused_blocks(n), kFusedThreads, 0, stream>>>(gz, q, k, C, n, N, D, r, G, H, sc,
+                                                                                 gS, z);
+    fused_coef_grad_kernel<128><<<fused_blocks(n), kFusedThreads, 0, stream>>>(gz, q, k, n, N, D, r, G, sc,
+                                                                               gC_part);
+  }
+  return cudaGetLastError();
+}
 
 cudaError_t karat_basis_cuda_launch(const void* S, void* bas, int64_t rows, int64_t N, int G, double scale,
                                     DType acc, cudaStream_t stream) {

@@ -345,6 +345,18 @@ def test_cuda_matches_reference(dtype, N):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not _extension.has_cuda(), reason=f"needs the CUDA kernels: {_extension.cuda_reason()}")
+@pytest.mark.parametrize("r, D", [(20, 32), (12, 160)])
+def test_cuda_tiled_path_beyond_the_fused_kernels(r, D):
+    # r > 16 or D > 128: the tiled cuBLAS path (the fused kernels hold r and D in registers), float32 against float64.
+    inputs = _inputs(B=2, N=37, D=D, r=r, dtype=torch.float32, device="cuda")
+    truth = _grads(lambda *t: karat_attention_ref(*(x.double() for x in t)), inputs)
+    got = _grads(lambda *t: karat_attention(*t, backend="cuda"), inputs)
+    for name, x, t in zip(["out", "q", "k", "v", "a", "b", "W"], got, truth):
+        torch.testing.assert_close(x.double(), t, rtol=1e-4, atol=1e-4 * t.abs().max().item(), msg=named(name))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _extension.has_cuda(), reason=f"needs the CUDA kernels: {_extension.cuda_reason()}")
 def test_cuda_opcheck_and_auto_backend():
     q, k, _, a, b, _ = (t.detach() for t in _inputs(N=33, M=3, dtype=torch.float32, device="cuda"))
     torch.library.opcheck(torch.ops.pyfast.karat_fwd, (q.requires_grad_(), k, a, b, 0.5))

@@ -1,0 +1,77 @@
+"""The fused Fourier-KArAt CUDA kernels' per-thread code (csrc/karat/karat_fused.h), emulated on the CPU.
+
+tests/csrc/karat_fused_emulation.cpp runs karat_fused.h's functions for every thread index in turn (the CUDA launch
+runs them in parallel; no thread reads what another writes), built here with the system C++ compiler and called
+through ctypes. So the fused kernels' arithmetic and indexing are checked against the reference on any machine; the
+CUDA tier (tests/ops/test_karat.py, ``-m cuda``) runs the real kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from pyfast.ops.karat import pack_coef, unpack_coef
+from pyfast.reference.karat import karat_z_ref
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CXX = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+
+
+@pytest.fixture(scope="module")
+def emulation(tmp_path_factory):
+    if CXX is None:
+        pytest.fail("no C++ compiler (c++ / g++ / $CXX) to build the emulation")
+    lib = tmp_path_factory.mktemp("karat_fused") / "libkarat_fused_emulation.so"
+    subprocess.run([CXX, "-O2", "-std=c++20", "-shared", "-fPIC", "-I", os.path.join(REPO, "csrc"),
+                    os.path.join(REPO, "tests", "csrc", "karat_fused_emulation.cpp"), "-o", str(lib)], check=True)
+    so = ctypes.CDLL(str(lib))
+    i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+    so.karat_fused_fwd.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int, i64, f32, ptr]
+    so.karat_fused_bwd.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int, i64, f32, ptr, ptr, ptr]
+    return so
+
+
+def _case(B, H, N, D, r, G, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(B, H, N, D, generator=g, dtype=torch.float64) for _ in range(2))
+    a, b = (torch.randn(H, r, N, G, generator=g, dtype=torch.float64) for _ in range(2))
+    return q, k, a, b, torch.randn(B, H, N, r, generator=g, dtype=torch.float64)
+
+
+def _ptr(t: torch.Tensor) -> int:
+    assert t.is_contiguous() and t.dtype == torch.float32
+    return t.data_ptr()
+
+
+@pytest.mark.parametrize("B, H, N, D, r, G", [(2, 3, 13, 40, 5, 3), (1, 2, 33, 64, 16, 4), (2, 1, 7, 100, 1, 1),
+                                              (1, 1, 1, 3, 12, 2)])
+def test_fused_kernels_match_the_reference(emulation, B, H, N, D, r, G):
+    q, k, a, b, gz = _case(B, H, N, D, r, G)
+    scale = D ** -0.5
+    q64, k64, a64, b64 = (t.clone().requires_grad_() for t in (q, k, a, b))
+    z_ref = karat_z_ref(q64, k64, a64, b64, scale)
+    gq_ref, gk_ref, ga_ref, gb_ref = torch.autograd.grad(z_ref, (q64, k64, a64, b64), gz)
+
+    qf, kf, gzf = (t.float().contiguous() for t in (q, k, gz))
+    C = pack_coef(a, b, torch.float32)
+    L = 2 * G * N
+    z = torch.empty(B, H, N, r)
+    emulation.karat_fused_fwd(_ptr(qf), _ptr(kf), _ptr(C), B * H, N, D, r, G, H, scale, _ptr(z))
+    gS, z_again, gC_part = torch.empty(B, H, N, N), torch.empty(B, H, N, r), torch.empty(B, H, r, L)
+    emulation.karat_fused_bwd(_ptr(gzf), _ptr(qf), _ptr(kf), _ptr(C), B * H, N, D, r, G, H, scale, _ptr(gS),
+                              _ptr(z_again), _ptr(gC_part))
+    ga, gb = unpack_coef(gC_part.sum(0), (H, r, N, G), torch.float32)
+
+    tol = dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(z.double(), z_ref.detach(), **tol)
+    assert torch.equal(z_again, z)  # the backward's recomputed z is the forward's, bit for bit
+    torch.testing.assert_close((gS @ kf).double(), gq_ref, **tol)  # g_q = gS K
+    torch.testing.assert_close((gS.transpose(-1, -2) @ qf).double(), gk_ref, **tol)  # g_k = gS^T Q
+    torch.testing.assert_close(ga.double(), ga_ref, **tol)
+    torch.testing.assert_close(gb.double(), gb_ref, **tol)
