@@ -3,8 +3,9 @@
 // backward (karat_fused.h: a thread per score row or column, nothing of size N x N x G anywhere) plus the two GEMMs
 // g_q = gS K, g_k = gS^T Q. Otherwise the rows are processed in tiles over every (batch x head) at once: the tile's
 // scores Q_t K^T and its GEMMs with the packed coefficients are cuBLAS batched GEMMs, the basis and score-gradient
-// tiles come from the torch-free kernels of karat_kernel.cu. The tile height keeps the basis tile under kTileBytes, so the workspace never holds the
-// whole B*H*N*N*2G basis (and none of it is kept for backward, which regenerates it from q and k).
+// tiles come from the torch-free kernels of karat_kernel.cu. The tile height keeps the basis tile under kTileBytes, so
+// the workspace never holds the whole B*H*N*N*2G basis (and none of it is kept for backward, which regenerates it
+// from q and k).
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/matmul.h>
@@ -23,11 +24,12 @@
 
 namespace pyfast {
 namespace karat {
-cudaError_t karat_fused_fwd_launch(const float* q, const float* k, const float* C, float* z, int64_t BH, int64_t N,
-                                   int64_t D, int64_t r, int G, int64_t H, double scale, cudaStream_t stream);
+cudaError_t karat_fused_fwd_launch(const float* q, const float* k, const float* C, float* z_part, int64_t BH,
+                                   int64_t N, int64_t D, int64_t r, int G, int64_t H, double scale, int64_t parts,
+                                   cudaStream_t stream);
 cudaError_t karat_fused_bwd_launch(const float* gz, const float* q, const float* k, const float* C, float* gS,
-                                   float* z, float* gC_part, int64_t BH, int64_t N, int64_t D, int64_t r, int G,
-                                   int64_t H, double scale, cudaStream_t stream);
+                                   float* z_part, float* gC_part, int64_t BH, int64_t N, int64_t D, int64_t r, int G,
+                                   int64_t H, double scale, int64_t parts, cudaStream_t stream);
 cudaError_t karat_basis_cuda_launch(const void* S, void* bas, int64_t rows, int64_t N, int G, double scale,
                                     DType acc, cudaStream_t stream);
 cudaError_t karat_grad_scores_cuda_launch(const void* bas, const void* E, void* gS, int64_t rows, int64_t N, int G,
@@ -53,6 +55,16 @@ bool use_fused(const karat::Shape& s, at::ScalarType acc) {
          s.B * s.H * s.N * s.N * static_cast<int64_t>(sizeof(float)) <= 4 * kTileBytes;
 }
 
+// Parts of the key (row) range per score row (column) in the fused kernels: enough threads, about kFusedTargetThreads
+// in all, to fill a large GPU (an H100 has 132 SMs), each thread still covering at least 8 keys. The partial sums
+// cost a [parts, ...] buffer and one sum.
+constexpr int64_t kFusedTargetThreads = int64_t{1} << 15;
+
+int64_t fused_parts(const karat::Shape& s) {
+  const int64_t rows = std::max<int64_t>(1, s.B * s.H * s.N);
+  return std::clamp<int64_t>(kFusedTargetThreads / rows, 1, std::max<int64_t>(1, s.N / 8));
+}
+
 at::Tensor karat_fwd_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& a, const at::Tensor& b,
                           double scale) {
   const c10::cuda::CUDAGuard guard(q_in.device());
@@ -67,10 +79,12 @@ at::Tensor karat_fwd_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const 
   const auto stream = c10::cuda::getCurrentCUDAStream();
   if (use_fused(s, acc)) {
     const at::Tensor C = karat::pack_coef(a, b, acc);
+    const int64_t parts = fused_parts(s);
+    const at::Tensor z_part = at::empty({parts, s.B, s.H, s.N, s.r}, q.options());
     C10_CUDA_CHECK(karat::karat_fused_fwd_launch(q.const_data_ptr<float>(), k.const_data_ptr<float>(),
-                                                 C.const_data_ptr<float>(), z.mutable_data_ptr<float>(), BH, s.N, s.D,
-                                                 s.r, s.G, s.H, scale, stream));
-    return z.to(q_in.scalar_type());
+                                                 C.const_data_ptr<float>(), z_part.mutable_data_ptr<float>(), BH, s.N,
+                                                 s.D, s.r, s.G, s.H, scale, parts, stream));
+    return z_part.sum(0).to(q_in.scalar_type());
   }
   const at::Tensor CT = karat::pack_coef(a, b, acc).transpose(1, 2);  // [H, L, r]
   const int64_t kt = tile_rows(s, q.element_size());
@@ -100,13 +114,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd
   at::Tensor z = recompute_z ? at::empty({s.B, s.H, s.N, s.r}, q.options()) : at::empty({0}, q.options());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   if (use_fused(s, acc) && BH > 0) {
+    const int64_t parts = fused_parts(s);
     const at::Tensor gS = at::empty({BH, s.N, s.N}, q.options());
-    const at::Tensor gC_part = at::empty({s.B, s.H, s.r, L}, q.options());
+    const at::Tensor gC_part = at::empty({parts * s.B, s.H, s.r, L}, q.options());
+    const at::Tensor z_part = at::empty({recompute_z ? parts : 0, s.B, s.H, s.N, s.r}, q.options());
     C10_CUDA_CHECK(karat::karat_fused_bwd_launch(
         gz.const_data_ptr<float>(), q.const_data_ptr<float>(), k.const_data_ptr<float>(), C.const_data_ptr<float>(),
-        gS.mutable_data_ptr<float>(), recompute_z ? z.mutable_data_ptr<float>() : nullptr,
-        gC_part.mutable_data_ptr<float>(), BH, s.N, s.D, s.r, s.G, s.H, scale, stream));
-    auto [ga, gb] = karat::unpack_coef(gC_part.sum(0), s, a.scalar_type());
+        gS.mutable_data_ptr<float>(), recompute_z ? z_part.mutable_data_ptr<float>() : nullptr,
+        gC_part.mutable_data_ptr<float>(), BH, s.N, s.D, s.r, s.G, s.H, scale, parts, stream));
+    if (recompute_z) z = z_part.sum(0);
+    auto [ga, gb] = karat::unpack_coef(gC_part.sum(0), s, a.scalar_type());  // over the parts and the batch
     return {at::bmm(gS, k).view(q_in.sizes()).to(q_in.scalar_type()),
             at::bmm(gS.transpose(1, 2), q).view(k_in.sizes()).to(k_in.scalar_type()), ga, gb.to(b.scalar_type()),
             z.to(q_in.scalar_type())};

@@ -1,9 +1,9 @@
 // Fourier-KArAt, the fused CUDA path's per-thread work (torch-free; host and device code): every score, its sincos
 // and its harmonics are computed where they are used and never stored (maths in karat.h).
-//   fwd_row           one thread per score row (bh, k):   z[k, p] = sum_{q, m} a cos(m A[k, q]) + b sin(m A[k, q])
-//   grad_scores_row   one thread per score row (bh, k):   gS[k, q] = scale sum_m m (e_s cos(m A) - e_c sin(m A)),
+//   fwd_row           a thread per score row (bh, k):   z[k, p] = sum_{q, m} a cos(m A[k, q]) + b sin(m A[k, q])
+//   grad_scores_row   a thread per score row (bh, k):   gS[k, q] = scale sum_m m (e_s cos(m A) - e_c sin(m A)),
 //                     e_t[m, q] = sum_p g_z[k, p] C[p, (t G + m - 1) N + q]; and z[k] again when asked
-//   coef_grad_column  one thread per score column (bh, q): g_C[bh, p, (t G + m - 1) N + q] = sum_k g_z[k, p] x
+//   coef_grad_column  a thread per score column (bh, q): g_C[bh, p, (t G + m - 1) N + q] = sum_k g_z[k, p] x
 //                     (cos | sin)(m A[k, q]), this (batch x head)'s share (the caller sums over the batch)
 // g_q = gS K and g_k = gS^T Q are then two batched GEMMs. A thread keeps its own row of q (or k) in registers, kD wide
 // (D rounded up, zero-padded); the key rows and coefficients it streams are the same address for every thread of a
@@ -57,11 +57,19 @@ PYFAST_HD A dot_row(const A (&row)[kD], const A* other, int64_t D) {
 }
 
 // Shapes: q, k [BH, N, D]; C [H, r, 2 G N] packed (karat_host.h pack_coef); g_z, z [BH, N, r]; gS [BH, N, N];
-// gC_part [BH, r, 2 G N]. A score row or column index is bh * N + (k or q).
+// gC_part [BH, r, 2 G N]. A score row or column index is bh * N + (k or q). Each thread covers a range of the other
+// index, [j0, j1) keys of its row or [i0, i1) rows of its column, and writes partial sums (z, g_C) that the caller
+// adds over the ranges: at ViT shapes B H N is a few thousand rows, too few threads to keep a GPU busy alone.
+
+// The range [begin, end) of part `part` of `parts` contiguous, near-equal parts of n items.
+PYFAST_HD void part_range(int64_t n, int64_t parts, int64_t part, int64_t& begin, int64_t& end) {
+  begin = part * n / parts;
+  end = (part + 1) * n / parts;
+}
 
 template <class A, int kD>
-PYFAST_HD void fwd_row(int64_t row, const A* q, const A* k, const A* C, int64_t N, int64_t D, int64_t r, int G,
-                       int64_t H, A scale, A* z) {
+PYFAST_HD void fwd_row(int64_t row, int64_t j0, int64_t j1, const A* q, const A* k, const A* C, int64_t N, int64_t D,
+                       int64_t r, int G, int64_t H, A scale, A* z) {
   const int64_t bh = row / N, L = 2 * G * N;
   const A* K = k + bh * N * D;
   const A* C_h = C + (bh % H) * r * L;
@@ -70,7 +78,7 @@ PYFAST_HD void fwd_row(int64_t row, const A* q, const A* k, const A* C, int64_t 
   A acc[kMaxR];
   PYFAST_UNROLL
   for (int p = 0; p < kMaxR; ++p) acc[p] = A(0);
-  for (int64_t j = 0; j < N; ++j) {
+  for (int64_t j = j0; j < j1; ++j) {
     A s1, c1;
     score_sincos(scale * dot_row(q_row, K + j * D, D), s1, c1);
     A cm = c1, sm = s1;
@@ -89,8 +97,8 @@ PYFAST_HD void fwd_row(int64_t row, const A* q, const A* k, const A* C, int64_t 
 }
 
 template <class A, int kD>
-PYFAST_HD void grad_scores_row(int64_t row, const A* gz, const A* q, const A* k, const A* C, int64_t N, int64_t D,
-                               int64_t r, int G, int64_t H, A scale, A* gS, A* z) {
+PYFAST_HD void grad_scores_row(int64_t row, int64_t j0, int64_t j1, const A* gz, const A* q, const A* k, const A* C,
+                               int64_t N, int64_t D, int64_t r, int G, int64_t H, A scale, A* gS, A* z) {
   const int64_t bh = row / N, L = 2 * G * N;
   const A* K = k + bh * N * D;
   const A* C_h = C + (bh % H) * r * L;
@@ -102,7 +110,7 @@ PYFAST_HD void grad_scores_row(int64_t row, const A* gz, const A* q, const A* k,
     g[p] = p < r ? gz[row * r + p] : A(0);
     acc[p] = A(0);
   }
-  for (int64_t j = 0; j < N; ++j) {
+  for (int64_t j = j0; j < j1; ++j) {
     A s1, c1;
     score_sincos(scale * dot_row(q_row, K + j * D, D), s1, c1);
     A cm = c1, sm = s1, g_score = A(0);
@@ -131,8 +139,8 @@ PYFAST_HD void grad_scores_row(int64_t row, const A* gz, const A* q, const A* k,
 }
 
 template <class A, int kD>
-PYFAST_HD void coef_grad_column(int64_t col, const A* gz, const A* q, const A* k, int64_t N, int64_t D, int64_t r,
-                                int G, A scale, A* gC_part) {
+PYFAST_HD void coef_grad_column(int64_t col, int64_t i0, int64_t i1, const A* gz, const A* q, const A* k, int64_t N,
+                                int64_t D, int64_t r, int G, A scale, A* gC_part) {
   const int64_t bh = col / N, j = col - bh * N, L = 2 * G * N;
   const A* Q = q + bh * N * D;
   const A* g = gz + bh * N * r;
@@ -144,7 +152,7 @@ PYFAST_HD void coef_grad_column(int64_t col, const A* gz, const A* q, const A* k
     PYFAST_UNROLL
     for (int p = 0; p < kMaxR; ++p) gc[0][m][p] = gc[1][m][p] = A(0);
   }
-  for (int64_t i = 0; i < N; ++i) {
+  for (int64_t i = i0; i < i1; ++i) {
     A s1, c1;
     score_sincos(scale * dot_row(k_row, Q + i * D, D), s1, c1);
     A cm = c1, sm = s1;

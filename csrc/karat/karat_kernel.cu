@@ -62,71 +62,53 @@ unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1)
 
 constexpr int kFusedThreads = 128;  // few registers per block to spare: the threads hold rows and rank-wide sums
 
+// Thread idx of a fused launch over `parts` x `n` threads: part idx / n (its range of the other index), row or column
+// idx % n; the partial sums of part p go to slice p of the output.
 template <int kD>
 __global__ void __launch_bounds__(kFusedThreads)
     fused_fwd_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ C,
-                     int64_t rows, int64_t N, int64_t D, int64_t r, int G, int64_t H, float scale,
-                     float* __restrict__ z) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (row < rows) fused::fwd_row<float, kD>(row, q, k, C, N, D, r, G, H, scale, z);
+                     int64_t rows, int64_t parts, int64_t N, int64_t D, int64_t r, int G, int64_t H, float scale,
+                     float* __restrict__ z_part) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= rows * parts) return;
+  const int64_t part = idx / rows;
+  int64_t j0, j1;
+  fused::part_range(N, parts, part, j0, j1);
+  fused::fwd_row<float, kD>(idx - part * rows, j0, j1, q, k, C, N, D, r, G, H, scale, z_part + part * rows * r);
 }
 
 template <int kD>
 __global__ void __launch_bounds__(kFusedThreads)
     fused_grad_scores_kernel(const float* __restrict__ gz, const float* __restrict__ q, const float* __restrict__ k,
-                             const float* __restrict__ C, int64_t rows, int64_t N, int64_t D, int64_t r, int G,
-                             int64_t H, float scale, float* __restrict__ gS, float* __restrict__ z) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (row < rows) fused::grad_scores_row<float, kD>(row, gz, q, k, C, N, D, r, G, H, scale, gS, z);
+                             const float* __restrict__ C, int64_t rows, int64_t parts, int64_t N, int64_t D,
+                             int64_t r, int G, int64_t H, float scale, float* __restrict__ gS,
+                             float* __restrict__ z_part) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= rows * parts) return;
+  const int64_t part = idx / rows;
+  int64_t j0, j1;
+  fused::part_range(N, parts, part, j0, j1);
+  fused::grad_scores_row<float, kD>(idx - part * rows, j0, j1, gz, q, k, C, N, D, r, G, H, scale, gS,
+                                    z_part != nullptr ? z_part + part * rows * r : nullptr);
 }
 
 template <int kD>
 __global__ void __launch_bounds__(kFusedThreads)
     fused_coef_grad_kernel(const float* __restrict__ gz, const float* __restrict__ q, const float* __restrict__ k,
-                           int64_t cols, int64_t N, int64_t D, int64_t r, int G, float scale,
+                           int64_t cols, int64_t parts, int64_t N, int64_t D, int64_t r, int G, float scale,
                            float* __restrict__ gC_part) {
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (col < cols) fused::coef_grad_column<float, kD>(col, gz, q, k, N, D, r, G, scale, gC_part);
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= cols * parts) return;
+  const int64_t part = idx / cols;
+  int64_t i0, i1;
+  fused::part_range(N, parts, part, i0, i1);
+  fused::coef_grad_column<float, kD>(idx - part * cols, i0, i1, gz, q, k, N, D, r, G, scale,
+                                     gC_part + part * (cols / N) * r * 2 * G * N);
 }
 
 unsigned fused_blocks(int64_t n) { return static_cast<unsigned>((n + kFusedThreads - 1) / kFusedThreads); }
 
 }  // namespace
-
-// Fused forward: z [BH, N, r] from q, k [BH, N, D] (D <= 128) and packed C [H, r, 2 G N], all float.
-cudaError_t karat_fused_fwd_launch(const float* q, const float* k, const float* C, float* z, int64_t BH, int64_t N,
-                                   int64_t D, int64_t r, int G, int64_t H, double scale, cudaStream_t stream) {
-  const int64_t rows = BH * N;
-  if (rows == 0) return cudaSuccess;
-  if (D <= 64)
-    fused_fwd_kernel<64><<<fused_blocks(rows), kFusedThreads, 0, stream>>>(q, k, C, rows, N, D, r, G, H,
-                                                                           static_cast<float>(scale), z);
-  else
-    fused_fwd_kernel<128><<<fused_blocks(rows), kFusedThreads, 0, stream>>>(q, k, C, rows, N, D, r, G, H,
-                                                                            static_cast<float>(scale), z);
-  return cudaGetLastError();
-}
-
-// Fused backward: the score gradient gS [BH, N, N] (and z again when z is not null) and the per-(batch x head)
-// coefficient gradients gC_part [BH, r, 2 G N].
-cudaError_t karat_fused_bwd_launch(const float* gz, const float* q, const float* k, const float* C, float* gS,
-                                   float* z, float* gC_part, int64_t BH, int64_t N, int64_t D, int64_t r, int G,
-                                   int64_t H, double scale, cudaStream_t stream) {
-  const int64_t n = BH * N;
-  if (n == 0) return cudaSuccess;
-  const float sc = static_cast<float>(scale);
-  if (D <= 64) {
-    fused_grad_scores_kernel<64><<<fused_blocks(n), kFusedThreads, 0, stream>>>(gz, q, k, C, n, N, D, r, G, H, sc,
-                                                                                gS, z);
-    fused_coef_grad_kernel<64><<<fused_blocks(n), kFusedThreads, 0, stream>>>(gz, q, k, n, N, D, r, G, sc, gC_part);
-  } else {
-    fused_grad_scores_kernel<128><<<fused_blocks(n), kFusedThreads, 0, stream>>>(gz, q, k, C, n, N, D, r, G, H, sc,
-                                                                                 gS, z);
-    fused_coef_grad_kernel<128><<<fused_blocks(n), kFusedThreads, 0, stream>>>(gz, q, k, n, N, D, r, G, sc,
-                                                                               gC_part);
-  }
-  return cudaGetLastError();
-}
 
 cudaError_t karat_basis_cuda_launch(const void* S, void* bas, int64_t rows, int64_t N, int G, double scale,
                                     DType acc, cudaStream_t stream) {
@@ -150,6 +132,44 @@ cudaError_t karat_grad_scores_cuda_launch(const void* bas, const void* E, void* 
     grad_scores_kernel<float><<<blocks_for(rows * N), kThreads, 0, stream>>>(
         static_cast<const float*>(bas), static_cast<const float*>(E), rows, N, G, static_cast<float>(scale),
         static_cast<float*>(gS));
+  return cudaGetLastError();
+}
+
+// Fused forward: partial sums z_part [parts, BH, N, r] (parts ranges of the keys; the caller adds them) from q, k
+// [BH, N, D] (D <= 128) and packed C [H, r, 2 G N], all float.
+cudaError_t karat_fused_fwd_launch(const float* q, const float* k, const float* C, float* z_part, int64_t BH,
+                                   int64_t N, int64_t D, int64_t r, int G, int64_t H, double scale, int64_t parts,
+                                   cudaStream_t stream) {
+  const int64_t rows = BH * N;
+  if (rows == 0) return cudaSuccess;
+  const float sc = static_cast<float>(scale);
+  if (D <= 64)
+    fused_fwd_kernel<64><<<fused_blocks(rows * parts), kFusedThreads, 0, stream>>>(q, k, C, rows, parts, N, D, r, G,
+                                                                                   H, sc, z_part);
+  else
+    fused_fwd_kernel<128><<<fused_blocks(rows * parts), kFusedThreads, 0, stream>>>(q, k, C, rows, parts, N, D, r, G,
+                                                                                    H, sc, z_part);
+  return cudaGetLastError();
+}
+
+// Fused backward: the score gradient gS [BH, N, N] (and z's partial sums z_part [parts, BH, N, r] when not null) and
+// the coefficient gradients' partial sums gC_part [parts, BH, r, 2 G N] (parts ranges of the rows).
+cudaError_t karat_fused_bwd_launch(const float* gz, const float* q, const float* k, const float* C, float* gS,
+                                   float* z_part, float* gC_part, int64_t BH, int64_t N, int64_t D, int64_t r, int G,
+                                   int64_t H, double scale, int64_t parts, cudaStream_t stream) {
+  const int64_t n = BH * N;
+  if (n == 0) return cudaSuccess;
+  const float sc = static_cast<float>(scale);
+  const unsigned blocks = fused_blocks(n * parts);
+  if (D <= 64) {
+    fused_grad_scores_kernel<64><<<blocks, kFusedThreads, 0, stream>>>(gz, q, k, C, n, parts, N, D, r, G, H, sc, gS,
+                                                                       z_part);
+    fused_coef_grad_kernel<64><<<blocks, kFusedThreads, 0, stream>>>(gz, q, k, n, parts, N, D, r, G, sc, gC_part);
+  } else {
+    fused_grad_scores_kernel<128><<<blocks, kFusedThreads, 0, stream>>>(gz, q, k, C, n, parts, N, D, r, G, H, sc, gS,
+                                                                        z_part);
+    fused_coef_grad_kernel<128><<<blocks, kFusedThreads, 0, stream>>>(gz, q, k, n, parts, N, D, r, G, sc, gC_part);
+  }
   return cudaGetLastError();
 }
 

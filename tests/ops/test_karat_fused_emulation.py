@@ -1,7 +1,8 @@
 """The fused Fourier-KArAt CUDA kernels' per-thread code (csrc/karat/karat_fused.h), emulated on the CPU.
 
 tests/csrc/karat_fused_emulation.cpp runs karat_fused.h's functions for every thread index in turn (the CUDA launch
-runs them in parallel; no thread reads what another writes), built here with the system C++ compiler and called
+runs them in parallel; no thread reads what another writes, and partial sums over the parts of a row or column go
+to separate slices), built here with the system C++ compiler and called
 through ctypes. So the fused kernels' arithmetic and indexing are checked against the reference on any machine; the
 CUDA tier (tests/ops/test_karat.py, ``-m cuda``) runs the real kernels.
 """
@@ -32,8 +33,8 @@ def emulation(tmp_path_factory):
                     os.path.join(REPO, "tests", "csrc", "karat_fused_emulation.cpp"), "-o", str(lib)], check=True)
     so = ctypes.CDLL(str(lib))
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-    so.karat_fused_fwd.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int, i64, f32, ptr]
-    so.karat_fused_bwd.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int, i64, f32, ptr, ptr, ptr]
+    so.karat_fused_fwd.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int, i64, f32, i64, ptr]
+    so.karat_fused_bwd.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int, i64, f32, i64, ptr, ptr, ptr]
     return so
 
 
@@ -49,9 +50,10 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
-@pytest.mark.parametrize("B, H, N, D, r, G", [(2, 3, 13, 40, 5, 3), (1, 2, 33, 64, 16, 4), (2, 1, 7, 100, 1, 1),
-                                              (1, 1, 1, 3, 12, 2)])
-def test_fused_kernels_match_the_reference(emulation, B, H, N, D, r, G):
+@pytest.mark.parametrize("B, H, N, D, r, G, parts", [(2, 3, 13, 40, 5, 3, 1), (2, 3, 13, 40, 5, 3, 3),
+                                                     (1, 2, 33, 64, 16, 4, 4), (2, 1, 7, 100, 1, 1, 2),
+                                                     (1, 1, 1, 3, 12, 2, 1)])
+def test_fused_kernels_match_the_reference(emulation, B, H, N, D, r, G, parts):
     q, k, a, b, gz = _case(B, H, N, D, r, G)
     scale = D ** -0.5
     q64, k64, a64, b64 = (t.clone().requires_grad_() for t in (q, k, a, b))
@@ -61,16 +63,18 @@ def test_fused_kernels_match_the_reference(emulation, B, H, N, D, r, G):
     qf, kf, gzf = (t.float().contiguous() for t in (q, k, gz))
     C = pack_coef(a, b, torch.float32)
     L = 2 * G * N
-    z = torch.empty(B, H, N, r)
-    emulation.karat_fused_fwd(_ptr(qf), _ptr(kf), _ptr(C), B * H, N, D, r, G, H, scale, _ptr(z))
-    gS, z_again, gC_part = torch.empty(B, H, N, N), torch.empty(B, H, N, r), torch.empty(B, H, r, L)
-    emulation.karat_fused_bwd(_ptr(gzf), _ptr(qf), _ptr(kf), _ptr(C), B * H, N, D, r, G, H, scale, _ptr(gS),
+    z_part = torch.empty(parts, B, H, N, r)
+    emulation.karat_fused_fwd(_ptr(qf), _ptr(kf), _ptr(C), B * H, N, D, r, G, H, scale, parts, _ptr(z_part))
+    gS, z_again = torch.empty(B, H, N, N), torch.empty(parts, B, H, N, r)
+    gC_part = torch.empty(parts * B, H, r, L)
+    emulation.karat_fused_bwd(_ptr(gzf), _ptr(qf), _ptr(kf), _ptr(C), B * H, N, D, r, G, H, scale, parts, _ptr(gS),
                               _ptr(z_again), _ptr(gC_part))
+    z = z_part.sum(0)  # as karat_cuda.cpp adds the parts
     ga, gb = unpack_coef(gC_part.sum(0), (H, r, N, G), torch.float32)
 
     tol = dict(rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(z.double(), z_ref.detach(), **tol)
-    assert torch.equal(z_again, z)  # the backward's recomputed z is the forward's, bit for bit
+    assert torch.equal(z_again, z_part)  # the backward's recomputed z is the forward's, bit for bit
     torch.testing.assert_close((gS @ kf).double(), gq_ref, **tol)  # g_q = gS K
     torch.testing.assert_close((gS.transpose(-1, -2) @ qf).double(), gk_ref, **tol)  # g_k = gS^T Q
     torch.testing.assert_close(ga.double(), ga_ref, **tol)
