@@ -61,10 +61,20 @@ PYFAST_HD A dot_row(const A (&row)[kD], const A* other, int64_t D) {
 // index, [j0, j1) keys of its row or [i0, i1) rows of its column, and writes partial sums (z, g_C) that the caller
 // adds over the ranges: at ViT shapes B H N is a few thousand rows, too few threads to keep a GPU busy alone.
 
-// The range [begin, end) of part `part` of `parts` contiguous, near-equal parts of n items.
-PYFAST_HD void part_range(int64_t n, int64_t parts, int64_t part, int64_t& begin, int64_t& end) {
-  begin = part * n / parts;
-  end = (part + 1) * n / parts;
+// Thread idx of a fused launch over parts x n threads (n score rows or columns): its row / column idx % n, its part
+// p = idx / n and, of that part, the range [begin, end) of the N keys (rows) it covers (contiguous, near-equal parts).
+// False for the threads past the end of the launch.
+struct Task {
+  int64_t item, part, begin, end;
+};
+
+PYFAST_HD bool task_of(int64_t idx, int64_t n, int64_t parts, int64_t N, Task& task) {
+  if (idx >= n * parts) return false;
+  task.part = idx / n;
+  task.item = idx - task.part * n;
+  task.begin = task.part * N / parts;
+  task.end = (task.part + 1) * N / parts;
+  return true;
 }
 
 template <class A, int kD>

@@ -62,19 +62,15 @@ unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1)
 
 constexpr int kFusedThreads = 128;  // few registers per block to spare: the threads hold rows and rank-wide sums
 
-// Thread idx of a fused launch over `parts` x `n` threads: part idx / n (its range of the other index), row or column
-// idx % n; the partial sums of part p go to slice p of the output.
+// A thread's task and its part's output slice: fused::task_of (karat_fused.h).
 template <int kD>
 __global__ void __launch_bounds__(kFusedThreads)
     fused_fwd_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ C,
                      int64_t rows, int64_t parts, int64_t N, int64_t D, int64_t r, int G, int64_t H, float scale,
                      float* __restrict__ z_part) {
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= rows * parts) return;
-  const int64_t part = idx / rows;
-  int64_t j0, j1;
-  fused::part_range(N, parts, part, j0, j1);
-  fused::fwd_row<float, kD>(idx - part * rows, j0, j1, q, k, C, N, D, r, G, H, scale, z_part + part * rows * r);
+  fused::Task t;
+  if (fused::task_of(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, rows, parts, N, t))
+    fused::fwd_row<float, kD>(t.item, t.begin, t.end, q, k, C, N, D, r, G, H, scale, z_part + t.part * rows * r);
 }
 
 template <int kD>
@@ -83,13 +79,10 @@ __global__ void __launch_bounds__(kFusedThreads)
                              const float* __restrict__ C, int64_t rows, int64_t parts, int64_t N, int64_t D,
                              int64_t r, int G, int64_t H, float scale, float* __restrict__ gS,
                              float* __restrict__ z_part) {
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= rows * parts) return;
-  const int64_t part = idx / rows;
-  int64_t j0, j1;
-  fused::part_range(N, parts, part, j0, j1);
-  fused::grad_scores_row<float, kD>(idx - part * rows, j0, j1, gz, q, k, C, N, D, r, G, H, scale, gS,
-                                    z_part != nullptr ? z_part + part * rows * r : nullptr);
+  fused::Task t;
+  if (fused::task_of(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, rows, parts, N, t))
+    fused::grad_scores_row<float, kD>(t.item, t.begin, t.end, gz, q, k, C, N, D, r, G, H, scale, gS,
+                                      z_part != nullptr ? z_part + t.part * rows * r : nullptr);
 }
 
 template <int kD>
@@ -97,13 +90,10 @@ __global__ void __launch_bounds__(kFusedThreads)
     fused_coef_grad_kernel(const float* __restrict__ gz, const float* __restrict__ q, const float* __restrict__ k,
                            int64_t cols, int64_t parts, int64_t N, int64_t D, int64_t r, int G, float scale,
                            float* __restrict__ gC_part) {
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= cols * parts) return;
-  const int64_t part = idx / cols;
-  int64_t i0, i1;
-  fused::part_range(N, parts, part, i0, i1);
-  fused::coef_grad_column<float, kD>(idx - part * cols, i0, i1, gz, q, k, N, D, r, G, scale,
-                                     gC_part + part * (cols / N) * r * 2 * G * N);
+  fused::Task t;
+  if (fused::task_of(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, cols, parts, N, t))
+    fused::coef_grad_column<float, kD>(t.item, t.begin, t.end, gz, q, k, N, D, r, G, scale,
+                                       gC_part + t.part * cols * r * 2 * G);  // cols * 2 G r = BH r (2 G N)
 }
 
 unsigned fused_blocks(int64_t n) { return static_cast<unsigned>((n + kFusedThreads - 1) / kFusedThreads); }
