@@ -130,17 +130,15 @@ def time_ms(fn: Callable[[], object], device: torch.device, min_run_time: float)
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
-def time_interleaved_ms(fns: dict[str, Callable[[], object]], device: torch.device, min_run_time: float,
-                        block_s: float = 0.05) -> dict[str, float]:
-    """Median wall time in milliseconds of every ``fns[name]()``, measured in interleaved rounds on the CPU.
+def time_rounds(fns: dict[str, Callable[[], object]], min_run_time: float, block_s: float = 0.05
+                ) -> dict[str, list[float]]:
+    """Per-call wall times in milliseconds of every ``fns[name]()``, one value per round, measured interleaved.
 
     Each round times one block (about ``block_s`` seconds of calls) of every function, starting at a different one
-    each round, until ``min_run_time`` seconds per function have been spent. On a shared machine whose speed drifts
-    over seconds, every function then sees the same drift, so ratios between them hold far better than with one
-    function timed after another (``time_ms``). CUDA timings, which do not drift that way, use ``time_ms``.
+    each round, until ``min_run_time`` seconds per function have been spent (at least three rounds). On a shared
+    machine whose speed drifts over seconds, the functions of one round see the same load: compare them round by
+    round (:func:`paired_ratio`) or by their medians.
     """
-    if device.type == "cuda":
-        return {name: time_ms(fn, device, min_run_time) for name, fn in fns.items()}
     names = list(fns)
     calls = {}
     for name in names:  # warm-up, and the calls per block
@@ -157,10 +155,26 @@ def time_interleaved_ms(fns: dict[str, Callable[[], object]], device: torch.devi
             for _ in range(calls[name]):
                 fns[name]()
             elapsed = time.perf_counter() - start
-            per_call[name].append(elapsed / calls[name])
+            per_call[name].append(elapsed / calls[name] * 1e3)
             spent += elapsed
         rnd += 1
-    return {name: statistics.median(t) * 1e3 for name, t in per_call.items()}
+    return per_call
+
+
+def time_interleaved_ms(fns: dict[str, Callable[[], object]], device: torch.device, min_run_time: float
+                        ) -> dict[str, float]:
+    """Median wall time in milliseconds of every ``fns[name]()``: on the CPU the median over the rounds of
+    :func:`time_rounds` (interleaved, so the functions see the same machine load); CUDA timings, which do not drift
+    that way, use ``time_ms`` one function after another."""
+    if device.type == "cuda":
+        return {name: time_ms(fn, device, min_run_time) for name, fn in fns.items()}
+    return {name: statistics.median(t) for name, t in time_rounds(fns, min_run_time).items()}
+
+
+def paired_ratio(slow: Sequence[float], fast: Sequence[float]) -> float:
+    """Median over rounds of ``slow[i] / fast[i]``: the speedup of one interleaved function over another
+    (:func:`time_rounds`), each round's load cancelling out of its own ratio."""
+    return statistics.median(s / f for s, f in zip(slow, fast))
 
 
 # --------------------------------------------------------------------------------------------------------------
