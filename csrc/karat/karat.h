@@ -5,8 +5,9 @@
 //   z[k, p]   = sum_q sum_{m=1..G} a[p, q, m] cos(m A[k, q]) + b[p, q, m] sin(m A[k, q])
 // The K-dimension (t in {cos, sin}, m, q) of this GEMM, 2 G N long, is generated on the fly from one sincos per score:
 //   cos((m+1) x) = cos(m x) cos x - sin(m x) sin x,   sin((m+1) x) = sin(m x) cos x + cos(m x) sin x.
-// Kernels work on row tiles: a basis tile Bas[k, j], j = (t * G + m - 1) * N + q, and the packed coefficients
-// C[p, j] (a for t = 0, b for t = 1), so z_tile = Bas C^T, a plain GEMM. Nothing of size N * N * G outlives a tile.
+// The CPU kernels and the CUDA tiled path work on row tiles: a basis tile Bas[k, j], j = (t * G + m - 1) * N + q, and
+// the packed coefficients C[p, j] (a for t = 0, b for t = 1), so z_tile = Bas C^T, a plain GEMM. Nothing of size
+// N * N * G outlives a tile. The fused CUDA kernels (karat_fused.h) form each basis value where it is used instead.
 // Backward, from g_z [N, r]:
 //   E       = g_z C                                   [N, 2GN]    (E_c, E_s: the cos / sin halves)
 //   g_C    += g_z^T Bas                               [r, 2GN]    (g_a, g_b summed over batch and rows)
