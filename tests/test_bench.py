@@ -58,6 +58,18 @@ def test_time_ms_is_positive():
 
 
 @pytest.mark.slow
+def test_time_rounds_interleaves_and_paired_ratio_compares_round_by_round():
+    order = []
+    fns = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    rounds = harness.time_rounds(fns, min_run_time=0.0, block_s=0.0)
+    assert len(rounds["a"]) == len(rounds["b"]) >= 3  # at least three rounds, one block of each per round
+    assert all(t > 0 for t in rounds["a"] + rounds["b"])
+    timed = order[4:]  # after two warm-up calls each (blocks of one call: block_s = 0)
+    assert timed[:2] == ["a", "b"] and timed[2:4] == ["b", "a"]  # each round starts at the next function
+    # the median of the per-round ratios: a round where both ran slow counts as that round's ratio
+    assert harness.paired_ratio([2.0, 20.0, 4.0], [1.0, 10.0, 1.0]) == 2.0
+
+
 def test_bench_lif_quick_cpu_csv(run_bench_quick):
     # 'cuda' cannot run on the CPU: it must be skipped with a printed reason, not silently.
     out, rows = run_bench_quick("bench_lif", "--providers", "reference", "cpp", "cuda", "--threads", "1", timeout=300)
