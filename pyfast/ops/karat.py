@@ -205,7 +205,7 @@ _ATTENTION = {"triton": torch.ops.pyfast.karat_attention_triton}
 if _extension.has_cpp():
     torch.library.register_fake("pyfast::karat_attention")(_attention_fake)
     torch.library.register_fake("pyfast::karat_attention_bwd")(_attention_bwd_fake)
-    # autograd of pyfast::karat_attention: C++ (csrc/karat/karat_attention.cpp), the same as the Triton twin's below
+    # autograd of pyfast::karat_attention: C++ (csrc/karat/karat_attention.cpp), the same as the Triton twin's above
     _ATTENTION["cpp"] = _ATTENTION["cuda"] = torch.ops.pyfast.karat_attention
 
 
