@@ -11,35 +11,75 @@
 // (batch x head), measured no faster than these batched calls. The Triton twins compute the same in Python
 // (pyfast/ops/karat.py).
 //
-// Autograd in C++, as for pyfast::lif_fwd (csrc/lif/lif_autograd.cpp): with torch.library.register_autograd the
-// Python wrapper's objects alone kept Python's garbage collector at about 8 % of a CPU fwd+bwd at ViT-Tiny shape, and
-// it costs host time on a GPU. The op reaches its fake kernel (pyfast/ops/karat.py) through the dispatcher, so
+// Autograd in C++, as for pyfast::lif_fwd (csrc/lif/lif_autograd.cpp): with torch.library.register_autograd,
+// Python's garbage collector showed at about 7 % of a single-thread CPU fwd+bwd profile at ViT-Tiny shape; in C++ the
+// CPU fwd+bwd measured 2-3 % faster, and a GPU step spends less host time. The op reaches its fake kernel (pyfast/ops/karat.py) through the dispatcher, so
 // torch.compile traces it as before.
-#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/matmul.h>
+#include <ATen/ops/zeros.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <tuple>
 
+#include "common/dispatch.h"
 #include "karat/karat_host.h"
 
 namespace pyfast {
 namespace {
 
+// The harmonic slots m = 1..G of a coefficient tensor [H, r, N, M] (slot 0 is the m = 0 constant term when there is
+// one).
+at::Tensor harmonic_slots(const at::Tensor& c, bool constant_term) {
+  return constant_term ? c.narrow(3, 1, c.size(3) - 1) : c;
+}
+
+// pyfast::karat_attention's inputs: q, k, v [B, H, N, D]; a, b [H, r, N, M] with M = G + 1 slots (m = 0..G) when
+// constant_term, M = G otherwise; W [H, N, r]. Returns the shape of the basis contraction (harmonics 1..G).
+karat::Shape check_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const at::Tensor& a, const at::Tensor& b, const at::Tensor& W,
+                                    bool constant_term) {
+  karat::check_float(v, "v");
+  TORCH_CHECK_VALUE(v.sizes() == q.sizes() && v.scalar_type() == q.scalar_type() && v.device() == q.device(),
+                    "karat_attention: v must match q (shape ", q.sizes(), ", ", q.scalar_type(), ", ", q.device(),
+                    "), got shape ", v.sizes(), ", ", v.scalar_type(), ", ", v.device());
+  TORCH_CHECK_VALUE(a.dim() == 4 && a.size(3) >= (constant_term ? 2 : 1), "karat_attention: a must be [H, r, N, M] "
+                    "with M >= ", constant_term ? "2 slots (m = 0, and G >= 1 harmonics)" : "1 slot (G >= 1)",
+                    ", got shape ", a.sizes());
+  TORCH_CHECK_VALUE(b.sizes() == a.sizes(), "karat: b must have a's shape ", a.sizes(), ", got ", b.sizes());
+  const karat::Shape s = karat::check_inputs(q, k, harmonic_slots(a, constant_term), harmonic_slots(b, constant_term));
+  karat::check_float(W, "W");
+  TORCH_CHECK_VALUE(W.dim() == 3 && W.size(0) == s.H && W.size(1) == s.N && W.size(2) == s.r,
+                    "karat_attention: W must be [H, N, r] = [", s.H, ", ", s.N, ", ", s.r, "], got shape ", W.sizes());
+  TORCH_CHECK_VALUE(W.device() == q.device(), "karat_attention: W is on ", W.device(), " but q is on ", q.device());
+  return s;
+}
+
+void check_grad_out(const at::Tensor& grad_out, const at::Tensor& q) {
+  TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes(), "karat_attention_bwd: grad_out must have q's shape ", q.sizes(),
+                    ", got ", grad_out.sizes());
+  TORCH_CHECK_VALUE(grad_out.device() == q.device(), "karat_attention_bwd: grad_out is on ", grad_out.device(),
+                    " but q is on ", q.device());
+}
+
+// (g_a, g_b) [H, r, N, M] of karat_attention from the harmonic slots' gradients g_a_h, g_b_h [H, r, N, G] and, with
+// the constant term (g_c0 defined, [H, r]), slot 0: dz / da[p, q, 0] = 1 for every q, and b[..., 0] multiplies
+// sin 0 = 0, so its gradient is zero.
+std::tuple<at::Tensor, at::Tensor> with_constant_term_grads(const at::Tensor& g_a_h, const at::Tensor& g_b_h,
+                                                            const at::Tensor& g_c0, const karat::Shape& s,
+                                                            const at::Tensor& a) {
+  if (!g_c0.defined()) return {g_a_h, g_b_h};
+  const at::Tensor g_a0 = g_c0.to(a.scalar_type()).view({s.H, s.r, 1, 1}).expand({s.H, s.r, s.N, 1});
+  return {at::cat({g_a0, g_a_h}, 3), at::cat({at::zeros({s.H, s.r, s.N, 1}, g_b_h.options()), g_b_h}, 3)};
+}
+
 using FwdSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double);
 using BwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool);
 
-const c10::TypedOperatorHandle<FwdSig>& basis_fwd() {
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("pyfast::karat_fwd", "").typed<FwdSig>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<BwdSig>& basis_bwd() {
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("pyfast::karat_bwd", "").typed<BwdSig>();
-  return op;
-}
+constexpr auto basis_fwd = &dispatched<"pyfast::karat_fwd", FwdSig>;
+constexpr auto basis_bwd = &dispatched<"pyfast::karat_bwd", BwdSig>;
 
 // z [B, H, N, r] in the accumulation type, plus the constant term c0 [H, r] when there is one.
 at::Tensor with_constant_term(const at::Tensor& z_basis, const at::Tensor& a, const karat::Shape& s,
@@ -51,10 +91,10 @@ at::Tensor with_constant_term(const at::Tensor& z_basis, const at::Tensor& a, co
 
 at::Tensor karat_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
                            const at::Tensor& b, const at::Tensor& W, double scale, bool constant_term) {
-  const karat::Shape s = karat::check_attention_inputs(q, k, v, a, b, W, constant_term);
+  const karat::Shape s = check_attention_inputs(q, k, v, a, b, W, constant_term);
   const auto acc = acc_type(q.scalar_type());
-  const at::Tensor z = with_constant_term(basis_fwd().call(q, k, karat::harmonic_slots(a, constant_term),
-                                                           karat::harmonic_slots(b, constant_term), scale),
+  const at::Tensor z = with_constant_term(basis_fwd().call(q, k, harmonic_slots(a, constant_term),
+                                                           harmonic_slots(b, constant_term), scale),
                                           a, s, constant_term);
   const at::Tensor U = at::matmul(W.to(acc).transpose(-1, -2), v.to(acc));  // [B, H, r, D]
   return at::matmul(z, U).to(q.scalar_type());
@@ -63,19 +103,18 @@ at::Tensor karat_attention(const at::Tensor& q, const at::Tensor& k, const at::T
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_attention_bwd(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
     const at::Tensor& b, const at::Tensor& W, double scale, bool constant_term) {
-  const karat::Shape s = karat::check_attention_inputs(q, k, v, a, b, W, constant_term);
-  karat::check_grad_out(grad_out, q);
+  const karat::Shape s = check_attention_inputs(q, k, v, a, b, W, constant_term);
+  check_grad_out(grad_out, q);
   const auto acc = acc_type(q.scalar_type());
   const at::Tensor W_acc = W.to(acc), v_acc = v.to(acc), g_out = grad_out.to(acc);
   const at::Tensor U = at::matmul(W_acc.transpose(-1, -2), v_acc);  // [B, H, r, D]
   const at::Tensor g_z = at::matmul(g_out, U.transpose(-1, -2));    // [B, H, N, r]
   auto [g_q, g_k, g_a_h, g_b_h, z_basis] =
-      basis_bwd().call(g_z.to(q.scalar_type()), q, k, karat::harmonic_slots(a, constant_term),
-                       karat::harmonic_slots(b, constant_term), scale, true);
+      basis_bwd().call(g_z.to(q.scalar_type()), q, k, harmonic_slots(a, constant_term),
+                       harmonic_slots(b, constant_term), scale, true);
   const at::Tensor z = with_constant_term(z_basis, a, s, constant_term);
   const at::Tensor g_U = at::matmul(z.transpose(-1, -2), g_out);  // [B, H, r, D]
-  auto [g_a, g_b] = karat::with_constant_term_grads(g_a_h, g_b_h, constant_term ? g_z.sum({0, 2}) : at::Tensor(), s,
-                                                    a, b);
+  auto [g_a, g_b] = with_constant_term_grads(g_a_h, g_b_h, constant_term ? g_z.sum({0, 2}) : at::Tensor(), s, a);
   return {g_q, g_k, at::matmul(W_acc, g_U).to(v.scalar_type()), g_a, g_b,
           at::matmul(v_acc, g_U.transpose(-1, -2)).sum(0).to(W.scalar_type())};
 }
@@ -86,17 +125,8 @@ using AttentionBwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
     const at::Tensor&, double, bool);
 
-const c10::TypedOperatorHandle<AttentionSig>& attention_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("pyfast::karat_attention", "").typed<AttentionSig>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<AttentionBwdSig>& attention_bwd_op() {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("pyfast::karat_attention_bwd", "").typed<AttentionBwdSig>();
-  return op;
-}
+constexpr auto attention_op = &dispatched<"pyfast::karat_attention", AttentionSig>;
+constexpr auto attention_bwd_op = &dispatched<"pyfast::karat_attention_bwd", AttentionBwdSig>;
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;

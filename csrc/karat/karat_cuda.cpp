@@ -111,7 +111,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd
   const at::Tensor k = k_in.to(acc).contiguous().view({BH, s.N, s.D});
   const at::Tensor gz = grad_z.to(acc).contiguous().view({s.B, s.H, s.N, s.r});
   const at::Tensor C = karat::pack_coef(a, b, acc);  // [H, r, L]
-  at::Tensor z = recompute_z ? at::empty({s.B, s.H, s.N, s.r}, q.options()) : at::empty({0}, q.options());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   if (use_fused(s, acc) && BH > 0) {
     const int64_t parts = fused_parts(s);
@@ -122,13 +121,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd
         gz.const_data_ptr<float>(), q.const_data_ptr<float>(), k.const_data_ptr<float>(), C.const_data_ptr<float>(),
         gS.mutable_data_ptr<float>(), recompute_z ? z_part.mutable_data_ptr<float>() : nullptr,
         gC_part.mutable_data_ptr<float>(), BH, s.N, s.D, s.r, s.G, s.H, scale, parts, stream));
-    if (recompute_z) z = z_part.sum(0);
     auto [ga, gb] = karat::unpack_coef(gC_part.sum(0), s, a.scalar_type());  // over the parts and the batch
     return {at::bmm(gS, k).view(q_in.sizes()).to(q_in.scalar_type()),
             at::bmm(gS.transpose(1, 2), q).view(k_in.sizes()).to(k_in.scalar_type()), ga, gb.to(b.scalar_type()),
-            z.to(q_in.scalar_type())};
+            (recompute_z ? z_part.sum(0) : z_part.new_empty({0})).to(q_in.scalar_type())};
   }
   at::Tensor gq = at::empty_like(q), gk = at::zeros_like(k), gC = at::zeros({s.H, s.r, L}, q.options());
+  at::Tensor z = recompute_z ? at::empty({s.B, s.H, s.N, s.r}, q.options()) : at::empty({0}, q.options());
   const at::Tensor CT = C.transpose(1, 2);  // [H, L, r]
   const int64_t kt = tile_rows(s, q.element_size());
   for (int64_t r0 = 0; BH > 0 && r0 < s.N; r0 += kt) {

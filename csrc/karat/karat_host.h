@@ -4,9 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/cat.h>
 #include <ATen/ops/stack.h>
-#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include <tuple>
@@ -70,51 +68,6 @@ inline void check_grad_z(const at::Tensor& grad_z, const at::Tensor& q, const Sh
                     grad_z.sizes());
   TORCH_CHECK_VALUE(grad_z.device() == q.device(), "karat_bwd: grad_z is on ", grad_z.device(), " but q is on ",
                     q.device());
-}
-
-// The harmonic slots m = 1..G of a coefficient tensor [H, r, N, M] (slot 0 is the m = 0 constant term when there is
-// one).
-inline at::Tensor harmonic_slots(const at::Tensor& c, bool constant_term) {
-  return constant_term ? c.narrow(3, 1, c.size(3) - 1) : c;
-}
-
-// pyfast::karat_attention's inputs: q, k, v [B, H, N, D]; a, b [H, r, N, M] with M = G + 1 slots (m = 0..G) when
-// constant_term, M = G otherwise; W [H, N, r]. Returns the shape of the basis contraction (harmonics 1..G).
-inline Shape check_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                    const at::Tensor& a, const at::Tensor& b, const at::Tensor& W,
-                                    bool constant_term) {
-  check_float(v, "v");
-  TORCH_CHECK_VALUE(v.sizes() == q.sizes() && v.scalar_type() == q.scalar_type() && v.device() == q.device(),
-                    "karat_attention: v must match q (shape ", q.sizes(), ", ", q.scalar_type(), ", ", q.device(),
-                    "), got shape ", v.sizes(), ", ", v.scalar_type(), ", ", v.device());
-  TORCH_CHECK_VALUE(a.dim() == 4 && a.size(3) >= (constant_term ? 2 : 1), "karat_attention: a must be [H, r, N, M] "
-                    "with M >= ", constant_term ? "2 slots (m = 0, and G >= 1 harmonics)" : "1 slot (G >= 1)",
-                    ", got shape ", a.sizes());
-  TORCH_CHECK_VALUE(b.sizes() == a.sizes(), "karat: b must have a's shape ", a.sizes(), ", got ", b.sizes());
-  const Shape s = check_inputs(q, k, harmonic_slots(a, constant_term), harmonic_slots(b, constant_term));
-  check_float(W, "W");
-  TORCH_CHECK_VALUE(W.dim() == 3 && W.size(0) == s.H && W.size(1) == s.N && W.size(2) == s.r,
-                    "karat_attention: W must be [H, N, r] = [", s.H, ", ", s.N, ", ", s.r, "], got shape ", W.sizes());
-  TORCH_CHECK_VALUE(W.device() == q.device(), "karat_attention: W is on ", W.device(), " but q is on ", q.device());
-  return s;
-}
-
-inline void check_grad_out(const at::Tensor& grad_out, const at::Tensor& q) {
-  TORCH_CHECK_VALUE(grad_out.sizes() == q.sizes(), "karat_attention_bwd: grad_out must have q's shape ", q.sizes(),
-                    ", got ", grad_out.sizes());
-  TORCH_CHECK_VALUE(grad_out.device() == q.device(), "karat_attention_bwd: grad_out is on ", grad_out.device(),
-                    " but q is on ", q.device());
-}
-
-// (g_a, g_b) [H, r, N, M] of karat_attention from the harmonic slots' gradients g_a_h, g_b_h [H, r, N, G] and, with
-// the constant term (g_c0 defined, [H, r]), slot 0: dz / da[p, q, 0] = 1 for every q, and b[..., 0] multiplies
-// sin 0 = 0, so its gradient is zero.
-inline std::tuple<at::Tensor, at::Tensor> with_constant_term_grads(const at::Tensor& g_a_h, const at::Tensor& g_b_h,
-                                                                   const at::Tensor& g_c0, const Shape& s,
-                                                                   const at::Tensor& a, const at::Tensor& b) {
-  if (!g_c0.defined()) return {g_a_h, g_b_h};
-  const at::Tensor g_a0 = g_c0.to(a.scalar_type()).view({s.H, s.r, 1, 1}).expand({s.H, s.r, s.N, 1});
-  return {at::cat({g_a0, g_a_h}, 3), at::cat({at::zeros({s.H, s.r, s.N, 1}, g_b_h.options()), g_b_h}, 3)};
 }
 
 }  // namespace karat

@@ -7,12 +7,13 @@
 // the forward itself; here the whole autograd path is C++. The Triton twins keep their Python autograd
 // (pyfast/ops/lif.py), which computes the same thing. Both ops reach their fake kernels through the dispatcher, so
 // torch.compile traces forward and backward alike.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <string>
+
+#include "common/dispatch.h"
 
 namespace pyfast {
 namespace {
@@ -29,15 +30,8 @@ using BwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, std::optional<double>, bool,
     c10::string_view, double, bool, bool, bool);
 
-const c10::TypedOperatorHandle<FwdSig>& fwd_op() {
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("pyfast::lif_fwd", "").typed<FwdSig>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<BwdSig>& bwd_op() {
-  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("pyfast::lif_bwd", "").typed<BwdSig>();
-  return op;
-}
+constexpr auto fwd_op = &dispatched<"pyfast::lif_fwd", FwdSig>;
+constexpr auto bwd_op = &dispatched<"pyfast::lif_bwd", BwdSig>;
 
 class LifFunction : public torch::autograd::Function<LifFunction> {
  public:
