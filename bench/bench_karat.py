@@ -124,15 +124,12 @@ def run_case(B, H, N, D, G, r, dtype, device, providers, min_run_time, sha
         forwards[provider] = lambda fwd=fwd: fwd(*inputs)
         saved[provider] = saved_bytes(forwards[provider], [a, b, W])
         peak[provider] = harness.peak_memory_bytes(steps[provider], device) / 2**20
-    # The providers' timings interleave (harness.time_interleaved_ms): the ratios are this benchmark's result, and on
+    # The providers' timings interleave (harness.time_rounds): the ratios are this benchmark's result, and on
     # a shared machine one provider timed after another saw different load.
     with torch.no_grad():
-        fwd_ms = harness.time_interleaved_ms(forwards, device, min_run_time)
-    if device.type == "cuda":
-        step_rounds = {p: [harness.time_ms(steps[p], device, min_run_time)] for p in providers}
-    else:
-        step_rounds = harness.time_rounds(steps, min_run_time)
-    step_ms = {p: statistics.median(t) for p, t in step_rounds.items()}
+        fwd_rounds = harness.time_rounds(forwards, device, min_run_time)
+    step_rounds = harness.time_rounds(steps, device, min_run_time)
+    fwd_ms, step_ms = ({p: statistics.median(t) for p, t in rounds.items()} for rounds in (fwd_rounds, step_rounds))
     rows = []
     for provider in providers:
         note = "; ".join([f"saved_MB={saved[provider] / 2**20:.3f}", *notes[provider]])

@@ -130,15 +130,18 @@ def time_ms(fn: Callable[[], object], device: torch.device, min_run_time: float)
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
-def time_rounds(fns: dict[str, Callable[[], object]], min_run_time: float, block_s: float = 0.05
-                ) -> dict[str, list[float]]:
+def time_rounds(fns: dict[str, Callable[[], object]], device: torch.device, min_run_time: float,
+                block_s: float = 0.05) -> dict[str, list[float]]:
     """Per-call wall times in milliseconds of every ``fns[name]()``, one value per round, measured interleaved.
 
-    Each round times one block (about ``block_s`` seconds of calls) of every function, starting at a different one
-    each round, until ``min_run_time`` seconds per function have been spent (at least three rounds). On a shared
+    CPU: each round times one block (about ``block_s`` seconds of calls) of every function, starting at a different
+    one each round, until ``min_run_time`` seconds per function have been spent (at least three rounds). On a shared
     machine whose speed drifts over seconds, the functions of one round see the same load: compare them round by
-    round (:func:`paired_ratio`) or by their medians.
+    round (:func:`paired_ratio`) or by their medians. CUDA timings, which do not drift that way, are one round of
+    ``time_ms`` per function.
     """
+    if device.type == "cuda":
+        return {name: [time_ms(fn, device, min_run_time)] for name, fn in fns.items()}
     names = list(fns)
     calls = {}
     for name in names:  # warm-up, and the calls per block
@@ -159,16 +162,6 @@ def time_rounds(fns: dict[str, Callable[[], object]], min_run_time: float, block
             spent += elapsed
         rnd += 1
     return per_call
-
-
-def time_interleaved_ms(fns: dict[str, Callable[[], object]], device: torch.device, min_run_time: float
-                        ) -> dict[str, float]:
-    """Median wall time in milliseconds of every ``fns[name]()``: on the CPU the median over the rounds of
-    :func:`time_rounds` (interleaved, so the functions see the same machine load); CUDA timings, which do not drift
-    that way, use ``time_ms`` one function after another."""
-    if device.type == "cuda":
-        return {name: time_ms(fn, device, min_run_time) for name, fn in fns.items()}
-    return {name: statistics.median(t) for name, t in time_rounds(fns, min_run_time).items()}
 
 
 def paired_ratio(slow: Sequence[float], fast: Sequence[float]) -> float:

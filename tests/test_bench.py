@@ -61,7 +61,7 @@ def test_time_ms_is_positive():
 def test_time_rounds_interleaves_and_paired_ratio_compares_round_by_round():
     order = []
     fns = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
-    rounds = harness.time_rounds(fns, min_run_time=0.0, block_s=0.0)
+    rounds = harness.time_rounds(fns, torch.device("cpu"), min_run_time=0.0, block_s=0.0)
     assert len(rounds["a"]) == len(rounds["b"]) >= 3  # at least three rounds, one block of each per round
     assert all(t > 0 for t in rounds["a"] + rounds["b"])
     timed = order[4:]  # after two warm-up calls each (blocks of one call: block_s = 0)
