@@ -114,7 +114,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                        harmonic_slots(b, constant_term), scale, true);
   const at::Tensor z = with_constant_term(z_basis, a, s, constant_term);
   const at::Tensor g_U = at::matmul(z.transpose(-1, -2), g_out);  // [B, H, r, D]
-  auto [g_a, g_b] = with_constant_term_grads(g_a_h, g_b_h, constant_term ? g_z.sum({0, 2}) : at::Tensor(), s, a);
+  // IntArrayRef spelled out: a braced list is ambiguous with the DimnameList overload in some torch versions (2.11).
+  const at::Tensor g_constant = constant_term ? g_z.sum(at::IntArrayRef{0, 2}) : at::Tensor();
+  auto [g_a, g_b] = with_constant_term_grads(g_a_h, g_b_h, g_constant, s, a);
   return {g_q, g_k, at::matmul(W_acc, g_U).to(v.scalar_type()), g_a, g_b,
           at::matmul(v_acc, g_U.transpose(-1, -2)).sum(0).to(W.scalar_type())};
 }
