@@ -5,10 +5,11 @@
 // traffic is exactly one read of each input and one write of each output, coalesced across the warp: a warp
 // touches 32 * V consecutive elements per time step. Forward: V = 16 bytes / sizeof(storage), or 1 when N or a
 // pointer does not allow the vector access. Backward, which keeps more live values per neuron (gradient carries,
-// surrogate): V = 1, as the Triton backward, whose tuning found one neuron per thread best; on an H200 at T = 32 the
-// half-precision backward at V = 8 ran at 1.7 TB/s against that Triton kernel's 2.6 TB/s, and at float32 a fwd+bwd
-// with the backward at V = 4 took 7% longer than the Triton pair. Arithmetic is float32 (float64 for double); the T loop is unrolled so the loads of
-// later steps, which do not depend on the membrane, are issued early.
+// surrogate): V = 1, as the Triton backward, whose tuning found one neuron per thread best (on an H200 at T = 32 the
+// half-precision backward at V = 8 ran at 1.7 TB/s against that Triton kernel's 2.6 TB/s). What limits the
+// backward is the bytes in flight: on an H100 (2026-11-26) loading step by step, one step in flight per thread, it
+// ran at 1.6 TB/s against the forward's 2.6, so it loads kChunk steps at once before computing them. Arithmetic is
+// float32 (float64 for double).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -23,6 +24,7 @@ namespace lif {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kChunk = 8;  // backward time steps whose loads are in flight together (lif_bwd_kernel)
 
 template <typename T>
 struct Acc {
@@ -118,38 +120,46 @@ __global__ void __launch_bounds__(kThreads) lif_bwd_kernel(BwdArgs a) {
     gk[j] = A(0);
     gth[j] = A(0);
   }
-  // h_cur holds H_t; with grad_k, H_{t-1} is loaded once and becomes h_cur of the next (earlier) step.
-  Pack<T, V> h_cur = load<T, V>(h_seq, (a.T - 1) * a.N + i0);
-#pragma unroll 4
-  for (int64_t t = a.T - 1; t >= 0; --t) {
-    const int64_t off = t * a.N + i0;
-    const Pack<T, V> gs = load<T, V>(grad_s, off);
-    Pack<T, V> h_prev, xt;
-    if (kGradK) {
-      if (t > 0) h_prev = load<T, V>(h_seq, off - a.N);
-      if (x) xt = load<T, V>(x, off);
-    }
-    Pack<T, V> gx;
+  // The steps run in chunks of kChunk, newest first: every load of a chunk (grad_s, H, x and, with grad_k, the H of
+  // the step below the chunk) is issued before its first store. The compiler may not move a load above a store to
+  // grad_x (the pointers could alias), so loading step by step would keep one step's loads in flight per thread and
+  // leave the backward latency-bound; a chunk keeps kChunk steps in flight.
+  for (int64_t t_hi = a.T - 1; t_hi >= 0; t_hi -= kChunk) {
+    Pack<T, V> gs[kChunk], h[kChunk + 1], xt[kChunk];  // h[u] = H at step t_hi - u; h[kChunk] = H below the chunk
 #pragma unroll
-    for (int j = 0; j < V; ++j) {
-      const A h = to_acc(h_cur.e[j]);
-      const StepGrad<A> g = backward_step<Surrogate::Dynamic>(to_acc(gs.e[j]), gv[j], h, th[j], c);
-      gx.e[j] = from_acc<T>(charge_grad_x(k[j], c) * g.grad_h);
-      if (kGradVth) gth[j] += g.grad_vth;
-      if (kGradK) {
-        A v_prev;
-        if (t > 0) {
-          const A hp = to_acc(h_prev.e[j]);
-          v_prev = reset(hp, fire(hp, th[j]), th[j], c);
-        } else {
-          v_prev = a.v0 ? to_acc(static_cast<const T*>(a.v0)[i0 + j]) : A(initial_membrane(c));
-        }
-        gk[j] += g.grad_h * charge_grad_k(x ? to_acc(xt.e[j]) : A(0), v_prev, c);
-      }
-      gv[j] = (A(1) - k[j]) * g.grad_h;
+    for (int u = 0; u <= kChunk; ++u) {
+      const int64_t t = t_hi - u;
+      if (t < 0 || (u == kChunk && !kGradK)) continue;
+      h[u] = load<T, V>(h_seq, t * a.N + i0);
+      if (u == kChunk) continue;
+      gs[u] = load<T, V>(grad_s, t * a.N + i0);
+      if (kGradK && x) xt[u] = load<T, V>(x, t * a.N + i0);
     }
-    store<T, V>(static_cast<T*>(a.grad_x), off, gx);
-    if (t > 0) h_cur = kGradK ? h_prev : load<T, V>(h_seq, off - a.N);
+#pragma unroll
+    for (int u = 0; u < kChunk; ++u) {
+      const int64_t t = t_hi - u;
+      if (t < 0) continue;
+      Pack<T, V> gx;
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const StepGrad<A> g =
+            backward_step<Surrogate::Dynamic>(to_acc(gs[u].e[j]), gv[j], to_acc(h[u].e[j]), th[j], c);
+        gx.e[j] = from_acc<T>(charge_grad_x(k[j], c) * g.grad_h);
+        if (kGradVth) gth[j] += g.grad_vth;
+        if (kGradK) {
+          A v_prev;
+          if (t > 0) {
+            const A hp = to_acc(h[u + 1].e[j]);
+            v_prev = reset(hp, fire(hp, th[j]), th[j], c);
+          } else {
+            v_prev = a.v0 ? to_acc(static_cast<const T*>(a.v0)[i0 + j]) : A(initial_membrane(c));
+          }
+          gk[j] += g.grad_h * charge_grad_k(x ? to_acc(xt[u].e[j]) : A(0), v_prev, c);
+        }
+        gv[j] = (A(1) - k[j]) * g.grad_h;
+      }
+      store<T, V>(static_cast<T*>(a.grad_x), t * a.N + i0, gx);
+    }
   }
   Pack<T, V> g0;
 #pragma unroll
