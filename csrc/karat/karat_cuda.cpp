@@ -1,11 +1,12 @@
 // Fourier-KArAt, CUDA registration of the basis contraction: checks (karat_host.h), the device guard and the current
-// stream. Two paths. The fused one (use_fused: float arithmetic, D <= 128, small r and G) is one kernel forward and two
-// backward (karat_fused.h: a thread per score row or column, nothing of size N x N x G anywhere) plus the two GEMMs
-// g_q = gS K, g_k = gS^T Q. Otherwise the rows are processed in tiles over every (batch x head) at once: the tile's
-// scores Q_t K^T and its GEMMs with the packed coefficients are cuBLAS batched GEMMs, the basis and score-gradient
-// tiles come from the torch-free kernels of karat_kernel.cu. The tile height keeps the basis tile under kTileBytes, so
-// the workspace never holds the whole B*H*N*N*2G basis (and none of it is kept for backward, which regenerates it
-// from q and k).
+// stream. Two paths. The fused one (use_fused: float arithmetic, small r and G) is the raw scores Q K^T from cuBLAS
+// ([B*H, N, N], no harmonics; under torch's float32 matmul precision, so TF32 only where the user allowed it, as for
+// any torch matmul), then one kernel forward and two backward (karat_fused.h: a thread per score row or column,
+// nothing of size N x N x G anywhere), then the two GEMMs g_q = gS K, g_k = gS^T Q. Otherwise the rows are processed
+// in tiles over every (batch x head) at once: the tile's scores Q_t K^T and its GEMMs with the packed coefficients
+// are cuBLAS batched GEMMs, the basis and score-gradient tiles come from the torch-free kernels of karat_kernel.cu.
+// The tile height keeps the basis tile under kTileBytes, so the workspace never holds the whole B*H*N*N*2G basis (and
+// none of it is kept for backward, which regenerates it from q and k).
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/matmul.h>
@@ -24,12 +25,11 @@
 
 namespace pyfast {
 namespace karat {
-cudaError_t karat_fused_fwd_launch(const float* q, const float* k, const float* C, float* z_part, int64_t BH,
-                                   int64_t N, int64_t D, int64_t r, int G, int64_t H, double scale, int64_t parts,
-                                   cudaStream_t stream);
-cudaError_t karat_fused_bwd_launch(const float* gz, const float* q, const float* k, const float* C, float* gS,
-                                   float* z_part, float* gC_part, int64_t BH, int64_t N, int64_t D, int64_t r, int G,
-                                   int64_t H, double scale, int64_t parts, cudaStream_t stream);
+cudaError_t karat_fused_fwd_launch(const float* ST, const float* C, float* z_part, int64_t BH, int64_t N, int64_t r,
+                                   int G, int64_t H, double scale, int64_t parts, cudaStream_t stream);
+cudaError_t karat_fused_bwd_launch(const float* gz, const float* S, const float* ST, const float* C, float* gST,
+                                   float* z_part, float* gC_part, int64_t BH, int64_t N, int64_t r, int G, int64_t H,
+                                   double scale, int64_t parts, cudaStream_t stream);
 cudaError_t karat_basis_cuda_launch(const void* S, void* bas, int64_t rows, int64_t N, int G, double scale,
                                     DType acc, cudaStream_t stream);
 cudaError_t karat_grad_scores_cuda_launch(const void* bas, const void* E, void* gS, int64_t rows, int64_t N, int G,
@@ -47,22 +47,26 @@ int64_t tile_rows(const karat::Shape& s, int64_t elem) {
 
 karat::DType acc_dtype(at::ScalarType acc) { return acc == at::kDouble ? karat::DType::Float64 : karat::DType::Float32; }
 
-// The fused kernels (karat_fused.h) serve float arithmetic (float32 and half inputs) with D <= 128, r and G within
-// what their threads hold in registers, and a score-gradient buffer gS [B*H, N, N] of at most 4 kTileBytes; anything
-// else (float64 among it) takes the tiled path below.
+// The fused kernels (karat_fused.h) serve float arithmetic (float32 and half inputs) with r and G within what their
+// threads hold in registers, and score buffers [B*H, N, N] of at most 4 kTileBytes each; anything else (float64
+// among it) takes the tiled path below.
 bool use_fused(const karat::Shape& s, at::ScalarType acc) {
-  return acc == at::kFloat && s.D <= 128 && s.r <= karat::fused::kMaxR && s.G <= karat::fused::kMaxG &&
+  return acc == at::kFloat && s.r <= karat::fused::kMaxR && s.G <= karat::fused::kMaxG &&
          s.B * s.H * s.N * s.N * static_cast<int64_t>(sizeof(float)) <= 4 * kTileBytes;
 }
 
-// Parts of the key (row) range per score row (column) in the fused kernels: enough threads, about kFusedTargetThreads
-// in all, to fill a large GPU (an H100 has 132 SMs), each thread still covering at least 8 keys. The partial sums
-// cost a [parts, ...] buffer and one sum.
-constexpr int64_t kFusedTargetThreads = int64_t{1} << 15;
+// Parts of the key (row) range per score row (column) in the fused kernels: about kFusedTargetThreads threads in all,
+// one to three waves of a large GPU (an H100 holds 50K to 120K of them at once: 132 SMs, the registers of 12 warps
+// of the coefficient-gradient kernel to 28 of the forward), each thread still covering at least 4 keys. The threads
+// are latency-bound, so the more in flight the better: on an H100 at B=32, H=3, N=197, D=64, G=3, r=12 the three
+// kernels took 0.86, 0.84 and 0.47 ms with one thread per row and the dot products in the threads (2^15 target),
+// 0.19, 0.30 and 0.14 ms with 6 parts and the scores from cuBLAS. The partial sums cost a [parts, ...] buffer (the
+// coefficient gradient's, [parts * B, H, r, 2 G N], is most of the fused path's peak memory) and one sum.
+constexpr int64_t kFusedTargetThreads = int64_t{1} << 17;
 
 int64_t fused_parts(const karat::Shape& s) {
   const int64_t rows = std::max<int64_t>(1, s.B * s.H * s.N);
-  return std::clamp<int64_t>(kFusedTargetThreads / rows, 1, std::max<int64_t>(1, s.N / 8));
+  return std::clamp<int64_t>(kFusedTargetThreads / rows, 1, std::max<int64_t>(1, s.N / 4));
 }
 
 at::Tensor karat_fwd_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& a, const at::Tensor& b,
@@ -79,11 +83,12 @@ at::Tensor karat_fwd_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const 
   const auto stream = c10::cuda::getCurrentCUDAStream();
   if (use_fused(s, acc)) {
     const at::Tensor C = karat::pack_coef(a, b, acc);
+    const at::Tensor ST = at::bmm(k, q.transpose(1, 2));  // [BH, N, N], ST[bh, q, k] = <K[q], Q[k]>
     const int64_t parts = fused_parts(s);
     const at::Tensor z_part = at::empty({parts, s.B, s.H, s.N, s.r}, q.options());
-    C10_CUDA_CHECK(karat::karat_fused_fwd_launch(q.const_data_ptr<float>(), k.const_data_ptr<float>(),
-                                                 C.const_data_ptr<float>(), z_part.mutable_data_ptr<float>(), BH, s.N,
-                                                 s.D, s.r, s.G, s.H, scale, parts, stream));
+    C10_CUDA_CHECK(karat::karat_fused_fwd_launch(ST.const_data_ptr<float>(), C.const_data_ptr<float>(),
+                                                 z_part.mutable_data_ptr<float>(), BH, s.N, s.r, s.G, s.H, scale,
+                                                 parts, stream));
     return z_part.sum(0).to(q_in.scalar_type());
   }
   const at::Tensor CT = karat::pack_coef(a, b, acc).transpose(1, 2);  // [H, L, r]
@@ -114,16 +119,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd
   const auto stream = c10::cuda::getCurrentCUDAStream();
   if (use_fused(s, acc) && BH > 0) {
     const int64_t parts = fused_parts(s);
-    const at::Tensor gS = at::empty({BH, s.N, s.N}, q.options());
+    // The scores both ways round (the row kernel reads S^T, the column kernel S; see karat_fused.h), as the forward.
+    const at::Tensor S = at::bmm(q, k.transpose(1, 2)), ST = at::bmm(k, q.transpose(1, 2));
+    const at::Tensor gST = at::empty({BH, s.N, s.N}, q.options());  // gST[bh, q, k] = dLoss / dS[bh, k, q]
     const at::Tensor gC_part = at::empty({parts * s.B, s.H, s.r, L}, q.options());
     const at::Tensor z_part = at::empty({recompute_z ? parts : 0, s.B, s.H, s.N, s.r}, q.options());
     C10_CUDA_CHECK(karat::karat_fused_bwd_launch(
-        gz.const_data_ptr<float>(), q.const_data_ptr<float>(), k.const_data_ptr<float>(), C.const_data_ptr<float>(),
-        gS.mutable_data_ptr<float>(), recompute_z ? z_part.mutable_data_ptr<float>() : nullptr,
-        gC_part.mutable_data_ptr<float>(), BH, s.N, s.D, s.r, s.G, s.H, scale, parts, stream));
+        gz.const_data_ptr<float>(), S.const_data_ptr<float>(), ST.const_data_ptr<float>(), C.const_data_ptr<float>(),
+        gST.mutable_data_ptr<float>(), recompute_z ? z_part.mutable_data_ptr<float>() : nullptr,
+        gC_part.mutable_data_ptr<float>(), BH, s.N, s.r, s.G, s.H, scale, parts, stream));
     auto [ga, gb] = karat::unpack_coef(gC_part.sum(0), s, a.scalar_type());  // over the parts and the batch
-    return {at::bmm(gS, k).view(q_in.sizes()).to(q_in.scalar_type()),
-            at::bmm(gS.transpose(1, 2), q).view(k_in.sizes()).to(k_in.scalar_type()), ga, gb.to(b.scalar_type()),
+    return {at::bmm(gST.transpose(1, 2), k).view(q_in.sizes()).to(q_in.scalar_type()),  // gS K
+            at::bmm(gST, q).view(k_in.sizes()).to(k_in.scalar_type()), ga, gb.to(b.scalar_type()),  // gS^T Q
             (recompute_z ? z_part.sum(0) : z_part.new_empty({0})).to(q_in.scalar_type())};
   }
   at::Tensor gq = at::empty_like(q), gk = at::zeros_like(k), gC = at::zeros({s.H, s.r, L}, q.options());

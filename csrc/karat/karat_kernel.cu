@@ -5,7 +5,8 @@
 //   grad_scores  one thread per (score row, q): gS = scale * sum_m m (E_s cos(m A) - E_c sin(m A)), reading the same
 //                basis tile and E = g_z C.
 //   fused_*      the fused path (karat_fused.h): one thread per score row (forward; score gradient) or per score
-//                column (coefficient gradient), nothing of size N x N x G anywhere; float arithmetic only.
+//                column (coefficient gradient) and range of keys (rows), reading the raw scores cuBLAS made;
+//                nothing of size N x N x G anywhere; float arithmetic only.
 // Arithmetic in float (double for double inputs); the host passes the tensors already in that type.
 #include <cuda_runtime.h>
 
@@ -60,40 +61,34 @@ __global__ void grad_scores_kernel(const A* __restrict__ bas, const A* __restric
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
-constexpr int kFusedThreads = 128;  // few registers per block to spare: the threads hold rows and rank-wide sums
+constexpr int kFusedThreads = 128;
 
 // A thread's task and its part's output slice: fused::task_of (karat_fused.h).
-template <int kD>
 __global__ void __launch_bounds__(kFusedThreads)
-    fused_fwd_kernel(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ C,
-                     int64_t rows, int64_t parts, int64_t N, int64_t D, int64_t r, int G, int64_t H, float scale,
-                     float* __restrict__ z_part) {
+    fused_fwd_kernel(const float* __restrict__ ST, const float* __restrict__ C, int64_t rows, int64_t parts,
+                     int64_t N, int64_t r, int G, int64_t H, float scale, float* __restrict__ z_part) {
   fused::Task t;
   if (fused::task_of(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, rows, parts, N, t))
-    fused::fwd_row<float, kD>(t.item, t.begin, t.end, q, k, C, N, D, r, G, H, scale, z_part + t.part * rows * r);
+    fused::fwd_row<float>(t.item, t.begin, t.end, ST, C, N, r, G, H, scale, z_part + t.part * rows * r);
 }
 
-template <int kD>
 __global__ void __launch_bounds__(kFusedThreads)
-    fused_grad_scores_kernel(const float* __restrict__ gz, const float* __restrict__ q, const float* __restrict__ k,
-                             const float* __restrict__ C, int64_t rows, int64_t parts, int64_t N, int64_t D,
-                             int64_t r, int G, int64_t H, float scale, float* __restrict__ gS,
-                             float* __restrict__ z_part) {
+    fused_grad_scores_kernel(const float* __restrict__ gz, const float* __restrict__ ST, const float* __restrict__ C,
+                             int64_t rows, int64_t parts, int64_t N, int64_t r, int G, int64_t H, float scale,
+                             float* __restrict__ gST, float* __restrict__ z_part) {
   fused::Task t;
   if (fused::task_of(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, rows, parts, N, t))
-    fused::grad_scores_row<float, kD>(t.item, t.begin, t.end, gz, q, k, C, N, D, r, G, H, scale, gS,
-                                      z_part != nullptr ? z_part + t.part * rows * r : nullptr);
+    fused::grad_scores_row<float>(t.item, t.begin, t.end, gz, ST, C, N, r, G, H, scale, gST,
+                                  z_part != nullptr ? z_part + t.part * rows * r : nullptr);
 }
 
-template <int kD>
 __global__ void __launch_bounds__(kFusedThreads)
-    fused_coef_grad_kernel(const float* __restrict__ gz, const float* __restrict__ q, const float* __restrict__ k,
-                           int64_t cols, int64_t parts, int64_t N, int64_t D, int64_t r, int G, float scale,
-                           float* __restrict__ gC_part) {
+    fused_coef_grad_kernel(const float* __restrict__ gz, const float* __restrict__ S, int64_t cols, int64_t parts,
+                           int64_t N, int64_t r, int G, float scale, float* __restrict__ gC_part) {
   fused::Task t;
   if (fused::task_of(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, cols, parts, N, t))
-    fused::coef_grad_column<float, kD>(t.item, t.begin, t.end, gz, q, k, N, D, r, G, scale,
-                                       gC_part + t.part * cols * r * 2 * G);  // cols * 2 G r = BH r (2 G N)
+    fused::coef_grad_column<float>(t.item, t.begin, t.end, gz, S, N, r, G, scale,
+                                   gC_part + t.part * cols * r * 2 * G);  // cols * 2 G r = BH r (2 G N)
 }
 
 unsigned fused_blocks(int64_t n) { return static_cast<unsigned>((n + kFusedThreads - 1) / kFusedThreads); }
@@ -125,41 +120,29 @@ cudaError_t karat_grad_scores_cuda_launch(const void* bas, const void* E, void* 
   return cudaGetLastError();
 }
 
-// Fused forward: partial sums z_part [parts, BH, N, r] (parts ranges of the keys; the caller adds them) from q, k
-// [BH, N, D] (D <= 128) and packed C [H, r, 2 G N], all float.
-cudaError_t karat_fused_fwd_launch(const float* q, const float* k, const float* C, float* z_part, int64_t BH,
-                                   int64_t N, int64_t D, int64_t r, int G, int64_t H, double scale, int64_t parts,
-                                   cudaStream_t stream) {
+// Fused forward: partial sums z_part [parts, BH, N, r] (parts ranges of the keys; the caller adds them) from the
+// transposed raw scores ST [BH, N, N] (ST[bh, q, k] = <K[q], Q[k]>) and packed C [H, r, 2 G N], all float.
+cudaError_t karat_fused_fwd_launch(const float* ST, const float* C, float* z_part, int64_t BH, int64_t N, int64_t r,
+                                   int G, int64_t H, double scale, int64_t parts, cudaStream_t stream) {
   const int64_t rows = BH * N;
   if (rows == 0) return cudaSuccess;
-  const float sc = static_cast<float>(scale);
-  if (D <= 64)
-    fused_fwd_kernel<64><<<fused_blocks(rows * parts), kFusedThreads, 0, stream>>>(q, k, C, rows, parts, N, D, r, G,
-                                                                                   H, sc, z_part);
-  else
-    fused_fwd_kernel<128><<<fused_blocks(rows * parts), kFusedThreads, 0, stream>>>(q, k, C, rows, parts, N, D, r, G,
-                                                                                    H, sc, z_part);
+  fused_fwd_kernel<<<fused_blocks(rows * parts), kFusedThreads, 0, stream>>>(ST, C, rows, parts, N, r, G, H,
+                                                                             static_cast<float>(scale), z_part);
   return cudaGetLastError();
 }
 
-// Fused backward: the score gradient gS [BH, N, N] (and z's partial sums z_part [parts, BH, N, r] when not null) and
-// the coefficient gradients' partial sums gC_part [parts, BH, r, 2 G N] (parts ranges of the rows).
-cudaError_t karat_fused_bwd_launch(const float* gz, const float* q, const float* k, const float* C, float* gS,
-                                   float* z_part, float* gC_part, int64_t BH, int64_t N, int64_t D, int64_t r, int G,
-                                   int64_t H, double scale, int64_t parts, cudaStream_t stream) {
+// Fused backward, from the raw scores S and ST [BH, N, N]: the transposed score gradient gST [BH, N, N] (and z's
+// partial sums z_part [parts, BH, N, r] when not null) and the coefficient gradients' partial sums
+// gC_part [parts, BH, r, 2 G N] (parts ranges of the rows).
+cudaError_t karat_fused_bwd_launch(const float* gz, const float* S, const float* ST, const float* C, float* gST,
+                                   float* z_part, float* gC_part, int64_t BH, int64_t N, int64_t r, int G, int64_t H,
+                                   double scale, int64_t parts, cudaStream_t stream) {
   const int64_t n = BH * N;
   if (n == 0) return cudaSuccess;
   const float sc = static_cast<float>(scale);
   const unsigned blocks = fused_blocks(n * parts);
-  if (D <= 64) {
-    fused_grad_scores_kernel<64><<<blocks, kFusedThreads, 0, stream>>>(gz, q, k, C, n, parts, N, D, r, G, H, sc, gS,
-                                                                       z_part);
-    fused_coef_grad_kernel<64><<<blocks, kFusedThreads, 0, stream>>>(gz, q, k, n, parts, N, D, r, G, sc, gC_part);
-  } else {
-    fused_grad_scores_kernel<128><<<blocks, kFusedThreads, 0, stream>>>(gz, q, k, C, n, parts, N, D, r, G, H, sc, gS,
-                                                                        z_part);
-    fused_coef_grad_kernel<128><<<blocks, kFusedThreads, 0, stream>>>(gz, q, k, n, parts, N, D, r, G, sc, gC_part);
-  }
+  fused_grad_scores_kernel<<<blocks, kFusedThreads, 0, stream>>>(gz, ST, C, n, parts, N, r, G, H, sc, gST, z_part);
+  fused_coef_grad_kernel<<<blocks, kFusedThreads, 0, stream>>>(gz, S, n, parts, N, r, G, sc, gC_part);
   return cudaGetLastError();
 }
 

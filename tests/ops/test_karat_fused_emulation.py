@@ -33,8 +33,8 @@ def emulation(tmp_path_factory):
                     os.path.join(REPO, "tests", "csrc", "karat_fused_emulation.cpp"), "-o", str(lib)], check=True)
     so = ctypes.CDLL(str(lib))
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-    so.karat_fused_fwd.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int, i64, f32, i64, ptr]
-    so.karat_fused_bwd.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, i64, ctypes.c_int, i64, f32, i64, ptr, ptr, ptr]
+    so.karat_fused_fwd.argtypes = [ptr, ptr, i64, i64, i64, ctypes.c_int, i64, f32, i64, ptr]
+    so.karat_fused_bwd.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int, i64, f32, i64, ptr, ptr, ptr]
     return so
 
 
@@ -61,14 +61,16 @@ def test_fused_kernels_match_the_reference(emulation, B, H, N, D, r, G, parts):
     gq_ref, gk_ref, ga_ref, gb_ref = torch.autograd.grad(z_ref, (q64, k64, a64, b64), gz)
 
     qf, kf, gzf = (t.float().contiguous() for t in (q, k, gz))
+    S, ST = (qf @ kf.transpose(-1, -2)).contiguous(), (kf @ qf.transpose(-1, -2)).contiguous()  # cuBLAS's part
     C = pack_coef(a, b, torch.float32)
     L = 2 * G * N
     z_part = torch.empty(parts, B, H, N, r)
-    emulation.karat_fused_fwd(_ptr(qf), _ptr(kf), _ptr(C), B * H, N, D, r, G, H, scale, parts, _ptr(z_part))
-    gS, z_again = torch.empty(B, H, N, N), torch.empty(parts, B, H, N, r)
+    emulation.karat_fused_fwd(_ptr(ST), _ptr(C), B * H, N, r, G, H, scale, parts, _ptr(z_part))
+    gST, z_again = torch.empty(B, H, N, N), torch.empty(parts, B, H, N, r)
     gC_part = torch.empty(parts * B, H, r, L)
-    emulation.karat_fused_bwd(_ptr(gzf), _ptr(qf), _ptr(kf), _ptr(C), B * H, N, D, r, G, H, scale, parts, _ptr(gS),
+    emulation.karat_fused_bwd(_ptr(gzf), _ptr(S), _ptr(ST), _ptr(C), B * H, N, r, G, H, scale, parts, _ptr(gST),
                               _ptr(z_again), _ptr(gC_part))
+    gS = gST.transpose(-1, -2)
     z = z_part.sum(0)  # as karat_cuda.cpp adds the parts
     ga, gb = unpack_coef(gC_part.sum(0), (H, r, N, G), torch.float32)
 
