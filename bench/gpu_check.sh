@@ -22,8 +22,9 @@
 #   GPU_CHECK_STAGES  space-separated names of the stages to run (default: all); e.g. a short lease's
 #                     "build import pytest_cuda bench_lif profile_lif bench_karat"
 #
-# OUTDIR gets: gpu_check.log (everything), <stage>.log per stage, lif_cuda.csv, lif_cuda_compile.csv, mesa_cuda.csv,
-# wconv_cuda.csv, layers_cuda.csv, gated_cuda.csv, karat_cuda.csv, pld_cuda.csv, stages.tsv.
+# OUTDIR gets: gpu_check.log (everything), <stage>.log per stage (cpp_errors.log: whether C++ errors of _C raise),
+# lif_cuda.csv, lif_cuda_compile.csv, mesa_cuda.csv, wconv_cuda.csv, layers_cuda.csv, gated_cuda.csv, karat_cuda.csv,
+# pld_cuda.csv, stages.tsv.
 
 set -u -o pipefail
 
@@ -134,6 +135,9 @@ print('pyfast', pyfast.__file__, 'build', e.build_info())
 assert e.has_cpp(), e.cpp_reason()
 assert e.has_cuda(), e.cuda_reason()
 print('cpp and cuda kernels loaded')"
+
+# --- errors raised inside _C reach Python (on the machines of 2026-11-26 each one was a segfault instead) ------------
+stage cpp_errors 90 1 "$PY" bench/check_cpp_errors.py
 
 # --- backend table (pyfast/info.py; informational) -------------------------------------------------------------------
 stage info 60 0 "$PY" -m pyfast.info

@@ -110,3 +110,22 @@ def test_bench_mesa_quick_runs_and_meets_the_memory_targets():
     providers = {r.provider for r in res["rows"]}
     assert {"reference", "reference+compile"} <= providers
     assert all(r.median_ms > 0 and not r.note for r in res["rows"])
+
+
+def test_check_cpp_errors_tells_a_raise_from_a_crash(monkeypatch, capsys):
+    # bench/check_cpp_errors.py (a gpu_check.sh stage): the CPU cases raise here; a statement that raises nothing and
+    # one that kills its interpreter with SIGSEGV (what errors inside _C did on the GPU machines) are both failures.
+    from bench import check_cpp_errors
+
+    cases = {name: case for name, case in check_cpp_errors.CASES.items() if case[0] == "cpu"}
+    assert cases
+    monkeypatch.setattr(check_cpp_errors, "CASES", cases)
+    assert check_cpp_errors.main() == 0
+    monkeypatch.setattr(check_cpp_errors, "CASES", {
+        "silent": ("cpu", "torch.zeros(1)"),
+        "crash": ("cpu", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)"),
+    })
+    assert check_cpp_errors.main() == 1
+    out = capsys.readouterr().out
+    assert "silent: FAILED (rc 3) no error raised" in out
+    assert "crash: FAILED (rc -11)" in out

@@ -333,8 +333,9 @@ def test_cuda_out_of_range_label_and_more_classes_than_the_kernel_sorts():
 @pytest.mark.cuda
 @needs_cuda
 def test_cuda_op_rejects_more_classes_than_the_kernel_sorts():
-    # The C++ check of the op itself (pld_loss checks first, in Python). On the H200 of 2026-11-26 (torch 2.11) this
-    # error, raised inside the CUDA kernel registration, crashed the process (a segfault) when pld_loss reached it.
+    # The C++ check of the op itself (pld_loss checks first, in Python). On the GPU machines of 2026-11-26 (torch 2.11)
+    # every error raised inside pyfast._C, this one among them, crashed the process (a segfault); see
+    # bench/check_cpp_errors.py.
     s, t, y = pld_inputs(3, CUDA_MAX_CLASSES + 1, torch.float32, device="cuda")
     with pytest.raises(ValueError, match="sorts rows of at most 1024 classes"):
         torch.ops.pyfast.pld_fwd(s, t, y, 1.0)
