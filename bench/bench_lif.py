@@ -27,7 +27,9 @@ fwd = x read + spikes written = 2*T*N*elem; fwd+bwd = forward (x read, spikes an
 Each provider's first call (warm-up, compilation) is checked against the reference: the CSV's ``note`` holds the
 fraction of spikes that differ and, in fwd+bwd, the largest |grad_x - reference grad_x|. In fp32 any spike
 difference is printed as a warning; in bf16/fp16 the eager reference itself computes in that dtype, so small
-differences near the threshold are expected.
+differences near the threshold are expected. Then the providers of a case are timed in interleaved rounds
+(``harness.time_rounds``; the CSV holds each one's median) and, where the run covers the foundation issue's target
+case (CPU: T=8 fp32 fwd+bwd; GPU: T=32 fp16 fwd+bwd), a last table checks its targets (``target_table``).
 
 Examples:
   python bench/bench_lif.py --quick --device cpu
@@ -40,6 +42,7 @@ import argparse
 import dataclasses
 import inspect
 import os
+import statistics
 import sys
 from collections.abc import Callable
 
@@ -55,6 +58,10 @@ OP = "lif"
 ALL_PROVIDERS = ("reference", "reference+compile", "cpp", "cuda", "triton", "sj-torch", "sj-cuda", "sj-triton")
 PYFAST_PROVIDERS = ("cpp", "cuda", "triton")
 MODES = ("fwd", "fwd+bwd")
+# The foundation issue's targets (target_table): (baseline provider, minimum speedup of pyfast's fastest over it).
+TARGETS_CPU = (("reference", 5.0), ("reference+compile", 1.0))
+TARGETS_GPU = (("sj-triton", 1.3),)
+TARGET_BANDWIDTH = 0.7  # GPU: fraction of the measured device-to-device copy bandwidth
 # The neuron every provider computes (SpikingJelly's LIFNode defaults, with the sigmoid surrogate's alpha spelled out).
 LIF_KW = {"tau": 2.0, "v_threshold": 1.0, "v_reset": 0.0, "decay_input": True, "surrogate": "sigmoid", "alpha": 4.0,
           "detach_reset": False}
@@ -250,12 +257,14 @@ def _short(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:300]}"
 
 
-def run_case(providers, x, mode, device, min_run_time, sha, failures) -> list[harness.Row]:
+def run_case(providers, x, mode, device, min_run_time, sha, failures) -> tuple[list[harness.Row], dict]:
+    """Rows of one case and every provider's milliseconds per round. Each provider is first called once (warm-up,
+    compilation; its output checked against the reference's), then all are timed in interleaved rounds
+    (``harness.time_rounds``), then each one's peak memory is taken."""
     t, n = x.shape
     dt = harness.dtype_name(x.dtype)
-    shape = "x".join(map(str, x.shape))
     case = f"T={t} {dt} {mode}"
-    rows, ref_out = [], None
+    calls, notes, ref_out = {}, {}, None
     for p in list(providers):
         try:
             call = make_call(p.prepare(), x, mode)
@@ -280,20 +289,56 @@ def run_case(providers, x, mode, device, min_run_time, sha, failures) -> list[ha
         else:
             note = "no reference output to compare"
         del out
-        try:
-            median = harness.time_ms(call, device, min_run_time)
-            peak = harness.peak_memory_bytes(call, device) / 2**20
-        except Exception as err:  # noqa: BLE001
-            harness.log(f"FAILED {p.name} ({case}) while timing: {_short(err)}")
-            failures.append(f"{p.name} ({case}): {_short(err)}")
-            continue
+        calls[p.name], notes[p.name] = call, note
+    del ref_out
+    try:
+        rounds = harness.time_rounds(calls, device, min_run_time)
+    except Exception as err:  # noqa: BLE001
+        harness.log(f"FAILED timing ({case}): {_short(err)}")
+        failures.append(f"timing ({case}): {_short(err)}")
+        return [], {}
+    rows = []
+    for name, call in calls.items():
+        median = statistics.median(rounds[name])
         rows.append(harness.Row(
-            op=OP, provider=p.name, mode=mode, shape=shape, T=t, dtype=dt, device=device.type, median_ms=median,
-            GB_per_s=harness.gb_per_s(bytes_moved(mode, t, n, x.dtype), median), peak_mem_MB=peak, git_sha=sha,
-            note=note,
+            op=OP, provider=name, mode=mode, shape="x".join(map(str, x.shape)), T=t, dtype=dt, device=device.type,
+            median_ms=median, GB_per_s=harness.gb_per_s(bytes_moved(mode, t, n, x.dtype), median),
+            peak_mem_MB=harness.peak_memory_bytes(call, device) / 2**20, git_sha=sha, note=notes[name],
         ))
     harness.fill_ratios(rows)
-    return rows
+    return rows, rounds
+
+
+def target_table(rows: list[harness.Row], rounds_by_case: dict, device: torch.device) -> str:
+    """The foundation issue's targets, where this run measured their case. CPU, T=8 fp32 fwd+bwd: cpp at least 5x
+    faster than the eager reference and at least as fast as the compiled one. GPU, T=32 fp16 fwd+bwd: the faster of
+    cuda / triton at least 1.3x faster than SpikingJelly's Triton backend, at more than 70% of the device-to-device
+    copy bandwidth measured here (the spec sheet's figure is higher). Speedups are medians of per-round ratios
+    (``harness.paired_ratio``); the values column shows the medians."""
+    body = []
+    want_t, want_dtype, goals = (8, "fp32", TARGETS_CPU) if device.type == "cpu" else (32, "fp16", TARGETS_GPU)
+    for r in rows:
+        if (r.T, r.dtype, r.mode, r.provider) != (want_t, want_dtype, "fwd+bwd", "reference"):
+            continue
+        rounds = rounds_by_case[(r.shape, r.T, r.dtype, r.mode)]
+        case = f"{r.shape} {r.dtype}"
+        ours = [p for p in PYFAST_PROVIDERS if p in rounds]
+        if not ours:
+            continue
+        best = min(ours, key=lambda p: statistics.median(rounds[p]))
+        for baseline, goal in goals:
+            if baseline not in rounds:
+                continue
+            speedup = harness.paired_ratio(rounds[baseline], rounds[best])
+            body.append([case, f"fwd+bwd ms ({baseline} -> {best})",
+                         f"{statistics.median(rounds[baseline]):.3g} -> {statistics.median(rounds[best]):.3g}",
+                         f"{speedup:.2f}x", f">= {goal}x", "yes" if speedup >= goal else "NO"])
+        if device.type == "cuda":
+            gbs = next(row.GB_per_s for row in rows if row.case() == r.case() and row.provider == best)
+            copy = harness.copy_bandwidth_gb_s(device)
+            body.append([case, f"{best} GB/s of the device copy's", f"{gbs:.0f} of {copy:.0f}", f"{gbs / copy:.0%}",
+                         f"> {TARGET_BANDWIDTH:.0%}", "yes" if gbs / copy > TARGET_BANDWIDTH else "NO"])
+    return harness._render(["case", "measure", "values", "ratio", "target", "met"], body) if body else ""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -370,7 +415,7 @@ def main(argv=None) -> int:
     names = [p.name for p in providers]
 
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    all_rows, failures = [], []
+    all_rows, failures, rounds_by_case = [], [], {}
     cases = [(t, dt) for t in args.T for dt in args.dtype]
     bar = harness.progress(range(len(cases) * len(args.modes)), desc="lif")
     bar_iter = iter(bar)
@@ -378,9 +423,11 @@ def main(argv=None) -> int:
         for t, dt in cases:
             x = torch.randn((t, args.neurons), generator=gen, device=device, dtype=torch.float32).add_(1.0).to(dt)
             for mode in args.modes:
-                rows = run_case(providers, x, mode, device, args.min_run_time, sha, failures)
+                rows, rounds = run_case(providers, x, mode, device, args.min_run_time, sha, failures)
                 writer.write(rows)
                 all_rows += rows
+                if rows:
+                    rounds_by_case[(rows[0].shape, rows[0].T, rows[0].dtype, mode)] = rounds
                 next(bar_iter, None)
             del x
     if hasattr(bar, "close"):
@@ -392,6 +439,10 @@ def main(argv=None) -> int:
     if "fwd+bwd" in args.modes:
         print("\npeak memory during one fwd+bwd (MB above what was live before the call)")
         print(harness.memory_table(all_rows, shown, "fwd+bwd"))
+    targets = target_table(all_rows, rounds_by_case, device)
+    if targets:
+        print("\ntargets (speedups: medians of per-round ratios, the providers timed in interleaved rounds)")
+        print(targets)
     print(f"\nCSV: {args.csv} ({len(all_rows)} rows)")
     if failures:
         print(f"{len(failures)} provider run(s) FAILED:")

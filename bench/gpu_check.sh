@@ -156,10 +156,10 @@ fi
 
 # --- memory bandwidth the benchmark's GB/s is judged against (measured, beside the spec sheet) ---------------------------
 stage bandwidth 60 0 "$PY" -c "
-import torch, triton.testing as tt
-x = torch.empty(1 << 28, dtype=torch.uint8, device='cuda'); y = torch.empty_like(x)
-ms = tt.do_bench(lambda: y.copy_(x), return_mode='median')
-print(f'device-to-device copy: {2 * x.numel() / ms / 1e6:.0f} GB/s (bytes read + written)', torch.cuda.get_device_name(0))
+import torch
+from bench import harness
+print(f'device-to-device copy: {harness.copy_bandwidth_gb_s(torch.device(\"cuda\")):.0f} GB/s (bytes read + written)',
+      torch.cuda.get_device_name(0))
 "
 
 # --- benchmark -------------------------------------------------------------------------------------------------------

@@ -135,14 +135,19 @@ def time_rounds(fns: dict[str, Callable[[], object]], device: torch.device, min_
     """Per-call wall times in milliseconds of every ``fns[name]()``, one value per round, measured interleaved.
 
     CPU: each round times one block (about ``block_s`` seconds of calls) of every function, starting at a different
-    one each round, until ``min_run_time`` seconds per function have been spent (at least three rounds). On a shared
-    machine whose speed drifts over seconds, the functions of one round see the same load: compare them round by
-    round (:func:`paired_ratio`) or by their medians. CUDA timings, which do not drift that way, are one round of
-    ``time_ms`` per function.
+    one each round, until ``min_run_time`` seconds per function have been spent (at least three rounds). CUDA: three
+    rounds of :func:`time_ms` (a third of ``min_run_time`` each) per function, the order rotating. On a shared
+    machine whose speed drifts (CPU load; GPU clocks, a neighbour's work), the functions of one round see the same
+    conditions: compare them round by round (:func:`paired_ratio`) or by their medians. (On an H100 one provider's
+    fwd+bwd took 0.81 ms in one run and 1.07 ms in the next, timed one provider after another.)
     """
-    if device.type == "cuda":
-        return {name: [time_ms(fn, device, min_run_time)] for name, fn in fns.items()}
     names = list(fns)
+    if device.type == "cuda":
+        per_round = {name: [] for name in names}
+        for rnd in range(3):
+            for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+                per_round[name].append(time_ms(fns[name], device, min_run_time / 3))
+        return per_round
     calls = {}
     for name in names:  # warm-up, and the calls per block
         fns[name]()
@@ -162,6 +167,15 @@ def time_rounds(fns: dict[str, Callable[[], object]], device: torch.device, min_
             spent += elapsed
         rnd += 1
     return per_call
+
+
+def copy_bandwidth_gb_s(device: torch.device, nbytes: int = 1 << 28) -> float:
+    """GB/s (bytes read + written) of a device-to-device copy of ``nbytes``: what a memory-bound kernel's effective
+    bandwidth is judged against, measured on the machine beside the spec sheet's figure."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device, 0.2)
+    return gb_per_s(2 * nbytes, ms)
 
 
 def paired_ratio(slow: Sequence[float], fast: Sequence[float]) -> float:
