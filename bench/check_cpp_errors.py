@@ -4,13 +4,15 @@ On the GPU machines of 2026-11-26 (torch 2.11, Python 3.12, the extension built 
 TORCH_CHECK_VALUE failing inside an op of pyfast._C ended the process with a segmentation fault, on CPU tensors as
 on CUDA ones, while torch's own errors were raised normally; on this project's CPU machines (torch 2.14) the same
 calls raise ValueError. Each case runs in its own interpreter, so a crash is reported (rc -11) instead of ending the
-check, followed by what the build linked against, to tell a toolchain mismatch from a bug of ours.
+check; a one-op extension built on the spot with setup.py's flags, and what the build linked against, tell a
+toolchain mismatch from a bug of ours.
 
     python bench/check_cpp_errors.py        # exit status 1 if any case crashed or did not raise
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -33,6 +35,36 @@ CASES = {
         "cuda", ("s = torch.randn(3, 1025, device='cuda')\n"
                  "torch.ops.pyfast.pld_fwd(s, s, torch.tensor([0, 1, 2], device='cuda'), 1.0)")),
 }
+
+# The same kind of check in a one-op extension built here, now, with setup.py's C++ flags (torch's JIT build): if
+# its error crashes too, the toolchain or torch build is at fault, not pyfast's code.
+MINIMAL_OP = r"""
+#include <torch/library.h>
+at::Tensor check_only(const at::Tensor& x) {
+  TORCH_CHECK_VALUE(x.dim() == 99, "minimal: x must be 99-d, got ", x.sizes());
+  return x;
+}
+TORCH_LIBRARY(pyfast_minimal, m) { m.def("check_only(Tensor x) -> Tensor"); }
+TORCH_LIBRARY_IMPL(pyfast_minimal, CPU, m) { m.impl("check_only", &check_only); }
+"""
+
+
+def setup_cxx_flags() -> list[str]:
+    """setup.py's CXX_FLAGS (read from its source: importing setup.py would run the build)."""
+    with open(os.path.join(REPO_ROOT, "setup.py")) as f:
+        tree = ast.parse(f.read())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "CXX_FLAGS" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise RuntimeError("setup.py has no CXX_FLAGS")
+
+
+CASES["a one-op extension built now with setup.py's flags (CPU kernel)"] = (
+    "cpu", ("import tempfile\n"
+            "from torch.utils.cpp_extension import load_inline\n"
+            f"load_inline('pyfast_minimal', {MINIMAL_OP!r}, extra_cflags={setup_cxx_flags()!r},\n"
+            "            build_directory=tempfile.mkdtemp(), is_python_module=False)\n"
+            "torch.ops.pyfast_minimal.check_only(torch.zeros(2))"))
 
 PROBE = """
 import torch, pyfast
