@@ -5,7 +5,7 @@ provider that can run here:
 
   reference          pyfast.reference.karat.karat_attention_ref, eager (materialises A, cos/sin [B,H,N,N,G+1], sigma)
   reference+compile  the same under torch.compile
-  cpp / cuda / triton the fused op (basis generated tile by tile, never stored; backward saves q, k and v only)
+  cpp / cuda / triton the fused op (basis generated tile by tile, never stored; backward saves q, k, v and z)
   sdpa               softmax attention, F.scaled_dot_product_attention (the attention KArAt replaces)
 
 and for each: median fwd and fwd+bwd milliseconds (on the CPU the providers are timed in interleaved rounds,

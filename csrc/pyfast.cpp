@@ -78,12 +78,17 @@ TORCH_LIBRARY(pyfast, m) {
   m.def(
       "karat_attention(Tensor q, Tensor k, Tensor v, Tensor a, Tensor b, Tensor W, float scale, bool constant_term) "
       "-> Tensor");
-  // Backward of karat_attention from q, k and v (z and W^T V are recomputed, z by karat_bwd): gradients of every input,
-  // each in that input's dtype and shape.
+  // karat_attention's forward for its autograd: out and z [B, H, N, r], the basis contraction of the harmonic slots
+  // (karat_fwd's output), which backward needs.
   m.def(
-      "karat_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor a, Tensor b, Tensor W, float scale, "
-      "bool constant_term) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_a, Tensor grad_b, "
-      "Tensor grad_W)");
+      "karat_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor a, Tensor b, Tensor W, float scale, "
+      "bool constant_term) -> (Tensor out, Tensor z)");
+  // Backward of karat_attention from q, k, v and karat_attention_fwd's z (W^T V is recomputed): gradients of every
+  // input, each in that input's dtype and shape.
+  m.def(
+      "karat_attention_bwd(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor a, Tensor b, Tensor W, Tensor z, "
+      "float scale, bool constant_term) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_a, "
+      "Tensor grad_b, Tensor grad_W)");
 
   // CRReLU (csrc/crrelu/crrelu.h has the maths): y = max(0, x) + eps x exp(-x^2/2). eps: floating, one value
   // (shared) or x.size(dim) values (per channel along `dim`; dim is ignored for a shared eps). y has x's shape and

@@ -1,10 +1,12 @@
-// Fourier-KArAt attention, pyfast::karat_attention / karat_attention_bwd: the basis contraction z (pyfast::karat_fwd /
-// karat_bwd: the CPU or CUDA kernels, by the tensors' device) and the learned row operator W, one kernel for every
-// device (CompositeExplicitAutograd), and its autograd (the Autograd key, below). Per batch element and head:
+// Fourier-KArAt attention, pyfast::karat_attention (and karat_attention_fwd, which also returns z) /
+// karat_attention_bwd: the basis contraction z (pyfast::karat_fwd / karat_bwd: the CPU or CUDA kernels, by the
+// tensors' device) and the learned row operator W, one kernel for every device (CompositeExplicitAutograd), and its
+// autograd (the Autograd key, below). Per batch element and head:
 //   z' = z + c0,  c0[p] = sum_q a[p, q, 0]   (the m = 0 constant term, when constant_term)
 //   out = sigma V = (z' W^T) V = z' U,  U = W^T V [r, D]      (the N x N attention matrix sigma is never formed)
-// Backward, from g_out and q, k, v only (nothing else is saved between the two):
-//   g_z = g_out U^T,  then karat_bwd(g_z) gives g_q, g_k, g_a, g_b and z again (recompute_z)
+// Backward, from g_out, q, k, v and z (saved: [B, H, N, r], r/D of q's size; recomputing it took 18 % of the CPU
+// backward at ViT-Tiny shape, N = 65):
+//   g_z = g_out U^T,  then karat_bwd(g_z) gives g_q, g_k, g_a, g_b
 //   g_U = z'^T g_out,  g_V = W g_U,  g_W = sum_batch V g_U^T,  g_c0 = sum_{batch, k} g_z
 // The tail runs as batched GEMMs over every (batch x head) at once, in the accumulation type (float32 for half inputs,
 // rounded once at the end). Fusing it into the CPU basis tiles, with BLAS calls or with register-blocked loops per
@@ -81,37 +83,48 @@ using BwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Te
 constexpr auto basis_fwd = &dispatched<"pyfast::karat_fwd", FwdSig>;
 constexpr auto basis_bwd = &dispatched<"pyfast::karat_bwd", BwdSig>;
 
-// z [B, H, N, r] in the accumulation type, plus the constant term c0 [H, r] when there is one.
+// z [B, H, N, r] in the accumulation type, plus the constant term c0 [H, r] when there is one (out of place: z_basis
+// is what the forward saves).
 at::Tensor with_constant_term(const at::Tensor& z_basis, const at::Tensor& a, const karat::Shape& s,
                               bool constant_term) {
-  at::Tensor z = z_basis.to(acc_type(z_basis.scalar_type()));
-  if (constant_term) z.add_(a.select(3, 0).to(z.scalar_type()).sum(-1).view({1, s.H, 1, s.r}));
-  return z;
+  const at::Tensor z = z_basis.to(acc_type(z_basis.scalar_type()));
+  return constant_term ? z.add(a.select(3, 0).to(z.scalar_type()).sum(-1).view({1, s.H, 1, s.r})) : z;
+}
+
+// (out, z): z [B, H, N, r] the basis contraction of the harmonic slots, in q's dtype, as karat_fwd returns it.
+std::tuple<at::Tensor, at::Tensor> karat_attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                       const at::Tensor& a, const at::Tensor& b, const at::Tensor& W,
+                                                       double scale, bool constant_term) {
+  const karat::Shape s = check_attention_inputs(q, k, v, a, b, W, constant_term);
+  const auto acc = acc_type(q.scalar_type());
+  at::Tensor z_basis =
+      basis_fwd().call(q, k, harmonic_slots(a, constant_term), harmonic_slots(b, constant_term), scale);
+  const at::Tensor U = at::matmul(W.to(acc).transpose(-1, -2), v.to(acc));  // [B, H, r, D]
+  return {at::matmul(with_constant_term(z_basis, a, s, constant_term), U).to(q.scalar_type()), std::move(z_basis)};
 }
 
 at::Tensor karat_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
                            const at::Tensor& b, const at::Tensor& W, double scale, bool constant_term) {
-  const karat::Shape s = check_attention_inputs(q, k, v, a, b, W, constant_term);
-  const auto acc = acc_type(q.scalar_type());
-  const at::Tensor z = with_constant_term(basis_fwd().call(q, k, harmonic_slots(a, constant_term),
-                                                           harmonic_slots(b, constant_term), scale),
-                                          a, s, constant_term);
-  const at::Tensor U = at::matmul(W.to(acc).transpose(-1, -2), v.to(acc));  // [B, H, r, D]
-  return at::matmul(z, U).to(q.scalar_type());
+  return std::get<0>(karat_attention_fwd(q, k, v, a, b, W, scale, constant_term));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_attention_bwd(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
-    const at::Tensor& b, const at::Tensor& W, double scale, bool constant_term) {
+    const at::Tensor& b, const at::Tensor& W, const at::Tensor& z_basis, double scale, bool constant_term) {
   const karat::Shape s = check_attention_inputs(q, k, v, a, b, W, constant_term);
   check_grad_out(grad_out, q);
+  TORCH_CHECK_VALUE(z_basis.dim() == 4 && z_basis.size(0) == s.B && z_basis.size(1) == s.H && z_basis.size(2) == s.N &&
+                        z_basis.size(3) == s.r && z_basis.device() == q.device(),
+                    "karat_attention_bwd: z must be [B, H, N, r] = [", s.B, ", ", s.H, ", ", s.N, ", ", s.r,
+                    "] on q's device (karat_attention_fwd's second output), got shape ", z_basis.sizes(), " on ",
+                    z_basis.device());
   const auto acc = acc_type(q.scalar_type());
   const at::Tensor W_acc = W.to(acc), v_acc = v.to(acc), g_out = grad_out.to(acc);
   const at::Tensor U = at::matmul(W_acc.transpose(-1, -2), v_acc);  // [B, H, r, D]
   const at::Tensor g_z = at::matmul(g_out, U.transpose(-1, -2));    // [B, H, N, r]
-  auto [g_q, g_k, g_a_h, g_b_h, z_basis] =
+  auto [g_q, g_k, g_a_h, g_b_h, unused_z] =
       basis_bwd().call(g_z.to(q.scalar_type()), q, k, harmonic_slots(a, constant_term),
-                       harmonic_slots(b, constant_term), scale, true);
+                       harmonic_slots(b, constant_term), scale, false);
   const at::Tensor z = with_constant_term(z_basis, a, s, constant_term);
   const at::Tensor g_U = at::matmul(z.transpose(-1, -2), g_out);  // [B, H, r, D]
   // IntArrayRef spelled out: a braced list is ambiguous with the DimnameList overload in some torch versions (2.11).
@@ -123,33 +136,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 using AttentionSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                 const at::Tensor&, const at::Tensor&, double, bool);
+using AttentionFwdSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                           const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                           double, bool);
 using AttentionBwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const at::Tensor&, double, bool);
+    const at::Tensor&, const at::Tensor&, double, bool);
 
 constexpr auto attention_op = &dispatched<"pyfast::karat_attention", AttentionSig>;
+constexpr auto attention_fwd_op = &dispatched<"pyfast::karat_attention_fwd", AttentionFwdSig>;
 constexpr auto attention_bwd_op = &dispatched<"pyfast::karat_attention_bwd", AttentionBwdSig>;
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// Saves q, k, v and the parameters a, b, W; backward is one karat_attention_bwd call.
+// Saves q, k, v, z and the parameters a, b, W; backward is one karat_attention_bwd call.
 class AttentionFunction : public torch::autograd::Function<AttentionFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                const at::Tensor& a, const at::Tensor& b, const at::Tensor& W, double scale,
                                bool constant_term) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    ctx->save_for_backward({q, k, v, a, b, W});
+    auto [out, z] = attention_fwd_op().call(q, k, v, a, b, W, scale, constant_term);
+    ctx->save_for_backward({q, k, v, a, b, W, z});
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["constant_term"] = constant_term;
-    return {attention_op().call(q, k, v, a, b, W, scale, constant_term)};
+    return {out};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     auto [g_q, g_k, g_v, g_a, g_b, g_W] =
-        attention_bwd_op().call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], saved[5],
+        attention_bwd_op().call(grads[0], saved[0], saved[1], saved[2], saved[3], saved[4], saved[5], saved[6],
                                 ctx->saved_data["scale"].toDouble(), ctx->saved_data["constant_term"].toBool());
     return {g_q, g_k, g_v, g_a, g_b, g_W, at::Tensor(), at::Tensor()};
   }
@@ -171,6 +189,7 @@ at::Tensor karat_attention_autograd(const at::Tensor& q, const at::Tensor& k, co
 
 TORCH_LIBRARY_IMPL(pyfast, CompositeExplicitAutograd, m) {
   m.impl("karat_attention", &karat_attention);
+  m.impl("karat_attention_fwd", &karat_attention_fwd);
   m.impl("karat_attention_bwd", &karat_attention_bwd);
 }
 

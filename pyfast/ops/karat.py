@@ -1,13 +1,14 @@
 """Fourier-KArAt attention as torch custom ops: the basis contraction ``torch.ops.pyfast.karat_fwd`` / ``karat_bwd``
-and the whole attention ``karat_attention`` / ``karat_attention_bwd`` (C++ CPU and CUDA kernels), their Triton twins
-(``*_triton``), with fake kernels and autograd, plus the public functions :func:`karat_basis` and
-:func:`karat_attention`.
+and the whole attention ``karat_attention`` (``karat_attention_fwd``, which also returns z, for its autograd) /
+``karat_attention_bwd`` (C++ CPU and CUDA kernels), their Triton twins (``*_triton``), with fake kernels and
+autograd, plus the public functions :func:`karat_basis` and :func:`karat_attention`.
 
 The expensive part of ``W Phi(A) V`` is ``z = Phi(A) . coef``, a GEMM whose 2 G N long K-dimension is generated from
 the scores; the kernels fuse it with ``A = scale q k^T`` and never materialise ``A`` or the basis (backward
 recomputes them tile by tile from q and k, the only activations the op saves). The rest is small:
 ``sigma V = (z W^T) V = z (W^T V)`` is evaluated as ``z @ (W^T V)`` with ``W^T V: [B, H, r, D]``, so the ``N x N``
-attention matrix ``sigma`` is never formed either. The whole attention is one op whose backward saves q, k and v only.
+attention matrix ``sigma`` is never formed either. The whole attention is one op whose backward saves q, k, v and the
+small z ``[B, H, N, r]`` only.
 The maths is in :mod:`pyfast.reference.karat` and at the top of ``csrc/karat/karat.h``.
 """
 
@@ -118,26 +119,31 @@ karat_bwd_triton.register_fake(_bwd_fake)
 karat_fwd_triton.register_autograd(_make_backward(torch.ops.pyfast.karat_bwd_triton), setup_context=_setup_context)
 
 
-# The whole attention as one op per kernel family, so that autograd saves q, k and v only: backward rebuilds
-# U = W^T V (a small GEMM) and gets z back from the basis backward (recompute_z), instead of keeping z [B, H, N, r],
-# U [B, H, r, D] and a batch-expanded copy of W alive between forward and backward. pyfast::karat_attention and
-# karat_attention_bwd are C++ ops, one kernel for CPU and CUDA (csrc/karat/karat_attention.cpp: batched GEMMs around
-# the basis ops, no Python on the hot path); the Triton twins below are the same composition in Python around the
-# Triton basis ops.
+# The whole attention as one op per kernel family, so that autograd saves q, k, v and z [B, H, N, r] only: backward
+# rebuilds U = W^T V (a small GEMM) instead of keeping U [B, H, r, D] and a batch-expanded copy of W alive between
+# forward and backward, and takes z (r / D of q's size) from the forward instead of recomputing it (that took 18 % of
+# the CPU basis backward at ViT-Tiny shape). pyfast::karat_attention (with karat_attention_fwd, which also returns z,
+# for its autograd) and karat_attention_bwd are C++ ops, one kernel for CPU and CUDA (csrc/karat/karat_attention.cpp:
+# batched GEMMs around the basis ops, no Python on the hot path); the Triton twins below are the same composition in
+# Python around the Triton basis ops.
 
 
-def _attention_forward(q, k, v, a, b, W, scale: float, constant_term: bool, fwd_op) -> torch.Tensor:
+def _with_constant_term(z_basis, a, constant_term: bool, acc):
+    """z' = z + c0 in the accumulation dtype, c0[p] = sum_q a[..., p, q, 0] when there is a constant term."""
+    z = z_basis.to(acc)
+    return z + a[..., 0].to(acc).sum(-1)[None, :, None, :] if constant_term else z
+
+
+def _attention_forward(q, k, v, a, b, W, scale: float, constant_term: bool, fwd_op):
     # The tail out = z (W^T V) runs in the accumulation dtype (float32 for half inputs) and rounds once at the end:
     # in half, U = W^T V sums N products into half and z U sums r more (on a GPU with half reductions too).
     acc = _acc(q.dtype)
-    if constant_term:
-        z = fwd_op(q, k, a[..., 1:], b[..., 1:], scale).to(acc) + a[..., 0].to(acc).sum(-1)[None, :, None, :]
-    else:
-        z = fwd_op(q, k, a, b, scale).to(acc)
-    return (z @ (W.to(acc).transpose(-1, -2) @ v.to(acc))).to(q.dtype)
+    z_basis = fwd_op(q, k, a[..., 1:], b[..., 1:], scale) if constant_term else fwd_op(q, k, a, b, scale)
+    out = _with_constant_term(z_basis, a, constant_term, acc) @ (W.to(acc).transpose(-1, -2) @ v.to(acc))
+    return out.to(q.dtype), z_basis
 
 
-def _attention_backward(grad_out, q, k, v, a, b, W, scale: float, constant_term: bool, bwd_op):
+def _attention_backward(grad_out, q, k, v, a, b, W, z_basis, scale: float, constant_term: bool, bwd_op):
     # The tail's gradients in the accumulation dtype, as its forward (float32 for half inputs).
     acc = _acc(q.dtype)
     Wa, va, grad_out = W.to(acc), v.to(acc), grad_out.to(acc)
@@ -145,15 +151,13 @@ def _attention_backward(grad_out, q, k, v, a, b, W, scale: float, constant_term:
     grad_z_acc = grad_out @ U.transpose(-1, -2)  # [B, H, N, r]
     grad_z = grad_z_acc.to(q.dtype)  # the basis op's dtype
     if constant_term:
-        gq, gk, ga, gb, z = bwd_op(grad_z, q, k, a[..., 1:], b[..., 1:], scale, True)
-        z = z.to(acc) + a[..., 0].to(acc).sum(-1)[None, :, None, :]
+        gq, gk, ga, gb, _ = bwd_op(grad_z, q, k, a[..., 1:], b[..., 1:], scale, False)
         ga0 = grad_z_acc.sum((0, 2)).to(a.dtype)[:, :, None, None].expand(*a.shape[:3], 1)  # dz / da[..., 0] = 1
         ga = torch.cat((ga0, ga), -1)
         gb = torch.cat((torch.zeros_like(b[..., :1]), gb), -1)  # b[..., 0] multiplies sin(0) = 0
     else:
-        gq, gk, ga, gb, z = bwd_op(grad_z, q, k, a, b, scale, True)
-        z = z.to(acc)
-    grad_U = z.transpose(-1, -2) @ grad_out  # [B, H, r, D]
+        gq, gk, ga, gb, _ = bwd_op(grad_z, q, k, a, b, scale, False)
+    grad_U = _with_constant_term(z_basis, a, constant_term, acc).transpose(-1, -2) @ grad_out  # [B, H, r, D]
     gv = (Wa @ grad_U).to(v.dtype)
     gW = (va @ grad_U.transpose(-1, -2)).sum(0).to(W.dtype)  # [H, N, r]
     return gq, gk, gv, ga, gb, gW
@@ -163,47 +167,61 @@ def _attention_fake(q, k, v, a, b, W, scale, constant_term):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
-def _attention_bwd_fake(grad_out, q, k, v, a, b, W, scale, constant_term):
+def _attention_fwd_fake(q, k, v, a, b, W, scale, constant_term):
+    return _attention_fake(q, k, v, a, b, W, scale, constant_term), q.new_empty((*q.shape[:3], a.shape[1]))
+
+
+def _attention_bwd_fake(grad_out, q, k, v, a, b, W, z, scale, constant_term):
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v, a, b, W))
 
 
 def _attention_setup_context(ctx, inputs, output):
     q, k, v, a, b, W, scale, constant_term = inputs
-    ctx.save_for_backward(q, k, v, a, b, W)
+    ctx.save_for_backward(q, k, v, a, b, W, output[1])
+    ctx.mark_non_differentiable(output[1])
     ctx.scale, ctx.constant_term = scale, constant_term
 
 
 def _make_attention_backward(bwd_op):
-    def backward(ctx, grad_out):
-        q, k, v, a, b, W = ctx.saved_tensors
-        return (*bwd_op(grad_out, q, k, v, a, b, W, ctx.scale, ctx.constant_term), None, None)
+    def backward(ctx, grad_out, _grad_z):
+        q, k, v, a, b, W, z = ctx.saved_tensors
+        return (*bwd_op(grad_out, q, k, v, a, b, W, z, ctx.scale, ctx.constant_term), None, None)
 
     return backward
 
 
-@torch.library.custom_op("pyfast::karat_attention_triton", mutates_args=())
-def karat_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                           W: torch.Tensor, scale: float, constant_term: bool) -> torch.Tensor:
+@torch.library.custom_op("pyfast::karat_attention_fwd_triton", mutates_args=())
+def karat_attention_fwd_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                               W: torch.Tensor, scale: float, constant_term: bool
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
     return _attention_forward(q, k, v, a, b, W, scale, constant_term, torch.ops.pyfast.karat_fwd_triton)
 
 
 @torch.library.custom_op("pyfast::karat_attention_bwd_triton", mutates_args=())
 def karat_attention_bwd_triton(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                               a: torch.Tensor, b: torch.Tensor, W: torch.Tensor, scale: float, constant_term: bool
-                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                          torch.Tensor]:
-    return _attention_backward(grad_out, q, k, v, a, b, W, scale, constant_term, torch.ops.pyfast.karat_bwd_triton)
+                               a: torch.Tensor, b: torch.Tensor, W: torch.Tensor, z: torch.Tensor, scale: float,
+                               constant_term: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                             torch.Tensor, torch.Tensor]:
+    return _attention_backward(grad_out, q, k, v, a, b, W, z, scale, constant_term,
+                               torch.ops.pyfast.karat_bwd_triton)
 
 
-karat_attention_triton.register_fake(_attention_fake)
+karat_attention_fwd_triton.register_fake(_attention_fwd_fake)
 karat_attention_bwd_triton.register_fake(_attention_bwd_fake)
-karat_attention_triton.register_autograd(_make_attention_backward(torch.ops.pyfast.karat_attention_bwd_triton),
-                                         setup_context=_attention_setup_context)
+karat_attention_fwd_triton.register_autograd(_make_attention_backward(torch.ops.pyfast.karat_attention_bwd_triton),
+                                             setup_context=_attention_setup_context)
 
-# pyfast::karat_attention runs the C++ ops (CPU or CUDA by the tensors' device), karat_attention_triton the Triton ones.
-_ATTENTION = {"triton": torch.ops.pyfast.karat_attention_triton}
+
+def _attention_triton(q, k, v, a, b, W, scale: float, constant_term: bool) -> torch.Tensor:
+    return torch.ops.pyfast.karat_attention_fwd_triton(q, k, v, a, b, W, scale, constant_term)[0]
+
+
+# pyfast::karat_attention runs the C++ ops (CPU or CUDA by the tensors' device), karat_attention_fwd_triton the
+# Triton ones.
+_ATTENTION = {"triton": _attention_triton}
 if _extension.has_cpp():
     torch.library.register_fake("pyfast::karat_attention")(_attention_fake)
+    torch.library.register_fake("pyfast::karat_attention_fwd")(_attention_fwd_fake)
     torch.library.register_fake("pyfast::karat_attention_bwd")(_attention_bwd_fake)
     # autograd of pyfast::karat_attention: C++ (csrc/karat/karat_attention.cpp), the same as the Triton twin's above
     _ATTENTION["cpp"] = _ATTENTION["cuda"] = torch.ops.pyfast.karat_attention
@@ -314,8 +332,9 @@ def karat_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.
         backend: as in :func:`karat_basis`; ``"reference"`` runs the materialising reference end to end.
 
     Returns:
-        ``out [B, H, N, D]`` in q's dtype. Saved for backward: q, k and v (plus the parameters); never ``A``, the
-        basis, ``sigma``, z or ``W^T V`` (backward recomputes z with its basis tiles and ``W^T V`` with one GEMM).
+        ``out [B, H, N, D]`` in q's dtype. Saved for backward: q, k, v and z ``[B, H, N, r]`` (plus the
+        parameters); never ``A``, the basis, ``sigma`` or ``W^T V`` (backward recomputes ``A`` and the basis tile by
+        tile from q and k, and ``W^T V`` with one GEMM).
     """
     _, H, N, D = _check_qk(q, k)
     _check_float(v, "v")

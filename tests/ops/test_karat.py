@@ -240,8 +240,12 @@ def test_opcheck():
     q, k, v, a, b, W = _inputs(N=7, M=3, dtype=torch.float32)
     for constant_term in (True, False):
         torch.library.opcheck(torch.ops.pyfast.karat_attention, (q, k, v, a, b, W, 0.5, constant_term))
+        # karat_attention_fwd / _bwd run below karat_attention's autograd (no autograd of their own)
+        detached = [t.detach() for t in (q, k, v, a, b, W)]
+        torch.library.opcheck(torch.ops.pyfast.karat_attention_fwd, (*detached, 0.5, constant_term))
+        z = torch.ops.pyfast.karat_attention_fwd(*detached, 0.5, constant_term)[1]
         torch.library.opcheck(torch.ops.pyfast.karat_attention_bwd,
-                              (torch.randn_like(q), *(t.detach() for t in (q, k, v, a, b, W)), 0.5, constant_term))
+                              (torch.randn_like(q), *detached, z, 0.5, constant_term))
 
 
 @needs_cpp
@@ -256,7 +260,7 @@ def test_torch_compile_fullgraph_cpu():
 
 @needs_cpp
 @pytest.mark.parametrize("N", [65, 197])
-def test_fused_saves_q_k_v_only_at_most_a_fifth_of_the_reference(N):
+def test_fused_saves_q_k_v_and_z_only_at_most_a_fifth_of_the_reference(N):
     from bench.bench_karat import saved_bytes  # the benchmark's counter: distinct storages, parameters excluded
 
     # The shapes, ViT-Tiny at 32^2 (N = 65) and 224^2 (N = 197), at batch 2.
@@ -264,7 +268,7 @@ def test_fused_saves_q_k_v_only_at_most_a_fifth_of_the_reference(N):
     q, k, v, a, b, W = _inputs(B=B, H=H, N=N, D=D, r=r, M=4, dtype=torch.float32)
     ref = saved_bytes(lambda: karat_attention_ref(q, k, v, a, b, W), [a, b, W])
     fused = saved_bytes(lambda: karat_attention(q, k, v, a, b, W, backend="cpp"), [a, b, W])
-    assert fused == 3 * q.nbytes  # q, k and v: no z, no W^T V, nothing N x N
+    assert fused == 3 * q.nbytes + B * H * N * r * 4  # q, k, v and z [B, H, N, r]: no W^T V, nothing N x N
     assert fused <= ref / 5, (fused, ref)
 
 
@@ -312,8 +316,11 @@ def test_cpp_op_checks_direct_callers():
         torch.ops.pyfast.karat_attention(q, q, q.double(), a, a, W, 1.0, True)
     with pytest.raises(ValueError, match="W must be"):
         torch.ops.pyfast.karat_attention(q, q, q, a, a, W[:, :4], 1.0, True)
+    z = torch.zeros(1, 2, 5, 3)
     with pytest.raises(ValueError, match="grad_out must have q's shape"):
-        torch.ops.pyfast.karat_attention_bwd(q[:, :, :4], q, q, q, a, a, W, 1.0, True)
+        torch.ops.pyfast.karat_attention_bwd(q[:, :, :4], q, q, q, a, a, W, z, 1.0, True)
+    with pytest.raises(ValueError, match=r"z must be \[B, H, N, r\]"):
+        torch.ops.pyfast.karat_attention_bwd(q, q, q, q, a, a, W, z[..., :2], 1.0, True)
 
 
 def test_info_lists_karat():
@@ -364,6 +371,8 @@ def test_cuda_opcheck_and_auto_backend():
                                                        0.5, True))
     attention_inputs = _inputs(N=33, M=3, dtype=torch.float32, device="cuda")
     torch.library.opcheck(torch.ops.pyfast.karat_attention, (*attention_inputs, 0.5, True))
-    torch.library.opcheck(torch.ops.pyfast.karat_attention_bwd,
-                          (torch.randn_like(q), *(t.detach() for t in attention_inputs), 0.5, True))
+    detached = [t.detach() for t in attention_inputs]
+    torch.library.opcheck(torch.ops.pyfast.karat_attention_fwd, (*detached, 0.5, True))
+    z = torch.ops.pyfast.karat_attention_fwd(*detached, 0.5, True)[1]
+    torch.library.opcheck(torch.ops.pyfast.karat_attention_bwd, (torch.randn_like(q), *detached, z, 0.5, True))
     assert karat_basis(q, k, a, b).device.type == "cuda"

@@ -84,7 +84,10 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.pyfast.karat_bwd_triton.default, (gz, q.detach(), k.detach(), a.detach(),
                                                                       b.detach(), 0.5, True))
     q, k, v, a, b, W = _inputs(N=7, r=2, M=3)
-    torch.library.opcheck(torch.ops.pyfast.karat_attention_triton.default, (q, k, v, a, b, W, 0.5, True))
+    torch.library.opcheck(torch.ops.pyfast.karat_attention_fwd_triton.default, (q, k, v, a, b, W, 0.5, True))
+    z = torch.ops.pyfast.karat_attention_fwd_triton(q, k, v, a, b, W, 0.5, True)[1]
+    torch.library.opcheck(torch.ops.pyfast.karat_attention_bwd_triton.default,
+                          (torch.randn_like(q), *(t.detach() for t in (q, k, v, a, b, W)), z, 0.5, True))
 
 
 def test_torch_compile_fullgraph():
@@ -96,6 +99,6 @@ def test_torch_compile_fullgraph():
 
 
 @pytest.mark.skipif(not _extension.has_cpp(), reason="needs the C++ extension pyfast._C (the C++ schemas)")
-@pytest.mark.parametrize("name", ["karat_fwd", "karat_bwd", "karat_attention", "karat_attention_bwd"])
+@pytest.mark.parametrize("name", ["karat_fwd", "karat_bwd", "karat_attention_fwd", "karat_attention_bwd"])
 def test_schema_matches_cpp_op(name):
     assert_triton_schema_matches(name)
