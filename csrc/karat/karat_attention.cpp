@@ -4,8 +4,8 @@
 // autograd (the Autograd key, below). Per batch element and head:
 //   z' = z + c0,  c0[p] = sum_q a[p, q, 0]   (the m = 0 constant term, when constant_term)
 //   out = sigma V = (z' W^T) V = z' U,  U = W^T V [r, D]      (the N x N attention matrix sigma is never formed)
-// Backward, from g_out, q, k, v and z (saved: [B, H, N, r], r/D of q's size; recomputing it took 18 % of the CPU
-// backward at ViT-Tiny shape, N = 65):
+// Backward, from g_out, q, k, v and z (saved: [B, H, N, r], r/D of q's size; recomputing it in karat_bwd took 18 % of
+// that CPU backward at ViT-Tiny shape, N = 65):
 //   g_z = g_out U^T,  then karat_bwd(g_z) gives g_q, g_k, g_a, g_b
 //   g_U = z'^T g_out,  g_V = W g_U,  g_W = sum_batch V g_U^T,  g_c0 = sum_{batch, k} g_z
 // The tail runs as batched GEMMs over every (batch x head) at once, in the accumulation type (float32 for half inputs,
