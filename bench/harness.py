@@ -136,17 +136,21 @@ def time_rounds(fns: dict[str, Callable[[], object]], device: torch.device, min_
 
     CPU: each round times one block (about ``block_s`` seconds of calls) of every function, starting at a different
     one each round, until ``min_run_time`` seconds per function have been spent (at least three rounds). CUDA: three
-    rounds of :func:`time_ms` (a third of ``min_run_time`` each) per function, the order rotating. On a shared
-    machine whose speed drifts (CPU load; GPU clocks, a neighbour's work), the functions of one round see the same
-    conditions: compare them round by round (:func:`paired_ratio`) or by their medians. (On an H100 one provider's
-    fwd+bwd took 0.81 ms in one run and 1.07 ms in the next, timed one provider after another.)
+    rounds of :func:`time_ms` (a third of ``min_run_time`` each) per function, the order rotating, after one such
+    round that is not kept: on an H100 the first case of a benchmark ran 2.6x slower for every provider in two runs
+    out of three (the eager KArAt reference's forward: 0.53 ms against 0.20 ms), as if the GPU were still warming up.
+    On a shared machine whose speed drifts (CPU load; GPU clocks, a neighbour's work), the functions of one round see
+    the same conditions: compare them round by round (:func:`paired_ratio`) or by their medians. (On an H100 one
+    provider's fwd+bwd took 0.81 ms in one run and 1.07 ms in the next, timed one provider after another.)
     """
     names = list(fns)
     if device.type == "cuda":
         per_round = {name: [] for name in names}
-        for rnd in range(3):
+        for rnd in range(4):  # round 0: warm-up, not kept
             for name in names[rnd % len(names):] + names[:rnd % len(names)]:
-                per_round[name].append(time_ms(fns[name], device, min_run_time / 3))
+                ms = time_ms(fns[name], device, min_run_time / 3)
+                if rnd > 0:
+                    per_round[name].append(ms)
         return per_round
     calls = {}
     for name in names:  # warm-up, and the calls per block

@@ -96,6 +96,15 @@ def test_bench_lif_quick_cpu_csv(run_bench_quick):
             assert r["note"].startswith("spikes!=ref")
 
 
+def test_time_rounds_on_cuda_rotates_and_drops_a_warm_up_round(monkeypatch):
+    # The CUDA branch's bookkeeping, with time_ms replaced by a clock that counts calls (no GPU needed).
+    order = []
+    monkeypatch.setattr(harness, "time_ms", lambda fn, device, t: (order.append(fn()), float(len(order)))[1])
+    rounds = harness.time_rounds({"a": lambda: "a", "b": lambda: "b"}, torch.device("cuda"), 0.3)
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]  # four rounds, each starting one further along
+    assert rounds == {"a": [4.0, 5.0, 8.0], "b": [3.0, 6.0, 7.0]}  # round 0 (calls 1 and 2) is not kept
+
+
 def test_bench_lif_target_table_judges_paired_round_ratios():
     from bench import bench_lif
 
