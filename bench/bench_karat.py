@@ -8,7 +8,7 @@ provider that can run here:
   cpp / cuda / triton the fused op (basis generated tile by tile, never stored; backward saves q, k, v and z)
   sdpa               softmax attention, F.scaled_dot_product_attention (the attention KArAt replaces)
 
-and for each: median fwd and fwd+bwd milliseconds (on the CPU the providers are timed in interleaved rounds,
+and for each: median fwd and fwd+bwd milliseconds (the providers timed in interleaved rounds,
 ``harness.time_rounds``; fwd+bwd = forward plus ``torch.autograd.grad`` of every input), peak MB of one fwd+bwd
 (``harness.peak_memory_bytes``) and the bytes autograd saves for backward in one forward
 (``torch.autograd.graph.saved_tensors_hooks``; distinct storages, the coefficient parameters a, b, W excluded; q, k,
@@ -103,7 +103,7 @@ def fwd_bwd_step(provider: str, compiled_ref, inputs, g):
 def run_case(B, H, N, D, G, r, dtype, device, providers, min_run_time, sha
              ) -> tuple[list[harness.Row], dict, dict[str, list[float]]]:
     """Rows of one shape, the saved-for-backward bytes per provider, and the fwd+bwd milliseconds per provider per
-    round (CPU: interleaved rounds, ``harness.time_rounds``; CUDA: one median each)."""
+    round (interleaved rounds, ``harness.time_rounds``)."""
     inputs, g = make_case(B, H, N, D, G, r, dtype, device)
     a, b, W = inputs[3:]
     compiled_ref = torch.compile(karat_attention_ref)

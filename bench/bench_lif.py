@@ -320,7 +320,7 @@ def target_table(rows: list[harness.Row], rounds_by_case: dict, device: torch.de
     for r in rows:
         if (r.T, r.dtype, r.mode, r.provider) != (want_t, want_dtype, "fwd+bwd", "reference"):
             continue
-        rounds = rounds_by_case[(r.shape, r.T, r.dtype, r.mode)]
+        rounds = rounds_by_case[r.case()]
         case = f"{r.shape} {r.dtype}"
         ours = [p for p in PYFAST_PROVIDERS if p in rounds]
         if not ours:
@@ -427,7 +427,7 @@ def main(argv=None) -> int:
                 writer.write(rows)
                 all_rows += rows
                 if rows:
-                    rounds_by_case[(rows[0].shape, rows[0].T, rows[0].dtype, mode)] = rounds
+                    rounds_by_case[rows[0].case()] = rounds
                 next(bar_iter, None)
             del x
     if hasattr(bar, "close"):

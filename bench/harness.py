@@ -144,10 +144,14 @@ def time_rounds(fns: dict[str, Callable[[], object]], device: torch.device, min_
     provider's fwd+bwd took 0.81 ms in one run and 1.07 ms in the next, timed one provider after another.)
     """
     names = list(fns)
+
+    def in_turn(rnd: int) -> list[str]:  # round rnd starts rnd names further along
+        return names[rnd % len(names):] + names[:rnd % len(names)]
+
     if device.type == "cuda":
         per_round = {name: [] for name in names}
         for rnd in range(4):  # round 0: warm-up, not kept
-            for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+            for name in in_turn(rnd):
                 ms = time_ms(fns[name], device, min_run_time / 3)
                 if rnd > 0:
                     per_round[name].append(ms)
@@ -162,7 +166,7 @@ def time_rounds(fns: dict[str, Callable[[], object]], device: torch.device, min_
     spent = 0.0
     rnd = 0
     while spent < min_run_time * len(names) or rnd < 3:
-        for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+        for name in in_turn(rnd):
             start = time.perf_counter()
             for _ in range(calls[name]):
                 fns[name]()

@@ -115,12 +115,12 @@ def test_bench_lif_target_table_judges_paired_round_ratios():
     rows = [row("reference", 12.0), row("reference+compile", 2.0), row("cpp", 2.2)]
     # cpp: 6x the eager reference round by round; against the compiled reference 0.9x in every round but one.
     rounds = {"reference": [12.0, 12.0, 12.0], "reference+compile": [2.0, 1.8, 9.0], "cpp": [2.0, 2.0, 2.0]}
-    table = bench_lif.target_table(rows, {("8x1024", 8, "fp32", "fwd+bwd"): rounds}, torch.device("cpu"))
+    table = bench_lif.target_table(rows, {rows[0].case(): rounds}, torch.device("cpu"))
     lines = {line.split("(")[1].split(")")[0]: line for line in table.splitlines()[2:]}
     assert "6.00x" in lines["reference -> cpp"] and lines["reference -> cpp"].endswith("yes")
     assert "1.00x" in lines["reference+compile -> cpp"] and lines["reference+compile -> cpp"].endswith("yes")
     rounds["reference+compile"] = [1.8, 1.8, 9.0]  # the median round ratio is now 0.9x: one slow round does not count
-    table = bench_lif.target_table(rows, {("8x1024", 8, "fp32", "fwd+bwd"): rounds}, torch.device("cpu"))
+    table = bench_lif.target_table(rows, {rows[0].case(): rounds}, torch.device("cpu"))
     assert "0.90x" in table and table.rstrip().endswith("NO")
     assert bench_lif.target_table(rows, {}, torch.device("cuda")) == ""  # no T=32 fp16 case: no table
 

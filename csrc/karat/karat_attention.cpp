@@ -15,8 +15,8 @@
 //
 // Autograd in C++, as for pyfast::lif_fwd (csrc/lif/lif_autograd.cpp): with torch.library.register_autograd,
 // Python's garbage collector showed at about 7 % of a single-thread CPU fwd+bwd profile at ViT-Tiny shape; in C++ the
-// CPU fwd+bwd measured 2-3 % faster, and a GPU step spends less host time. The op reaches its fake kernel (pyfast/ops/karat.py) through the dispatcher, so
-// torch.compile traces it as before.
+// CPU fwd+bwd measured 2-3 % faster, and a GPU step spends less host time. The op reaches its fake kernel
+// (pyfast/ops/karat.py) through the dispatcher, so torch.compile traces it as before.
 #include <ATen/ops/cat.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/zeros.h>

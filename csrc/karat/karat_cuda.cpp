@@ -77,9 +77,7 @@ at::Tensor karat_fwd_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const 
   const int64_t BH = s.B * s.H, L = s.L();
   const at::Tensor q = q_in.to(acc).contiguous().view({BH, s.N, s.D});
   const at::Tensor k = k_in.to(acc).contiguous().view({BH, s.N, s.D});
-  const at::Tensor kT = k.transpose(1, 2);
-  at::Tensor z = at::empty({s.B, s.H, s.N, s.r}, q.options());
-  if (BH == 0) return z.to(q_in.scalar_type());
+  if (BH == 0) return at::empty({s.B, s.H, s.N, s.r}, q_in.options());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   if (use_fused(s, acc)) {
     const at::Tensor C = karat::pack_coef(a, b, acc);
@@ -91,7 +89,9 @@ at::Tensor karat_fwd_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const 
                                                  parts, stream));
     return z_part.sum(0).to(q_in.scalar_type());
   }
+  const at::Tensor kT = k.transpose(1, 2);
   const at::Tensor CT = karat::pack_coef(a, b, acc).transpose(1, 2);  // [H, L, r]
+  at::Tensor z = at::empty({s.B, s.H, s.N, s.r}, q.options());
   const int64_t kt = tile_rows(s, q.element_size());
   for (int64_t r0 = 0; r0 < s.N; r0 += kt) {
     const int64_t rows = std::min(kt, s.N - r0);

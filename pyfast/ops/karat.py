@@ -128,6 +128,11 @@ karat_fwd_triton.register_autograd(_make_backward(torch.ops.pyfast.karat_bwd_tri
 # Python around the Triton basis ops.
 
 
+def _harmonic_slots(a, b, constant_term: bool):
+    """a, b restricted to the harmonics m = 1..G (slot 0 is the m = 0 constant term when there is one)."""
+    return (a[..., 1:], b[..., 1:]) if constant_term else (a, b)
+
+
 def _with_constant_term(z_basis, a, constant_term: bool, acc):
     """z' = z + c0 in the accumulation dtype, c0[p] = sum_q a[..., p, q, 0] when there is a constant term."""
     z = z_basis.to(acc)
@@ -138,7 +143,7 @@ def _attention_forward(q, k, v, a, b, W, scale: float, constant_term: bool, fwd_
     # The tail out = z (W^T V) runs in the accumulation dtype (float32 for half inputs) and rounds once at the end:
     # in half, U = W^T V sums N products into half and z U sums r more (on a GPU with half reductions too).
     acc = _acc(q.dtype)
-    z_basis = fwd_op(q, k, a[..., 1:], b[..., 1:], scale) if constant_term else fwd_op(q, k, a, b, scale)
+    z_basis = fwd_op(q, k, *_harmonic_slots(a, b, constant_term), scale)
     out = _with_constant_term(z_basis, a, constant_term, acc) @ (W.to(acc).transpose(-1, -2) @ v.to(acc))
     return out.to(q.dtype), z_basis
 
@@ -150,13 +155,11 @@ def _attention_backward(grad_out, q, k, v, a, b, W, z_basis, scale: float, const
     U = Wa.transpose(-1, -2) @ va  # [B, H, r, D]
     grad_z_acc = grad_out @ U.transpose(-1, -2)  # [B, H, N, r]
     grad_z = grad_z_acc.to(q.dtype)  # the basis op's dtype
+    gq, gk, ga, gb, _ = bwd_op(grad_z, q, k, *_harmonic_slots(a, b, constant_term), scale, False)
     if constant_term:
-        gq, gk, ga, gb, _ = bwd_op(grad_z, q, k, a[..., 1:], b[..., 1:], scale, False)
         ga0 = grad_z_acc.sum((0, 2)).to(a.dtype)[:, :, None, None].expand(*a.shape[:3], 1)  # dz / da[..., 0] = 1
         ga = torch.cat((ga0, ga), -1)
         gb = torch.cat((torch.zeros_like(b[..., :1]), gb), -1)  # b[..., 0] multiplies sin(0) = 0
-    else:
-        gq, gk, ga, gb, _ = bwd_op(grad_z, q, k, a, b, scale, False)
     grad_U = _with_constant_term(z_basis, a, constant_term, acc).transpose(-1, -2) @ grad_out  # [B, H, r, D]
     gv = (Wa @ grad_U).to(v.dtype)
     gW = (va @ grad_U.transpose(-1, -2)).sum(0).to(W.dtype)  # [H, N, r]
