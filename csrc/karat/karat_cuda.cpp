@@ -8,6 +8,7 @@
 // The tile height keeps the basis tile under kTileBytes, so the workspace never holds the whole B*H*N*N*2G basis (and
 // none of it is kept for backward, which regenerates it from q and k).
 #include <ATen/ops/bmm.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/empty_like.h>
@@ -25,9 +26,9 @@
 
 namespace pyfast {
 namespace karat {
-cudaError_t karat_fused_fwd_launch(const float* ST, const float* C, float* z_part, int64_t BH, int64_t N, int64_t r,
+cudaError_t karat_fused_fwd_launch(const float* ST, const float* Ck, float* z_part, int64_t BH, int64_t N, int64_t r,
                                    int G, int64_t H, double scale, int64_t parts, cudaStream_t stream);
-cudaError_t karat_fused_bwd_launch(const float* gz, const float* S, const float* ST, const float* C, float* gST,
+cudaError_t karat_fused_bwd_launch(const float* gz, const float* S, const float* ST, const float* Ck, float* gST,
                                    float* z_part, float* gC_part, int64_t BH, int64_t N, int64_t r, int G, int64_t H,
                                    double scale, int64_t parts, cudaStream_t stream);
 cudaError_t karat_basis_cuda_launch(const void* S, void* bas, int64_t rows, int64_t N, int G, double scale,
@@ -56,13 +57,29 @@ bool use_fused(const karat::Shape& s, at::ScalarType acc) {
 }
 
 // Parts of the key (row) range per score row (column) in the fused kernels: about kFusedTargetThreads threads in all,
-// one to three waves of a large GPU (an H100 holds 50K to 120K of them at once: 132 SMs, the registers of 12 warps
-// of the coefficient-gradient kernel to 28 of the forward), each thread still covering at least 4 keys. The threads
-// are latency-bound, so the more in flight the better: on an H100 at B=32, H=3, N=197, D=64, G=3, r=12 the three
-// kernels took 0.86, 0.84 and 0.47 ms with one thread per row and the dot products in the threads (2^15 target),
-// 0.19, 0.30 and 0.14 ms with 6 parts and the scores from cuBLAS. The partial sums cost a [parts, ...] buffer (the
+// two or three waves of a large GPU (an H100 holds 50K to 68K of them at once: 132 SMs, the registers of 12 warps
+// of the coefficient-gradient kernel, 168 each, to 16 of the row kernels, 128), each thread still covering at least
+// 4 keys. The threads are latency-bound, so the more in flight the better: on an H100 at B=32, H=3, N=197, D=64, G=3,
+// r=12 the three kernels took 0.86, 0.84 and 0.47 ms with one thread per row and the dot products in the threads
+// (2^15 target), 0.19, 0.30 and 0.14 ms with 6 parts and the scores from cuBLAS (scalar coefficient loads, 66 and 90
+// registers; the vector loads of karat_fused.h are not timed yet). The partial sums cost a [parts, ...] buffer (the
 // coefficient gradient's, [parts * B, H, r, 2 G N], is most of the fused path's peak memory) and one sum.
 constexpr int64_t kFusedTargetThreads = int64_t{1} << 17;
+
+// x [..., r] float as the fused kernels read it: contiguous rows padded with zeros to R4 = padded_rank(r) floats,
+// 16-byte aligned (a contiguous x serves as it is when r is a multiple of 4 and its data is aligned).
+at::Tensor vector_rows(const at::Tensor& x, int64_t r) {
+  const int64_t R4 = karat::fused::padded_rank(r);
+  const at::Tensor c = (R4 != r ? at::constant_pad_nd(x, {0, R4 - r}) : x).contiguous();
+  return reinterpret_cast<uintptr_t>(c.const_data_ptr()) % 16 == 0 ? c : c.clone();
+}
+
+// The fused kernels' coefficients, key-major and float (karat_fused.h): Ck [H, N, 2 G, R4],
+// Ck[h, q, t G + m - 1, p] = (t ? b : a)[h, p, q, m - 1].
+at::Tensor pack_coef_keys(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor keys = at::stack({a, b}, 2).permute({0, 3, 2, 4, 1}).to(at::kFloat);  // [H, N, 2, G, r]
+  return vector_rows(keys, a.size(1)).view({a.size(0), a.size(2), 2 * a.size(3), -1});
+}
 
 int64_t fused_parts(const karat::Shape& s) {
   const int64_t rows = std::max<int64_t>(1, s.B * s.H * s.N);
@@ -80,11 +97,11 @@ at::Tensor karat_fwd_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const 
   if (BH == 0) return at::empty({s.B, s.H, s.N, s.r}, q_in.options());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   if (use_fused(s, acc)) {
-    const at::Tensor C = karat::pack_coef(a, b, acc);
+    const at::Tensor Ck = pack_coef_keys(a, b);
     const at::Tensor ST = at::bmm(k, q.transpose(1, 2));  // [BH, N, N], ST[bh, q, k] = <K[q], Q[k]>
     const int64_t parts = fused_parts(s);
     const at::Tensor z_part = at::empty({parts, s.B, s.H, s.N, s.r}, q.options());
-    C10_CUDA_CHECK(karat::karat_fused_fwd_launch(ST.const_data_ptr<float>(), C.const_data_ptr<float>(),
+    C10_CUDA_CHECK(karat::karat_fused_fwd_launch(ST.const_data_ptr<float>(), Ck.const_data_ptr<float>(),
                                                  z_part.mutable_data_ptr<float>(), BH, s.N, s.r, s.G, s.H, scale,
                                                  parts, stream));
     return z_part.sum(0).to(q_in.scalar_type());
@@ -115,17 +132,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd
   const at::Tensor q = q_in.to(acc).contiguous().view({BH, s.N, s.D});
   const at::Tensor k = k_in.to(acc).contiguous().view({BH, s.N, s.D});
   const at::Tensor gz = grad_z.to(acc).contiguous().view({s.B, s.H, s.N, s.r});
-  const at::Tensor C = karat::pack_coef(a, b, acc);  // [H, r, L]
   const auto stream = c10::cuda::getCurrentCUDAStream();
   if (use_fused(s, acc) && BH > 0) {
     const int64_t parts = fused_parts(s);
+    const at::Tensor Ck = pack_coef_keys(a, b), gz_vec = vector_rows(gz, s.r);
     // The scores both ways round (the row kernel reads S^T, the column kernel S; see karat_fused.h), as the forward.
     const at::Tensor S = at::bmm(q, k.transpose(1, 2)), ST = at::bmm(k, q.transpose(1, 2));
     const at::Tensor gST = at::empty({BH, s.N, s.N}, q.options());  // gST[bh, q, k] = dLoss / dS[bh, k, q]
     const at::Tensor gC_part = at::empty({parts * s.B, s.H, s.r, L}, q.options());
     const at::Tensor z_part = at::empty({recompute_z ? parts : 0, s.B, s.H, s.N, s.r}, q.options());
     C10_CUDA_CHECK(karat::karat_fused_bwd_launch(
-        gz.const_data_ptr<float>(), S.const_data_ptr<float>(), ST.const_data_ptr<float>(), C.const_data_ptr<float>(),
+        gz_vec.const_data_ptr<float>(), S.const_data_ptr<float>(), ST.const_data_ptr<float>(),
+        Ck.const_data_ptr<float>(),
         gST.mutable_data_ptr<float>(), recompute_z ? z_part.mutable_data_ptr<float>() : nullptr,
         gC_part.mutable_data_ptr<float>(), BH, s.N, s.r, s.G, s.H, scale, parts, stream));
     auto [ga, gb] = karat::unpack_coef(gC_part.sum(0), s, a.scalar_type());  // over the parts and the batch
@@ -133,6 +151,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd
             at::bmm(gST, q).view(k_in.sizes()).to(k_in.scalar_type()), ga, gb.to(b.scalar_type()),  // gS^T Q
             (recompute_z ? z_part.sum(0) : z_part.new_empty({0})).to(q_in.scalar_type())};
   }
+  const at::Tensor C = karat::pack_coef(a, b, acc);  // [H, r, L]
   at::Tensor gq = at::empty_like(q), gk = at::zeros_like(k), gC = at::zeros({s.H, s.r, L}, q.options());
   at::Tensor z = recompute_z ? at::empty({s.B, s.H, s.N, s.r}, q.options()) : at::empty({0}, q.options());
   const at::Tensor CT = C.transpose(1, 2);  // [H, L, r]

@@ -9,13 +9,19 @@
 //                     z[k, p] = sum_{q, m} a[p, q, m] cos(m A[k, q]) + b[p, q, m] sin(m A[k, q]),   A = scale S
 //   grad_scores_row   a thread per score row (bh, k), column k of S^T, writing column k of gS^T:
 //                     gS[k, q] = scale sum_m m (e_s[m, q] cos(m A[k, q]) - e_c[m, q] sin(m A[k, q])),
-//                     e_t[m, q] = sum_p g_z[k, p] C[p, (t G + m - 1) N + q]; and z[k] again when asked
+//                     e_c[m, q] = sum_p g_z[k, p] a[p, q, m], e_s the same with b; and z[k] again when asked
 //   coef_grad_column  a thread per score column (bh, q), column q of S:
 //                     g_C[bh, p, (t G + m - 1) N + q] = sum_k g_z[k, p] (cos | sin)(m A[k, q]), this (batch x head)'s
 //                     share (the caller sums over the batch)
-// g_q = gS K and g_k = gS^T Q are then two batched GEMMs. The coefficients a thread reads (and its g_z row in the
-// column kernel) are the same address for every thread of a warp (one broadcast load). The rank and harmonics live
-// in registers: r <= kMaxR, G <= kMaxG (karat_cuda.cpp takes the tiled cuBLAS path beyond them). karat_kernel.cu
+// g_q = gS K and g_k = gS^T Q are then two batched GEMMs.
+//
+// Memory layouts, chosen so that a thread's reads of one step are few and wide: the coefficients are key-major,
+// Ck [H, N, 2 G, R4], Ck[h, q, t G + m - 1, p] = (t ? b : a)[h, p, q, m - 1], and g_z is [BH, N, R4], both with the
+// rank padded with zeros to R4 = padded_rank(r), a multiple of 4, so one key's 2 G r coefficients (a g_z row) are
+// 16-byte vectors: 18 vector loads per score at G = 3, r = 12, where the rank-major layout took 72 scalar ones. Every
+// thread of a warp reads the same coefficient address (one broadcast load). Each loop loads the next score before it
+// works on the current one, so a score's latency overlaps a step of arithmetic. The rank and harmonics live in
+// registers: r <= kMaxR, G <= kMaxG (karat_cuda.cpp takes the tiled cuBLAS path beyond them). karat_kernel.cu
 // launches these; tests/ops/test_karat_fused_emulation.py runs the same functions on the CPU, thread after thread,
 // against the reference.
 #pragma once
@@ -37,28 +43,45 @@ namespace fused {
 
 constexpr int kMaxR = 16;  // rank r held in registers
 constexpr int kMaxG = 4;   // harmonics G held in registers (coefficient gradient: 2 kMaxG kMaxR sums)
+constexpr int kVec = 4;    // floats per vector load
 
-PYFAST_HD void score_sincos(float x, float& s, float& c) {
+// The rank rounded up to a whole number of vectors: the row length of Ck's and g_z's rank dimension.
+PYFAST_HD constexpr int64_t padded_rank(int64_t r) { return (r + kVec - 1) / kVec * kVec; }
+
+// v = p[0..3], one 16-byte load (p 16-byte aligned) on the GPU.
+PYFAST_HD void load_vec(const float* p, float (&v)[kVec]) {
 #if defined(__CUDA_ARCH__)
-  sincosf(x, &s, &c);
+  const float4 f = __ldg(reinterpret_cast<const float4*>(p));
+  v[0] = f.x;
+  v[1] = f.y;
+  v[2] = f.z;
+  v[3] = f.w;
 #else
-  sincos_fast(x, s, c);
+  for (int e = 0; e < kVec; ++e) v[e] = p[e];
 #endif
 }
 
+// The CPU kernels' sincos (karat_cpu_kernels.inc), so both devices round alike. Branch-free polynomials: CUDA's
+// sincosf keeps a slow path for huge angles whose local array gave every fused kernel a stack frame.
+PYFAST_HD void score_sincos(float x, float& s, float& c) {
+  if (fabsf(x) <= kSmallAngleLimit)
+    sincos_small(x, s, c);
+  else
+    sincos_fast(x, s, c);
+}
+
 // cos(m x) and sin(m x) for m = 1..G in cm[m - 1], sm[m - 1]: one sincos and the angle-addition recurrence.
-template <class A>
-PYFAST_HD void harmonics(A x, int G, A (&cm)[kMaxG], A (&sm)[kMaxG]) {
+PYFAST_HD void harmonics(float x, int G, float (&cm)[kMaxG], float (&sm)[kMaxG]) {
   score_sincos(x, sm[0], cm[0]);
   PYFAST_UNROLL
   for (int m = 1; m < kMaxG; ++m)
     if (m < G) next_harmonic(cm[0], sm[0], cm[m - 1], sm[m - 1], cm[m], sm[m]);
 }
 
-// Shapes: S, S^T, gS^T [BH, N, N]; C [H, r, 2 G N] packed (karat_host.h pack_coef); g_z, z [BH, N, r];
-// gC_part [BH, r, 2 G N]. A score row or column index is bh * N + (k or q). Each thread covers a range of the other
-// index, [j0, j1) keys of its row or [i0, i1) rows of its column, and writes partial sums (z, g_C) that the caller
-// adds over the ranges: at ViT shapes B H N is a few thousand rows, too few threads to keep a GPU busy alone.
+// Shapes: S, S^T, gS^T [BH, N, N]; Ck [H, N, 2 G, R4]; g_z [BH, N, R4]; z [BH, N, r]; gC_part [BH, r, 2 G N]. A
+// score row or column index is bh * N + (k or q). Each thread covers a range of the other index, [j0, j1) keys of
+// its row or [i0, i1) rows of its column, and writes partial sums (z, g_C) that the caller adds over the ranges: at
+// ViT shapes B H N is a few thousand rows, too few threads to keep a GPU busy alone.
 
 // Thread idx of a fused launch over parts x n threads (n score rows or columns): its row / column idx % n, its part
 // p = idx / n and, of that part, the range [begin, end) of the N keys (rows) it covers (contiguous, near-equal parts).
@@ -76,26 +99,47 @@ PYFAST_HD bool task_of(int64_t idx, int64_t n, int64_t parts, int64_t N, Task& t
   return true;
 }
 
-template <class A>
-PYFAST_HD void fwd_row(int64_t row, int64_t j0, int64_t j1, const A* ST, const A* C, int64_t N, int64_t r, int G,
-                       int64_t H, A scale, A* z) {
-  const int64_t bh = row / N, L = 2 * G * N;
-  const A* scores = ST + bh * N * N + (row - bh * N);  // S[k, j] at scores[j N]
-  const A* C_h = C + (bh % H) * r * L;
-  A acc[kMaxR];
+// The scores a thread walks, entry j at at[j * N], read one step ahead: next() returns entry j and starts the load
+// of entry j + 1 (when there is one), so that load is in flight during step j's arithmetic.
+struct ScoreStream {
+  const float* at;
+  int64_t N, end;
+  float ahead;
+
+  PYFAST_HD ScoreStream(const float* scores, int64_t N_, int64_t begin, int64_t end_)
+      : at(scores), N(N_), end(end_), ahead(begin < end_ ? scores[begin * N_] : 0.0f) {}
+
+  PYFAST_HD float next(int64_t j) {
+    const float current = ahead;
+    if (j + 1 < end) ahead = at[(j + 1) * N];
+    return current;
+  }
+};
+
+PYFAST_HD void fwd_row(int64_t row, int64_t j0, int64_t j1, const float* ST, const float* Ck, int64_t N, int64_t r,
+                       int G, int64_t H, float scale, float* z) {
+  const int64_t bh = row / N, R4 = padded_rank(r), per_key = 2 * G * R4;
+  ScoreStream scores(ST + bh * N * N + (row - bh * N), N, j0, j1);  // S[k, j] at scores.at[j N]
+  const float* C_h = Ck + (bh % H) * N * per_key;
+  float acc[kMaxR];
   PYFAST_UNROLL
-  for (int p = 0; p < kMaxR; ++p) acc[p] = A(0);
+  for (int p = 0; p < kMaxR; ++p) acc[p] = 0.0f;
   for (int64_t j = j0; j < j1; ++j) {
-    A cm[kMaxG], sm[kMaxG];
-    harmonics(scale * scores[j * N], G, cm, sm);
+    float cm[kMaxG], sm[kMaxG];
+    harmonics(scale * scores.next(j), G, cm, sm);
+    const float* cj = C_h + j * per_key;
     PYFAST_UNROLL
     for (int m = 0; m < kMaxG; ++m) {
       if (m >= G) continue;
-      const A* ca = C_h + m * N + j;  // a[p, j, m] at ca[p L], b at cb[p L]
-      const A* cb = ca + G * N;
       PYFAST_UNROLL
-      for (int p = 0; p < kMaxR; ++p)
-        if (p < r) acc[p] += cm[m] * ca[p * L] + sm[m] * cb[p * L];
+      for (int p0 = 0; p0 < kMaxR; p0 += kVec) {
+        if (p0 >= r) continue;
+        float ca[kVec], cb[kVec];  // a[p0 .. p0 + 3, j, m], b the same
+        load_vec(cj + m * R4 + p0, ca);
+        load_vec(cj + (G + m) * R4 + p0, cb);
+        PYFAST_UNROLL
+        for (int e = 0; e < kVec; ++e) acc[p0 + e] += cm[m] * ca[e] + sm[m] * cb[e];
+      }
     }
   }
   PYFAST_UNROLL
@@ -103,38 +147,46 @@ PYFAST_HD void fwd_row(int64_t row, int64_t j0, int64_t j1, const A* ST, const A
     if (p < r) z[row * r + p] = acc[p];
 }
 
-template <class A>
-PYFAST_HD void grad_scores_row(int64_t row, int64_t j0, int64_t j1, const A* gz, const A* ST, const A* C, int64_t N,
-                               int64_t r, int G, int64_t H, A scale, A* gST, A* z) {
-  const int64_t bh = row / N, L = 2 * G * N, block = bh * N * N + (row - bh * N);
-  const A* scores = ST + block;  // S[k, j] at scores[j N]; gS[k, j] goes to grad[j N]
-  A* grad = gST + block;
-  const A* C_h = C + (bh % H) * r * L;
-  A g[kMaxR], acc[kMaxR];
+PYFAST_HD void grad_scores_row(int64_t row, int64_t j0, int64_t j1, const float* gz, const float* ST, const float* Ck,
+                               int64_t N, int64_t r, int G, int64_t H, float scale, float* gST, float* z) {
+  const int64_t bh = row / N, R4 = padded_rank(r), per_key = 2 * G * R4, block = bh * N * N + (row - bh * N);
+  ScoreStream scores(ST + block, N, j0, j1);  // S[k, j] at scores.at[j N]; gS[k, j] goes to grad[j N]
+  float* grad = gST + block;
+  const float* C_h = Ck + (bh % H) * N * per_key;
+  float g[kMaxR], acc[kMaxR];
   PYFAST_UNROLL
-  for (int p = 0; p < kMaxR; ++p) {
-    g[p] = p < r ? gz[row * r + p] : A(0);
-    acc[p] = A(0);
+  for (int p0 = 0; p0 < kMaxR; p0 += kVec) {
+    float v[kVec] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (p0 < r) load_vec(gz + row * R4 + p0, v);
+    PYFAST_UNROLL
+    for (int e = 0; e < kVec; ++e) {
+      g[p0 + e] = v[e];
+      acc[p0 + e] = 0.0f;
+    }
   }
   for (int64_t j = j0; j < j1; ++j) {
-    A cm[kMaxG], sm[kMaxG];
-    harmonics(scale * scores[j * N], G, cm, sm);
-    A g_score = A(0);
+    float cm[kMaxG], sm[kMaxG];
+    harmonics(scale * scores.next(j), G, cm, sm);
+    const float* cj = C_h + j * per_key;
+    float g_score = 0.0f;
     PYFAST_UNROLL
     for (int m = 0; m < kMaxG; ++m) {
       if (m >= G) continue;
-      const A* ca = C_h + m * N + j;
-      const A* cb = ca + G * N;
-      A e_c = A(0), e_s = A(0);
+      float e_c = 0.0f, e_s = 0.0f;
       PYFAST_UNROLL
-      for (int p = 0; p < kMaxR; ++p) {
-        if (p < r) {
-          e_c += g[p] * ca[p * L];
-          e_s += g[p] * cb[p * L];
-          if (z != nullptr) acc[p] += cm[m] * ca[p * L] + sm[m] * cb[p * L];
+      for (int p0 = 0; p0 < kMaxR; p0 += kVec) {
+        if (p0 >= r) continue;
+        float ca[kVec], cb[kVec];
+        load_vec(cj + m * R4 + p0, ca);
+        load_vec(cj + (G + m) * R4 + p0, cb);
+        PYFAST_UNROLL
+        for (int e = 0; e < kVec; ++e) {  // the padding's g and coefficients are zeros
+          e_c += g[p0 + e] * ca[e];
+          e_s += g[p0 + e] * cb[e];
+          if (z != nullptr) acc[p0 + e] += cm[m] * ca[e] + sm[m] * cb[e];
         }
       }
-      g_score += static_cast<A>(m + 1) * (e_s * cm[m] - e_c * sm[m]);
+      g_score += static_cast<float>(m + 1) * (e_s * cm[m] - e_c * sm[m]);
     }
     grad[j * N] = scale * g_score;
   }
@@ -145,35 +197,38 @@ PYFAST_HD void grad_scores_row(int64_t row, int64_t j0, int64_t j1, const A* gz,
   }
 }
 
-template <class A>
-PYFAST_HD void coef_grad_column(int64_t col, int64_t i0, int64_t i1, const A* gz, const A* S, int64_t N, int64_t r,
-                                int G, A scale, A* gC_part) {
-  const int64_t bh = col / N, j = col - bh * N, L = 2 * G * N;
-  const A* scores = S + bh * N * N + j;  // S[i, j] at scores[i N]
-  const A* g = gz + bh * N * r;
-  A gc[2][kMaxG][kMaxR];
+PYFAST_HD void coef_grad_column(int64_t col, int64_t i0, int64_t i1, const float* gz, const float* S, int64_t N,
+                                int64_t r, int G, float scale, float* gC_part) {
+  const int64_t bh = col / N, j = col - bh * N, L = 2 * G * N, R4 = padded_rank(r);
+  ScoreStream scores(S + bh * N * N + j, N, i0, i1);  // S[i, j] at scores.at[i N]
+  const float* g_bh = gz + bh * N * R4;
+  float gc[2][kMaxG][kMaxR];
   PYFAST_UNROLL
   for (int m = 0; m < kMaxG; ++m) {
     PYFAST_UNROLL
-    for (int p = 0; p < kMaxR; ++p) gc[0][m][p] = gc[1][m][p] = A(0);
+    for (int p = 0; p < kMaxR; ++p) gc[0][m][p] = gc[1][m][p] = 0.0f;
   }
   for (int64_t i = i0; i < i1; ++i) {
-    A cm[kMaxG], sm[kMaxG];
-    harmonics(scale * scores[i * N], G, cm, sm);
+    float cm[kMaxG], sm[kMaxG];
+    harmonics(scale * scores.next(i), G, cm, sm);
     PYFAST_UNROLL
-    for (int p = 0; p < kMaxR; ++p) {
-      if (p >= r) continue;
-      const A w = g[i * r + p];
+    for (int p0 = 0; p0 < kMaxR; p0 += kVec) {
+      if (p0 >= r) continue;
+      float w[kVec];  // g_z[i, p0 .. p0 + 3]
+      load_vec(g_bh + i * R4 + p0, w);
       PYFAST_UNROLL
-      for (int m = 0; m < kMaxG; ++m) {
-        if (m < G) {
-          gc[0][m][p] += w * cm[m];
-          gc[1][m][p] += w * sm[m];
+      for (int e = 0; e < kVec; ++e) {
+        PYFAST_UNROLL
+        for (int m = 0; m < kMaxG; ++m) {
+          if (m < G) {
+            gc[0][m][p0 + e] += w[e] * cm[m];
+            gc[1][m][p0 + e] += w[e] * sm[m];
+          }
         }
       }
     }
   }
-  A* out = gC_part + bh * r * L + j;
+  float* out = gC_part + bh * r * L + j;
   PYFAST_UNROLL
   for (int m = 0; m < kMaxG; ++m) {
     PYFAST_UNROLL

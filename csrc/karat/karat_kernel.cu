@@ -65,21 +65,21 @@ constexpr int kFusedThreads = 128;
 
 // A thread's task and its part's output slice: fused::task_of (karat_fused.h).
 __global__ void __launch_bounds__(kFusedThreads)
-    fused_fwd_kernel(const float* __restrict__ ST, const float* __restrict__ C, int64_t rows, int64_t parts,
+    fused_fwd_kernel(const float* __restrict__ ST, const float* __restrict__ Ck, int64_t rows, int64_t parts,
                      int64_t N, int64_t r, int G, int64_t H, float scale, float* __restrict__ z_part) {
   fused::Task t;
   if (fused::task_of(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, rows, parts, N, t))
-    fused::fwd_row<float>(t.item, t.begin, t.end, ST, C, N, r, G, H, scale, z_part + t.part * rows * r);
+    fused::fwd_row(t.item, t.begin, t.end, ST, Ck, N, r, G, H, scale, z_part + t.part * rows * r);
 }
 
 __global__ void __launch_bounds__(kFusedThreads)
-    fused_grad_scores_kernel(const float* __restrict__ gz, const float* __restrict__ ST, const float* __restrict__ C,
+    fused_grad_scores_kernel(const float* __restrict__ gz, const float* __restrict__ ST, const float* __restrict__ Ck,
                              int64_t rows, int64_t parts, int64_t N, int64_t r, int G, int64_t H, float scale,
                              float* __restrict__ gST, float* __restrict__ z_part) {
   fused::Task t;
   if (fused::task_of(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, rows, parts, N, t))
-    fused::grad_scores_row<float>(t.item, t.begin, t.end, gz, ST, C, N, r, G, H, scale, gST,
-                                  z_part != nullptr ? z_part + t.part * rows * r : nullptr);
+    fused::grad_scores_row(t.item, t.begin, t.end, gz, ST, Ck, N, r, G, H, scale, gST,
+                           z_part != nullptr ? z_part + t.part * rows * r : nullptr);
 }
 
 __global__ void __launch_bounds__(kFusedThreads)
@@ -87,8 +87,8 @@ __global__ void __launch_bounds__(kFusedThreads)
                            int64_t N, int64_t r, int G, float scale, float* __restrict__ gC_part) {
   fused::Task t;
   if (fused::task_of(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, cols, parts, N, t))
-    fused::coef_grad_column<float>(t.item, t.begin, t.end, gz, S, N, r, G, scale,
-                                   gC_part + t.part * cols * r * 2 * G);  // cols * 2 G r = BH r (2 G N)
+    fused::coef_grad_column(t.item, t.begin, t.end, gz, S, N, r, G, scale,
+                            gC_part + t.part * cols * r * 2 * G);  // cols * 2 G r = BH r (2 G N)
 }
 
 unsigned fused_blocks(int64_t n) { return static_cast<unsigned>((n + kFusedThreads - 1) / kFusedThreads); }
@@ -121,27 +121,29 @@ cudaError_t karat_grad_scores_cuda_launch(const void* bas, const void* E, void* 
 }
 
 // Fused forward: partial sums z_part [parts, BH, N, r] (parts ranges of the keys; the caller adds them) from the
-// transposed raw scores ST [BH, N, N] (ST[bh, q, k] = <K[q], Q[k]>) and packed C [H, r, 2 G N], all float.
-cudaError_t karat_fused_fwd_launch(const float* ST, const float* C, float* z_part, int64_t BH, int64_t N, int64_t r,
+// transposed raw scores ST [BH, N, N] (ST[bh, q, k] = <K[q], Q[k]>) and the key-major coefficients Ck
+// [H, N, 2 G, R4] (karat_fused.h; 16-byte aligned), all float.
+cudaError_t karat_fused_fwd_launch(const float* ST, const float* Ck, float* z_part, int64_t BH, int64_t N, int64_t r,
                                    int G, int64_t H, double scale, int64_t parts, cudaStream_t stream) {
   const int64_t rows = BH * N;
   if (rows == 0) return cudaSuccess;
-  fused_fwd_kernel<<<fused_blocks(rows * parts), kFusedThreads, 0, stream>>>(ST, C, rows, parts, N, r, G, H,
+  fused_fwd_kernel<<<fused_blocks(rows * parts), kFusedThreads, 0, stream>>>(ST, Ck, rows, parts, N, r, G, H,
                                                                              static_cast<float>(scale), z_part);
   return cudaGetLastError();
 }
 
-// Fused backward, from the raw scores S and ST [BH, N, N]: the transposed score gradient gST [BH, N, N] (and z's
+// Fused backward, from g_z [BH, N, R4] and Ck [H, N, 2 G, R4] (karat_fused.h; 16-byte aligned) and the raw scores S
+// and ST [BH, N, N]: the transposed score gradient gST [BH, N, N] (and z's
 // partial sums z_part [parts, BH, N, r] when not null) and the coefficient gradients' partial sums
 // gC_part [parts, BH, r, 2 G N] (parts ranges of the rows).
-cudaError_t karat_fused_bwd_launch(const float* gz, const float* S, const float* ST, const float* C, float* gST,
+cudaError_t karat_fused_bwd_launch(const float* gz, const float* S, const float* ST, const float* Ck, float* gST,
                                    float* z_part, float* gC_part, int64_t BH, int64_t N, int64_t r, int G, int64_t H,
                                    double scale, int64_t parts, cudaStream_t stream) {
   const int64_t n = BH * N;
   if (n == 0) return cudaSuccess;
   const float sc = static_cast<float>(scale);
   const unsigned blocks = fused_blocks(n * parts);
-  fused_grad_scores_kernel<<<blocks, kFusedThreads, 0, stream>>>(gz, ST, C, n, parts, N, r, G, H, sc, gST, z_part);
+  fused_grad_scores_kernel<<<blocks, kFusedThreads, 0, stream>>>(gz, ST, Ck, n, parts, N, r, G, H, sc, gST, z_part);
   fused_coef_grad_kernel<<<blocks, kFusedThreads, 0, stream>>>(gz, S, n, parts, N, r, G, sc, gC_part);
   return cudaGetLastError();
 }

@@ -1,7 +1,8 @@
 // CPU emulation of the fused Fourier-KArAt CUDA kernels (csrc/karat/karat_fused.h): the same per-thread functions,
 // run for every thread index of a launch in turn (fused::task_of, as in karat_kernel.cu), as plain C entry points for
 // ctypes (tests/ops/test_karat_fused_emulation.py). float32 only, as the CUDA kernels run; the raw scores S = Q K^T
-// and ST = K Q^T ([BH, N, N]) come from the caller, as they come from cuBLAS on the GPU.
+// and ST = K Q^T ([BH, N, N]) come from the caller, as they come from cuBLAS on the GPU, and so do the key-major
+// coefficients Ck [H, N, 2 G, R4] and g_z [BH, N, R4] (rank padded to R4 = fused::padded_rank(r)).
 #include <cstdint>
 
 #include "karat/karat_fused.h"
@@ -11,25 +12,25 @@ namespace fused = pyfast::karat::fused;
 extern "C" {
 
 // z_part [parts, BH, N, r]: partial sums over the parts' key ranges.
-void karat_fused_fwd(const float* ST, const float* C, int64_t BH, int64_t N, int64_t r, int G, int64_t H, float scale,
+void karat_fused_fwd(const float* ST, const float* Ck, int64_t BH, int64_t N, int64_t r, int G, int64_t H, float scale,
                      int64_t parts, float* z_part) {
   const int64_t rows = BH * N;
   fused::Task t;
   for (int64_t idx = 0; fused::task_of(idx, rows, parts, N, t); ++idx)
-    fused::fwd_row<float>(t.item, t.begin, t.end, ST, C, N, r, G, H, scale, z_part + t.part * rows * r);
+    fused::fwd_row(t.item, t.begin, t.end, ST, Ck, N, r, G, H, scale, z_part + t.part * rows * r);
 }
 
 // gST [BH, N, N] (the score gradient, transposed); z_part [parts, BH, N, r] (or null) and
 // gC_part [parts, BH, r, 2 G N]: partial sums over the parts.
-void karat_fused_bwd(const float* gz, const float* S, const float* ST, const float* C, int64_t BH, int64_t N,
+void karat_fused_bwd(const float* gz, const float* S, const float* ST, const float* Ck, int64_t BH, int64_t N,
                      int64_t r, int G, int64_t H, float scale, int64_t parts, float* gST, float* z_part,
                      float* gC_part) {
   const int64_t n = BH * N;
   fused::Task t;
   for (int64_t idx = 0; fused::task_of(idx, n, parts, N, t); ++idx) {
     float* z = z_part != nullptr ? z_part + t.part * n * r : nullptr;
-    fused::grad_scores_row<float>(t.item, t.begin, t.end, gz, ST, C, N, r, G, H, scale, gST, z);
-    fused::coef_grad_column<float>(t.item, t.begin, t.end, gz, S, N, r, G, scale, gC_part + t.part * n * r * 2 * G);
+    fused::grad_scores_row(t.item, t.begin, t.end, gz, ST, Ck, N, r, G, H, scale, gST, z);
+    fused::coef_grad_column(t.item, t.begin, t.end, gz, S, N, r, G, scale, gC_part + t.part * n * r * 2 * G);
   }
 }
 

@@ -362,6 +362,30 @@ def test_cuda_tiled_path_beyond_the_fused_kernels(r, G):
         torch.testing.assert_close(x.double(), t.double(), rtol=1e-4, atol=1e-4 * t.abs().max().item(), msg=named(name))
 
 
+@pytest.mark.parametrize("device", [
+    pytest.param("cpu", marks=needs_cpp),
+    pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+        not _extension.has_cuda(), reason=f"needs the CUDA kernels: {_extension.cuda_reason()}")])])
+@pytest.mark.parametrize("r, G", [(1, 1), (5, 3), (12, 4), (16, 2)])
+def test_basis_ops_any_rank_and_unaligned_grad_z(device, r, G):
+    # The fused CUDA kernels read the coefficients and g_z as 16-byte vectors of a rank padded to a multiple of 4; a
+    # g_z that is contiguous but not 16-byte aligned (a view 4 bytes into its storage) must be copied, never read
+    # misaligned. The CPU kernels take the same inputs.
+    q, k, _, a, b, _ = (t.detach() for t in _inputs(B=2, N=29, D=16, r=r, M=G))
+    storage = torch.randn(2 * 3 * 29 * r + 1, dtype=torch.float64)
+    grad_z = storage[1:].view(2, 3, 29, r)
+    z_ref = karat_z_ref(q, k, a, b, 0.25)
+    truth = torch.autograd.functional.vjp(lambda *t: karat_z_ref(*t, 0.25), (q, k, a, b), grad_z)[1]
+    inputs = [t.float().to(device) for t in (q, k, a, b)]
+    g_unaligned = storage.float().to(device)[1:].view(2, 3, 29, r)
+    assert g_unaligned.data_ptr() % 16 != 0
+    z = torch.ops.pyfast.karat_fwd(*inputs, 0.25)
+    torch.testing.assert_close(z.double().cpu(), z_ref, rtol=1e-4, atol=1e-4 * z_ref.abs().max().item())
+    got = torch.ops.pyfast.karat_bwd(g_unaligned, *inputs, 0.25, True)
+    for name, x, t in zip(["q", "k", "a", "b", "z"], got, [*truth, z_ref]):
+        torch.testing.assert_close(x.double().cpu(), t, rtol=1e-4, atol=1e-4 * t.abs().max().item(), msg=named(name))
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not _extension.has_cuda(), reason=f"needs the CUDA kernels: {_extension.cuda_reason()}")
 def test_cuda_opcheck_and_auto_backend():

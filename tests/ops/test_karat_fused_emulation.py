@@ -16,8 +16,9 @@ import subprocess
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from pyfast.ops.karat import pack_coef, unpack_coef
+from pyfast.ops.karat import unpack_coef
 from pyfast.reference.karat import karat_z_ref
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,6 +46,18 @@ def _case(B, H, N, D, r, G, seed=0):
     return q, k, a, b, torch.randn(B, H, N, r, generator=g, dtype=torch.float64)
 
 
+def _rank_padded(x: torch.Tensor) -> torch.Tensor:
+    """``[..., r] -> [..., R4]`` float32, zeros past r, R4 = r rounded up to 4: the fused kernels' rank layout."""
+    r = x.shape[-1]
+    return F.pad(x.float(), (0, -r % 4)).contiguous()
+
+
+def _pack_keys(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Key-major coefficients ``Ck [H, N, 2 G, R4]``, ``Ck[h, q, t G + m - 1, p] = (b if t else a)[h, p, q, m - 1]``."""
+    H, _, N, G = a.shape
+    return _rank_padded(torch.stack((a, b), 2).permute(0, 3, 2, 4, 1)).view(H, N, 2 * G, -1)
+
+
 def _ptr(t: torch.Tensor) -> int:
     assert t.is_contiguous() and t.dtype == torch.float32
     return t.data_ptr()
@@ -62,13 +75,13 @@ def test_fused_kernels_match_the_reference(emulation, B, H, N, D, r, G, parts):
 
     qf, kf, gzf = (t.float().contiguous() for t in (q, k, gz))
     S, ST = (qf @ kf.transpose(-1, -2)).contiguous(), (kf @ qf.transpose(-1, -2)).contiguous()  # cuBLAS's part
-    C = pack_coef(a, b, torch.float32)
+    Ck, gz_vec = _pack_keys(a, b), _rank_padded(gzf)
     L = 2 * G * N
     z_part = torch.empty(parts, B, H, N, r)
-    emulation.karat_fused_fwd(_ptr(ST), _ptr(C), B * H, N, r, G, H, scale, parts, _ptr(z_part))
+    emulation.karat_fused_fwd(_ptr(ST), _ptr(Ck), B * H, N, r, G, H, scale, parts, _ptr(z_part))
     gST, z_again = torch.empty(B, H, N, N), torch.empty(parts, B, H, N, r)
     gC_part = torch.empty(parts * B, H, r, L)
-    emulation.karat_fused_bwd(_ptr(gzf), _ptr(S), _ptr(ST), _ptr(C), B * H, N, r, G, H, scale, parts, _ptr(gST),
+    emulation.karat_fused_bwd(_ptr(gz_vec), _ptr(S), _ptr(ST), _ptr(Ck), B * H, N, r, G, H, scale, parts, _ptr(gST),
                               _ptr(z_again), _ptr(gC_part))
     gS = gST.transpose(-1, -2)
     z = z_part.sum(0)  # as karat_cuda.cpp adds the parts
