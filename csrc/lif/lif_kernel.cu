@@ -5,11 +5,12 @@
 // traffic is exactly one read of each input and one write of each output, coalesced across the warp: a warp
 // touches 32 * V consecutive elements per time step. Forward: V = 16 bytes / sizeof(storage), or 1 when N or a
 // pointer does not allow the vector access. Backward, which keeps more live values per neuron (gradient carries,
-// surrogate): V = 1, as the Triton backward, whose tuning found one neuron per thread best (on an H200 at T = 32 the
-// half-precision backward at V = 8 ran at 1.7 TB/s against that Triton kernel's 2.6 TB/s). What limits the
-// backward is the bytes in flight: on an H100 (2026-11-26) loading step by step, one step in flight per thread, it
-// ran at 1.6 TB/s against the forward's 2.6, so it loads kChunk steps at once before computing them. Arithmetic is
-// float32 (float64 for double).
+// surrogate): V = 1 for float32 and float64, V = 2 for the 16-bit types, so a warp's access of one step is a whole
+// 128-byte line in every dtype (on an H200 at T = 32 the half-precision backward at V = 8, loading step by step, ran
+// at 1.7 TB/s against the Triton backward's 2.6 TB/s at one neuron per thread). What limits the backward is the
+// bytes in flight: on an H100 (2026-11-26) loading step by step, one step in flight per thread, it ran at 1.6 TB/s
+// against the forward's 2.6, so it loads kChunk steps at once before computing them (1.9 TB/s in half precision at
+// V = 1; V = 2 there is not timed yet). Arithmetic is float32 (float64 for double).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -60,9 +61,41 @@ template <typename T, int V>
 __device__ __forceinline__ Pack<T, V> load(const T* base, int64_t i) {
   return *reinterpret_cast<const Pack<T, V>*>(base + i);
 }
+
+// A pack is stored with one st.global of its whole width, in inline PTX the compiler cannot split. Assigning the
+// struct, or a word built from it, left the unrolled forward storing a 16-byte pack as four 4-byte pieces and the
+// backward a pair of halves as two 2-byte ones (PTX of nvcc 13.0); CUDA's __stwb keeps the width but makes the store
+// a strong one (STG.STRONG.SM), a needless ordering constraint.
+__device__ __forceinline__ void store_word(void* p, const Pack<unsigned short, 1>& w) {
+  asm("st.global.u16 [%0], %1;" ::"l"(p), "h"(w.e[0]) : "memory");
+}
+__device__ __forceinline__ void store_word(void* p, const Pack<unsigned, 1>& w) {
+  asm("st.global.u32 [%0], %1;" ::"l"(p), "r"(w.e[0]) : "memory");
+}
+__device__ __forceinline__ void store_word(void* p, const Pack<unsigned, 2>& w) {
+  asm("st.global.v2.u32 [%0], {%1, %2};" ::"l"(p), "r"(w.e[0]), "r"(w.e[1]) : "memory");
+}
+__device__ __forceinline__ void store_word(void* p, const Pack<unsigned, 4>& w) {
+  asm("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(w.e[0]), "r"(w.e[1]), "r"(w.e[2]), "r"(w.e[3])
+      : "memory");
+}
+
+// The words of a pack of kBytes bytes, as store_word takes them.
+template <int kBytes>
+struct WordsOf {
+  using type = Pack<unsigned, kBytes / 4>;
+};
+template <>
+struct WordsOf<2> {
+  using type = Pack<unsigned short, 1>;
+};
+
 template <typename T, int V>
 __device__ __forceinline__ void store(T* base, int64_t i, const Pack<T, V>& p) {
-  *reinterpret_cast<Pack<T, V>*>(base + i) = p;
+  typename WordsOf<sizeof(p)>::type w;
+  static_assert(sizeof(w) == sizeof(p), "a pack is 2, 4, 8 or 16 bytes");
+  memcpy(&w, &p, sizeof(p));
+  store_word(base + i, w);
 }
 
 template <typename T, int V, bool kStoreH>
@@ -173,14 +206,13 @@ __global__ void __launch_bounds__(kThreads) lif_bwd_kernel(BwdArgs a) {
 
 bool aligned(const void* p, int bytes) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-// Neurons per thread: a 16-byte vector when N and every [T, N] / [N] pointer allow it.
-template <typename T>
+// Neurons per thread: kWidth when N and every [T, N] / [N] pointer read or written as a vector allow it, else 1.
+template <typename T, int kWidth>
 int vector_width(int64_t n, std::initializer_list<const void*> ptrs) {
-  constexpr int kVec = 16 / sizeof(T);
-  if (n % kVec != 0) return 1;
+  if (n % kWidth != 0) return 1;
   for (const void* p : ptrs)
-    if (!aligned(p, 16)) return 1;
-  return kVec;
+    if (!aligned(p, kWidth * sizeof(T))) return 1;
+  return kWidth;
 }
 
 int64_t blocks_for(int64_t n, int v) { return (n / v + kThreads - 1) / kThreads; }
@@ -188,7 +220,7 @@ int64_t blocks_for(int64_t n, int v) { return (n / v + kThreads - 1) / kThreads;
 template <typename T>
 void fwd(const FwdArgs& a, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(T);
-  const int v = vector_width<T>(a.N, {a.x, a.v0, a.spikes, a.h_seq, a.v_last});
+  const int v = vector_width<T, kVec>(a.N, {a.x, a.v0, a.spikes, a.h_seq, a.v_last});
   const dim3 grid(static_cast<unsigned>(blocks_for(a.N, v)));
   if (v == kVec) {
     if (a.h_seq) lif_fwd_kernel<T, kVec, true><<<grid, kThreads, 0, stream>>>(a);
@@ -199,16 +231,31 @@ void fwd(const FwdArgs& a, cudaStream_t stream) {
   }
 }
 
+template <typename T, int V>
+void bwd_launch(const BwdArgs& a, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(blocks_for(a.N, V)));
+  if (a.grad_k) {
+    if (a.grad_v_th) lif_bwd_kernel<T, V, true, true><<<grid, kThreads, 0, stream>>>(a);
+    else lif_bwd_kernel<T, V, true, false><<<grid, kThreads, 0, stream>>>(a);
+  } else {
+    if (a.grad_v_th) lif_bwd_kernel<T, V, false, true><<<grid, kThreads, 0, stream>>>(a);
+    else lif_bwd_kernel<T, V, false, false><<<grid, kThreads, 0, stream>>>(a);
+  }
+}
+
+// The backward's neurons per thread: kBwdWidth<T> (2 for the 16-bit types, so a warp's access of a step is 128 bytes,
+// a whole cache line, as for float32) when N and the vector pointers allow it, else 1.
+template <typename T>
+constexpr int kBwdWidth = sizeof(T) == 2 ? 2 : 1;
+
 template <typename T>
 void bwd(const BwdArgs& a, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(blocks_for(a.N, 1)));
-  if (a.grad_k) {
-    if (a.grad_v_th) lif_bwd_kernel<T, 1, true, true><<<grid, kThreads, 0, stream>>>(a);
-    else lif_bwd_kernel<T, 1, true, false><<<grid, kThreads, 0, stream>>>(a);
-  } else {
-    if (a.grad_v_th) lif_bwd_kernel<T, 1, false, true><<<grid, kThreads, 0, stream>>>(a);
-    else lif_bwd_kernel<T, 1, false, false><<<grid, kThreads, 0, stream>>>(a);
-  }
+  constexpr int kWidth = kBwdWidth<T>;
+  if (kWidth > 1 &&
+      vector_width<T, kWidth>(a.N, {a.grad_spikes, a.h_seq, a.x, a.grad_x, a.grad_v0}) == kWidth)
+    bwd_launch<T, kWidth>(a, stream);
+  else
+    bwd_launch<T, 1>(a, stream);
 }
 
 }  // namespace

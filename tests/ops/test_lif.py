@@ -376,7 +376,8 @@ def test_cuda_matches_reference(shape, surrogate, v_reset, decay_input, detach_r
 @cuda
 @pytest.mark.parametrize("dtype", HALF_TYPES)
 @pytest.mark.parametrize("surrogate", SURROGATES)
-@pytest.mark.parametrize("shape", [(8, 4, 9), (8, 16, 64)])
+# Odd N: one neuron per thread; even N: two per backward thread, eight per forward thread when N % 8 == 0.
+@pytest.mark.parametrize("shape", [(5, 3, 7), (8, 4, 9), (11, 16, 64)])
 def test_cuda_half_precision_error_within_twice_eager(shape, dtype, surrogate):
     case = _half_case(shape, dtype, surrogate, 0.0, device="cuda")
     grads = tuple(g.cuda() for g in _loss_weights(shape))
@@ -388,6 +389,25 @@ def test_cuda_half_precision_error_within_twice_eager(shape, dtype, surrogate):
     assert_half_error_within(v, v_true, v_eager, "final membrane")
     for name in g_true:
         assert_half_error_within(g[name], g_true[name], g_eager[name], f"grad of {name}")
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+@pytest.mark.parametrize("shape", [(5, 3, 7), (9, 4, 9)])  # odd N: one neuron per backward thread; even N: two
+def test_cuda_half_learnable_tau_and_threshold_match_cpp(shape, dtype):
+    # Per-neuron tau and a threshold that require grad take the backward variants with the tau and threshold sums;
+    # the CUDA and CPU kernels both round H to the storage dtype and compute in float32, so they agree closely.
+    case = _case(shape, dtype, "atan", 0.0, True, margin=0.08)
+    grads = _loss_weights(shape)
+    s_cpu, v_cpu, g_cpu = _run(lif, case, grads, surrogate="atan", backend="cpp")
+    cuda_case = {k: t.detach().cuda().requires_grad_() for k, t in case.items()}
+    s, v, g = _run(lif, cuda_case, tuple(t.cuda() for t in grads), surrogate="atan", backend="cuda")
+    assert torch.equal(s.cpu(), s_cpu)
+    torch.testing.assert_close(v.cpu(), v_cpu, rtol=1e-2, atol=1e-2)
+    for name in g_cpu:
+        torch.testing.assert_close(g[name].cpu(), g_cpu[name], rtol=1e-2, atol=1e-2 * g_cpu[name].abs().max().item(),
+                                   msg=name)
 
 
 @pytest.mark.cuda
