@@ -168,6 +168,31 @@ def test_extension_holds_sm80_and_sm90_cubins():
     assert {"80", "90"} <= archs, f"expected sm_80 and sm_90 cubins in {so}, got:\n{proc.stdout}"
 
 
+def test_lif_cuda_kernels_store_each_pack_in_one_instruction(tmp_path):
+    # A thread's neurons of one step (a pack: 16 bytes in the vector forward, 2 halves in the 16-bit backward) must
+    # leave in one st.global of the pack's width; nvcc 13.0 split struct stores into 4- and 2-byte pieces.
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("no CUDA toolkit (nvcc) on this machine")
+    ptx = tmp_path / "lif_kernel.ptx"
+    subprocess.run([nvcc, "-I", os.path.join(ROOT, "csrc"), "-O3", "-std=c++20", "--expt-relaxed-constexpr",
+                    "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+                    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-arch=compute_90", "-ptx", "-o", str(ptx),
+                    os.path.join(ROOT, "csrc", "lif", "lif_kernel.cu")], check=True, timeout=300)
+    kernels = re.split(r"\.entry ", ptx.read_text())[1:]
+    widths = {}  # (fwd | bwd, storage type, V) -> set of st.global suffixes, f32 partial-sum stores excluded
+    for body in kernels:
+        m = re.match(r"\w*lif_(fwd|bwd)_kernelI(\w+?)Li(\d+)E", body)
+        if m:
+            stores = set(re.findall(r"st\.global\.(?:wb\.)?([a-z0-9.]+)\s", body)) - {"f32"}
+            widths.setdefault((m[1], m[2], int(m[3])), set()).update(stores)
+    assert widths[("fwd", "6__half", 8)] == {"v4.u32"}, widths
+    assert widths[("fwd", "f", 4)] == {"v4.u32"}, widths
+    assert widths[("fwd", "d", 2)] == {"v4.u32"}, widths
+    assert widths[("bwd", "6__half", 2)] == {"u32"}, widths
+    assert widths[("bwd", "13__nv_bfloat16", 2)] == {"u32"}, widths
+
+
 def test_triton_kernels_install_as_pyfast_triton_not_top_level_kernels(tmp_path):
     script = textwrap.dedent("""
         import importlib.util, json
