@@ -9,9 +9,15 @@ Cases (the shapes of the issues' GPU targets):
   lif    T=32, 2**22 neurons, fp16 (``--dtype`` to change), providers of bench_lif (cuda triton sj-triton ...)
   karat  ViT-Tiny attention B=32, H=3, D=64, G=3, r=12, N=197 (``--tokens``), providers of bench_karat
 
+With ``--calls-only N`` it only makes N calls per provider after the warm-up, with no events and no
+``torch.profiler``, for an outside profiler (Nsight Compute's CUPTI and torch.profiler's do not share a process):
+``bench/gpu_check.sh``'s ncu stages run it under ``ncu`` for each kernel's occupancy, stall reasons and memory
+throughput.
+
 Examples:
   python bench/gpu_profile.py lif --providers cuda sj-triton
   python bench/gpu_profile.py karat --providers cuda triton reference+compile
+  ncu -k regex:fused_ --launch-skip 9 --launch-count 3 python bench/gpu_profile.py karat --providers cuda --calls-only 1
 """
 
 from __future__ import annotations
@@ -53,10 +59,25 @@ def karat_calls(args, device):
         yield name, bench_karat.fwd_bwd_step(name, compiled_ref, inputs, g)
 
 
-def profile_call(name: str, call, iters: int) -> None:
-    for _ in range(3):  # warm-up: compilation, autotuning, allocator
+WARM_UP_CALLS = 3
+
+
+def warm_up(call) -> None:
+    for _ in range(WARM_UP_CALLS):  # compilation, autotuning, allocator
         call()
     torch.cuda.synchronize()
+
+
+def calls_only(name: str, call, calls: int) -> None:
+    warm_up(call)
+    for _ in range(calls):
+        call()
+    torch.cuda.synchronize()
+    print(f"{name}: {WARM_UP_CALLS} warm-up calls, then {calls}")
+
+
+def profile_call(name: str, call, iters: int) -> None:
+    warm_up(call)
     # Back-to-back calls, no profiler: GPU time per call (events) and the CPU time to issue one call. When the CPU
     # time is the larger, the benchmark's number is the host's (Python, dispatch, launches), not the kernels'.
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -97,7 +118,11 @@ def main(argv=None) -> None:
     ap.add_argument("--neurons", type=int, default=2**22)
     ap.add_argument("--tokens", type=int, default=197)
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--calls-only", type=int, default=None, metavar="N",
+                    help="after the warm-up, make N calls per provider and nothing else (to run under ncu)")
     args = ap.parse_args(argv)
+    if args.calls_only is not None and args.calls_only < 1:
+        ap.error(f"--calls-only must be >= 1, got {args.calls_only}")
     if not torch.cuda.is_available():
         raise SystemExit("gpu_profile.py needs a CUDA device")
     args.dtype = args.dtype or ("fp16" if args.op == "lif" else "fp32")
@@ -108,7 +133,10 @@ def main(argv=None) -> None:
     calls = lif_calls(args, device) if args.op == "lif" else karat_calls(args, device)
     for name, call in calls:
         try:
-            profile_call(name, call, args.iters)
+            if args.calls_only is None:
+                profile_call(name, call, args.iters)
+            else:
+                calls_only(name, call, args.calls_only)
         except Exception as err:  # noqa: BLE001  (one provider's failure must not hide the others' profiles)
             print(f"FAILED {name}: {type(err).__name__}: {' '.join(str(err).split())[:300]}")
 

@@ -158,3 +158,23 @@ def test_check_cpp_errors_tells_a_raise_from_a_crash(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "silent: FAILED (rc 3) no error raised" in out
     assert "crash: FAILED (rc -11)" in out
+
+
+def test_gpu_profile_rejects_a_non_positive_call_count(capsys):
+    from bench import gpu_profile
+
+    with pytest.raises(SystemExit) as exc:
+        gpu_profile.main(["karat", "--providers", "cuda", "--calls-only", "0"])
+    assert exc.value.code == 2
+    assert "--calls-only must be >= 1" in capsys.readouterr().err
+
+
+def test_gpu_profile_calls_only_makes_warm_up_and_counted_calls_and_nothing_else(monkeypatch, capsys):
+    from bench import gpu_profile
+
+    made = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: made.append("sync"))
+    gpu_profile.calls_only("p", lambda: made.append("call"), 2)
+    assert made.count("call") == gpu_profile.WARM_UP_CALLS + 2
+    assert made[-1] == "sync"
+    assert "3 warm-up calls, then 2" in capsys.readouterr().out
