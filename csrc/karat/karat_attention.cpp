@@ -4,8 +4,8 @@
 // autograd (the Autograd key, below). Per batch element and head:
 //   z' = z + c0,  c0[p] = sum_q a[p, q, 0]   (the m = 0 constant term, when constant_term)
 //   out = sigma V = (z' W^T) V = z' U,  U = W^T V [r, D]      (the N x N attention matrix sigma is never formed)
-// Backward, from g_out, q, k, v and z (saved: [B, H, N, r], r/D of q's size; recomputing it in karat_bwd took 18 % of
-// that CPU backward at ViT-Tiny shape, N = 65):
+// Backward, from g_out, q, k, v and z' (saved, in q's dtype: [B, H, N, r], r/D of q's size; recomputing z in karat_bwd
+// took 18 % of that CPU backward at ViT-Tiny shape, N = 65; z' rather than z spares the backward the constant term):
 //   g_z = g_out U^T,  then karat_bwd(g_z) gives g_q, g_k, g_a, g_b
 //   g_U = z'^T g_out,  g_V = W g_U,  g_W = sum_batch V g_U^T,  g_c0 = sum_{batch, k} g_z
 // The tail runs as batched GEMMs over every (batch x head) at once, in the accumulation type (float32 for half inputs,
@@ -18,8 +18,8 @@
 // CPU fwd+bwd measured 2-3 % faster, and a GPU step spends less host time. The op reaches its fake kernel
 // (pyfast/ops/karat.py) through the dispatcher, so torch.compile traces it as before.
 #include <ATen/ops/cat.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/matmul.h>
-#include <ATen/ops/zeros.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -73,7 +73,7 @@ std::tuple<at::Tensor, at::Tensor> with_constant_term_grads(const at::Tensor& g_
                                                             const at::Tensor& a) {
   if (!g_c0.defined()) return {g_a_h, g_b_h};
   const at::Tensor g_a0 = g_c0.to(a.scalar_type()).view({s.H, s.r, 1, 1}).expand({s.H, s.r, s.N, 1});
-  return {at::cat({g_a0, g_a_h}, 3), at::cat({at::zeros({s.H, s.r, s.N, 1}, g_b_h.options()), g_b_h}, 3)};
+  return {at::cat({g_a0, g_a_h}, 3), at::constant_pad_nd(g_b_h, {1, 0})};  // g_b[..., 0] = 0
 }
 
 using FwdSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double);
@@ -83,24 +83,24 @@ using BwdSig = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Te
 constexpr auto basis_fwd = &dispatched<"pyfast::karat_fwd", FwdSig>;
 constexpr auto basis_bwd = &dispatched<"pyfast::karat_bwd", BwdSig>;
 
-// z [B, H, N, r] in the accumulation type, plus the constant term c0 [H, r] when there is one (out of place: z_basis
-// is what the forward saves).
+// z' [B, H, N, r] in the accumulation type: z plus the constant term c0 [H, r] when there is one.
 at::Tensor with_constant_term(const at::Tensor& z_basis, const at::Tensor& a, const karat::Shape& s,
                               bool constant_term) {
   const at::Tensor z = z_basis.to(acc_type(z_basis.scalar_type()));
   return constant_term ? z.add(a.select(3, 0).to(z.scalar_type()).sum(-1).view({1, s.H, 1, s.r})) : z;
 }
 
-// (out, z): z [B, H, N, r] the basis contraction of the harmonic slots, in q's dtype, as karat_fwd returns it.
+// (out, z'): z' [B, H, N, r] = z + c0 (z alone without the constant term), in q's dtype, for the backward.
 std::tuple<at::Tensor, at::Tensor> karat_attention_fwd(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                        const at::Tensor& a, const at::Tensor& b, const at::Tensor& W,
                                                        double scale, bool constant_term) {
   const karat::Shape s = check_attention_inputs(q, k, v, a, b, W, constant_term);
   const auto acc = acc_type(q.scalar_type());
-  at::Tensor z_basis =
-      basis_fwd().call(q, k, harmonic_slots(a, constant_term), harmonic_slots(b, constant_term), scale);
+  const at::Tensor z = with_constant_term(
+      basis_fwd().call(q, k, harmonic_slots(a, constant_term), harmonic_slots(b, constant_term), scale), a, s,
+      constant_term);
   const at::Tensor U = at::matmul(W.to(acc).transpose(-1, -2), v.to(acc));  // [B, H, r, D]
-  return {at::matmul(with_constant_term(z_basis, a, s, constant_term), U).to(q.scalar_type()), std::move(z_basis)};
+  return {at::matmul(z, U).to(q.scalar_type()), z.to(q.scalar_type())};
 }
 
 at::Tensor karat_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
@@ -110,14 +110,14 @@ at::Tensor karat_attention(const at::Tensor& q, const at::Tensor& k, const at::T
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_attention_bwd(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
-    const at::Tensor& b, const at::Tensor& W, const at::Tensor& z_basis, double scale, bool constant_term) {
+    const at::Tensor& b, const at::Tensor& W, const at::Tensor& z_saved, double scale, bool constant_term) {
   const karat::Shape s = check_attention_inputs(q, k, v, a, b, W, constant_term);
   check_grad_out(grad_out, q);
-  TORCH_CHECK_VALUE(z_basis.dim() == 4 && z_basis.size(0) == s.B && z_basis.size(1) == s.H && z_basis.size(2) == s.N &&
-                        z_basis.size(3) == s.r && z_basis.device() == q.device(),
+  TORCH_CHECK_VALUE(z_saved.dim() == 4 && z_saved.size(0) == s.B && z_saved.size(1) == s.H && z_saved.size(2) == s.N &&
+                        z_saved.size(3) == s.r && z_saved.device() == q.device(),
                     "karat_attention_bwd: z must be [B, H, N, r] = [", s.B, ", ", s.H, ", ", s.N, ", ", s.r,
-                    "] on q's device (karat_attention_fwd's second output), got shape ", z_basis.sizes(), " on ",
-                    z_basis.device());
+                    "] on q's device (karat_attention_fwd's second output), got shape ", z_saved.sizes(), " on ",
+                    z_saved.device());
   const auto acc = acc_type(q.scalar_type());
   const at::Tensor W_acc = W.to(acc), v_acc = v.to(acc), g_out = grad_out.to(acc);
   const at::Tensor U = at::matmul(W_acc.transpose(-1, -2), v_acc);  // [B, H, r, D]
@@ -125,8 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto [g_q, g_k, g_a_h, g_b_h, unused_z] =
       basis_bwd().call(g_z.to(q.scalar_type()), q, k, harmonic_slots(a, constant_term),
                        harmonic_slots(b, constant_term), scale, false);
-  const at::Tensor z = with_constant_term(z_basis, a, s, constant_term);
-  const at::Tensor g_U = at::matmul(z.transpose(-1, -2), g_out);  // [B, H, r, D]
+  const at::Tensor g_U = at::matmul(z_saved.to(acc).transpose(-1, -2), g_out);  // z'^T g_out [B, H, r, D]
   // IntArrayRef spelled out: a braced list is ambiguous with the DimnameList overload in some torch versions (2.11).
   const at::Tensor g_constant = constant_term ? g_z.sum(at::IntArrayRef{0, 2}) : at::Tensor();
   auto [g_a, g_b] = with_constant_term_grads(g_a_h, g_b_h, g_constant, s, a);

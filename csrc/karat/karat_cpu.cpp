@@ -235,9 +235,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd
                          s, static_cast<scalar_t>(scale));
     });
   }
-  const at::Tensor gC = gC_part.view({s.B, s.H, s.r, s.L()}).sum(0);
-  auto [ga, gb] = karat::unpack_coef(gC, s, a.scalar_type());
-  return {gq.to(q_in.scalar_type()), gk.to(k_in.scalar_type()), ga, gb.to(b.scalar_type()), z.to(q_in.scalar_type())};
+  auto [ga, gb] = karat::sum_unpack_coef(gC_part.view({s.B, s.H, s.r, s.L()}), s, a, b);
+  return {gq.to(q_in.scalar_type()), gk.to(k_in.scalar_type()), ga, gb, z.to(q_in.scalar_type())};
 }
 
 }  // namespace

@@ -77,8 +77,9 @@ at::Tensor vector_rows(const at::Tensor& x, int64_t r) {
 // The fused kernels' coefficients, key-major and float (karat_fused.h): Ck [H, N, 2 G, R4],
 // Ck[h, q, t G + m - 1, p] = (t ? b : a)[h, p, q, m - 1].
 at::Tensor pack_coef_keys(const at::Tensor& a, const at::Tensor& b) {
-  const at::Tensor keys = at::stack({a, b}, 2).permute({0, 3, 2, 4, 1}).to(at::kFloat);  // [H, N, 2, G, r]
-  return vector_rows(keys, a.size(1)).view({a.size(0), a.size(2), 2 * a.size(3), -1});
+  // One copy: stack writes its output contiguous, whatever its inputs' strides.
+  const at::Tensor keys = at::stack({a.permute({0, 2, 3, 1}), b.permute({0, 2, 3, 1})}, 2).to(at::kFloat);
+  return vector_rows(keys, a.size(1)).view({a.size(0), a.size(2), 2 * a.size(3), -1});  // [H, N, 2, G, R4]
 }
 
 int64_t fused_parts(const karat::Shape& s) {
@@ -146,9 +147,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd
         Ck.const_data_ptr<float>(),
         gST.mutable_data_ptr<float>(), recompute_z ? z_part.mutable_data_ptr<float>() : nullptr,
         gC_part.mutable_data_ptr<float>(), BH, s.N, s.r, s.G, s.H, scale, parts, stream));
-    auto [ga, gb] = karat::unpack_coef(gC_part.sum(0), s, a.scalar_type());  // over the parts and the batch
+    auto [ga, gb] = karat::sum_unpack_coef(gC_part.view({parts * s.B, s.H, s.r, L}), s, a, b);
     return {at::bmm(gST.transpose(1, 2), k).view(q_in.sizes()).to(q_in.scalar_type()),  // gS K
-            at::bmm(gST, q).view(k_in.sizes()).to(k_in.scalar_type()), ga, gb.to(b.scalar_type()),  // gS^T Q
+            at::bmm(gST, q).view(k_in.sizes()).to(k_in.scalar_type()), ga, gb,  // gS^T Q
             (recompute_z ? z_part.sum(0) : z_part.new_empty({0})).to(q_in.scalar_type())};
   }
   const at::Tensor C = karat::pack_coef(a, b, acc);  // [H, r, L]
@@ -174,9 +175,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd
     gq.narrow(1, r0, rows).copy_(at::bmm(gS, k));
     gk.baddbmm_(gS.transpose(1, 2), Q_t);
   }
-  auto [ga, gb] = karat::unpack_coef(gC, s, a.scalar_type());
+  auto [ga, gb] = karat::sum_unpack_coef(gC.unsqueeze(0), s, a, b);
   return {gq.view(q_in.sizes()).to(q_in.scalar_type()), gk.view(k_in.sizes()).to(k_in.scalar_type()), ga,
-          gb.to(b.scalar_type()), z.to(q_in.scalar_type())};
+          gb, z.to(q_in.scalar_type())};
 }
 
 }  // namespace

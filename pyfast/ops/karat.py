@@ -1,5 +1,5 @@
 """Fourier-KArAt attention as torch custom ops: the basis contraction ``torch.ops.pyfast.karat_fwd`` / ``karat_bwd``
-and the whole attention ``karat_attention`` (``karat_attention_fwd``, which also returns z, for its autograd) /
+and the whole attention ``karat_attention`` (``karat_attention_fwd``, which also returns z', for its autograd) /
 ``karat_attention_bwd`` (C++ CPU and CUDA kernels), their Triton twins (``*_triton``), with fake kernels and
 autograd, plus the public functions :func:`karat_basis` and :func:`karat_attention`.
 
@@ -8,7 +8,7 @@ the scores; the kernels fuse it with ``A = scale q k^T`` and never materialise `
 recomputes them tile by tile from q and k, the only activations the op saves). The rest is small:
 ``sigma V = (z W^T) V = z (W^T V)`` is evaluated as ``z @ (W^T V)`` with ``W^T V: [B, H, r, D]``, so the ``N x N``
 attention matrix ``sigma`` is never formed either. The whole attention is one op whose backward saves q, k, v and the
-small z ``[B, H, N, r]`` only.
+small ``z' = z + c0`` ``[B, H, N, r]`` only.
 The maths is in :mod:`pyfast.reference.karat` and at the top of ``csrc/karat/karat.h``.
 """
 
@@ -18,6 +18,7 @@ import math
 import numbers
 
 import torch
+import torch.nn.functional as F
 
 from pyfast import _extension
 from pyfast.backends import resolve
@@ -119,13 +120,13 @@ karat_bwd_triton.register_fake(_bwd_fake)
 karat_fwd_triton.register_autograd(_make_backward(torch.ops.pyfast.karat_bwd_triton), setup_context=_setup_context)
 
 
-# The whole attention as one op per kernel family, so that autograd saves q, k, v and z [B, H, N, r] only: backward
+# The whole attention as one op per kernel family, so that autograd saves q, k, v and z' [B, H, N, r] only: backward
 # rebuilds U = W^T V (a small GEMM) instead of keeping U [B, H, r, D] and a batch-expanded copy of W alive between
-# forward and backward, and takes z (r / D of q's size) from the forward instead of recomputing it (that took 18 % of
-# the CPU basis backward at ViT-Tiny shape). pyfast::karat_attention (with karat_attention_fwd, which also returns z,
-# for its autograd) and karat_attention_bwd are C++ ops, one kernel for CPU and CUDA (csrc/karat/karat_attention.cpp:
-# batched GEMMs around the basis ops, no Python on the hot path); the Triton twins below are the same composition in
-# Python around the Triton basis ops.
+# forward and backward, and takes z' = z + c0 (r / D of q's size) from the forward instead of recomputing z (that took
+# 18 % of the CPU basis backward at ViT-Tiny shape). pyfast::karat_attention (with karat_attention_fwd, which also
+# returns z', for its autograd) and karat_attention_bwd are C++ ops, one kernel for CPU and CUDA
+# (csrc/karat/karat_attention.cpp: batched GEMMs around the basis ops, no Python on the hot path); the Triton twins
+# below are the same composition in Python around the Triton basis ops.
 
 
 def _harmonic_slots(a, b, constant_term: bool):
@@ -143,12 +144,12 @@ def _attention_forward(q, k, v, a, b, W, scale: float, constant_term: bool, fwd_
     # The tail out = z (W^T V) runs in the accumulation dtype (float32 for half inputs) and rounds once at the end:
     # in half, U = W^T V sums N products into half and z U sums r more (on a GPU with half reductions too).
     acc = _acc(q.dtype)
-    z_basis = fwd_op(q, k, *_harmonic_slots(a, b, constant_term), scale)
-    out = _with_constant_term(z_basis, a, constant_term, acc) @ (W.to(acc).transpose(-1, -2) @ v.to(acc))
-    return out.to(q.dtype), z_basis
+    z = _with_constant_term(fwd_op(q, k, *_harmonic_slots(a, b, constant_term), scale), a, constant_term, acc)
+    out = z @ (W.to(acc).transpose(-1, -2) @ v.to(acc))
+    return out.to(q.dtype), z.to(q.dtype)  # z' = z + c0 for the backward
 
 
-def _attention_backward(grad_out, q, k, v, a, b, W, z_basis, scale: float, constant_term: bool, bwd_op):
+def _attention_backward(grad_out, q, k, v, a, b, W, z, scale: float, constant_term: bool, bwd_op):
     # The tail's gradients in the accumulation dtype, as its forward (float32 for half inputs).
     acc = _acc(q.dtype)
     Wa, va, grad_out = W.to(acc), v.to(acc), grad_out.to(acc)
@@ -159,8 +160,8 @@ def _attention_backward(grad_out, q, k, v, a, b, W, z_basis, scale: float, const
     if constant_term:
         ga0 = grad_z_acc.sum((0, 2)).to(a.dtype)[:, :, None, None].expand(*a.shape[:3], 1)  # dz / da[..., 0] = 1
         ga = torch.cat((ga0, ga), -1)
-        gb = torch.cat((torch.zeros_like(b[..., :1]), gb), -1)  # b[..., 0] multiplies sin(0) = 0
-    grad_U = _with_constant_term(z_basis, a, constant_term, acc).transpose(-1, -2) @ grad_out  # [B, H, r, D]
+        gb = F.pad(gb, (1, 0))  # b[..., 0] multiplies sin(0) = 0
+    grad_U = z.to(acc).transpose(-1, -2) @ grad_out  # z'^T g_out [B, H, r, D]
     gv = (Wa @ grad_U).to(v.dtype)
     gW = (va @ grad_U.transpose(-1, -2)).sum(0).to(W.dtype)  # [H, N, r]
     return gq, gk, gv, ga, gb, gW
