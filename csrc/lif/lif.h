@@ -28,11 +28,24 @@
 #include <cmath>
 #include <cstdint>
 #include <bit>
+#include <type_traits>
 
 namespace pyfast {
 namespace lif {
 
-enum class Surrogate : int { Dynamic = -1, Sigmoid = 0, ATan = 1, Triangle = 2 };
+enum class Surrogate : int { Sigmoid = 0, ATan = 1, Triangle = 2 };
+
+// f(std::integral_constant<Surrogate, S>{}) for the run-time surrogate s. The kernels take the surrogate as a template
+// argument, so a time step's body has no branch on it: the CPU loops vectorise, and a CUDA thread's surrogates of
+// several steps (independent of each other) interleave instead of waiting on a branch per step.
+template <typename F>
+void with_surrogate(Surrogate s, F&& f) {
+  switch (s) {
+    case Surrogate::Sigmoid: f(std::integral_constant<Surrogate, Surrogate::Sigmoid>{}); return;
+    case Surrogate::ATan: f(std::integral_constant<Surrogate, Surrogate::ATan>{}); return;
+    default: f(std::integral_constant<Surrogate, Surrogate::Triangle>{}); return;
+  }
+}
 
 // Hyperparameters that are the same for every neuron. k and v_th may also vary per neuron (passed separately).
 struct Config {
@@ -90,9 +103,7 @@ PYFAST_HD A reset(A h, A s, A v_th, const Config& c) {
   return c.hard_reset ? h * (A(1) - s) + A(c.v_reset) * s : h - v_th * s;
 }
 
-// Surrogate partial derivatives of S = Heaviside(H - V_th): *d_h = dS/dH, *d_vth = dS/dV_th.
-// S is a compile-time choice (the CPU kernels need a branch-free loop to vectorise); Surrogate::Dynamic reads
-// c.surrogate at run time (uniform across a CUDA warp, so the branch is free there).
+// Surrogate partial derivatives of S = Heaviside(H - V_th): *d_h = dS/dH, *d_vth = dS/dV_th (S: see with_surrogate).
 template <Surrogate S, typename A>
 PYFAST_HD void surrogate_grad(A h, A v_th, const Config& c, A* d_h, A* d_vth) {
   const A a = A(c.alpha);
@@ -104,7 +115,8 @@ PYFAST_HD void surrogate_grad(A h, A v_th, const Config& c, A* d_h, A* d_vth) {
     const A w = A(1.5707963267948966) * a * (h - v_th);
     *d_h = A(0.5) * a / (A(1) + w * w);
     *d_vth = -*d_h;
-  } else if constexpr (S == Surrogate::Triangle) {
+  } else {
+    static_assert(S == Surrogate::Triangle);
     // IIR-SNN: z = H / V_th - 1, dS/dz = alpha max(0, 1 - |z|); chain rule through z for H and V_th.
     const A inv_th = A(1) / v_th;
     const A z = h * inv_th - A(1);
@@ -112,12 +124,6 @@ PYFAST_HD void surrogate_grad(A h, A v_th, const Config& c, A* d_h, A* d_vth) {
     const A d_z = one_minus > A(0) ? a * one_minus : A(0);
     *d_h = d_z * inv_th;
     *d_vth = -d_z * h * inv_th * inv_th;
-  } else {
-    switch (c.surrogate) {
-      case Surrogate::Sigmoid: surrogate_grad<Surrogate::Sigmoid>(h, v_th, c, d_h, d_vth); return;
-      case Surrogate::ATan: surrogate_grad<Surrogate::ATan>(h, v_th, c, d_h, d_vth); return;
-      default: surrogate_grad<Surrogate::Triangle>(h, v_th, c, d_h, d_vth); return;
-    }
   }
 }
 

@@ -67,18 +67,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(const at::Tensor& x, 
 // Surrogate and grad_k as template arguments: the time loop's body stays branch-free and vectorises.
 template <typename scalar_t>
 void bwd_cpu_dispatch(const lif::BwdArgs& a) {
-  auto with_grad_k = [&](auto surrogate) {
+  lif::with_surrogate(a.cfg.surrogate, [&](auto surrogate) {
     constexpr lif::Surrogate S = decltype(surrogate)::value;
     if (a.grad_k)
       lif_bwd_cpu_kernel<scalar_t, S, true>(a);
     else
       lif_bwd_cpu_kernel<scalar_t, S, false>(a);
-  };
-  switch (a.cfg.surrogate) {
-    case lif::Surrogate::Sigmoid: with_grad_k(std::integral_constant<lif::Surrogate, lif::Surrogate::Sigmoid>{}); break;
-    case lif::Surrogate::ATan: with_grad_k(std::integral_constant<lif::Surrogate, lif::Surrogate::ATan>{}); break;
-    default: with_grad_k(std::integral_constant<lif::Surrogate, lif::Surrogate::Triangle>{}); break;
-  }
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_bwd_cpu(

@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(kThreads) lif_fwd_kernel(FwdArgs a) {
   store<T, V>(static_cast<T*>(a.v_last), i0, vl);
 }
 
-template <typename T, int V, bool kGradK, bool kGradVth>
+template <typename T, int V, Surrogate kSurrogate, bool kGradK, bool kGradVth>
 __global__ void __launch_bounds__(kThreads) lif_bwd_kernel(BwdArgs a) {
   using A = typename Acc<T>::type;
   const int64_t i0 = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(kThreads) lif_bwd_kernel(BwdArgs a) {
 #pragma unroll
       for (int j = 0; j < V; ++j) {
         const StepGrad<A> g =
-            backward_step<Surrogate::Dynamic>(to_acc(gs[u].e[j]), gv[j], to_acc(h[u].e[j]), th[j], c);
+            backward_step<kSurrogate>(to_acc(gs[u].e[j]), gv[j], to_acc(h[u].e[j]), th[j], c);
         gx.e[j] = from_acc<T>(charge_grad_x(k[j], c) * g.grad_h);
         if (kGradVth) gth[j] += g.grad_vth;
         if (kGradK) {
@@ -231,16 +231,21 @@ void fwd(const FwdArgs& a, cudaStream_t stream) {
   }
 }
 
+// The surrogate is a template argument (lif.h with_surrogate): with a run-time switch in every step, the steps of a
+// chunk could not overlap their surrogates (exp and division for the sigmoid), which depend on H alone.
 template <typename T, int V>
 void bwd_launch(const BwdArgs& a, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(blocks_for(a.N, V)));
-  if (a.grad_k) {
-    if (a.grad_v_th) lif_bwd_kernel<T, V, true, true><<<grid, kThreads, 0, stream>>>(a);
-    else lif_bwd_kernel<T, V, true, false><<<grid, kThreads, 0, stream>>>(a);
-  } else {
-    if (a.grad_v_th) lif_bwd_kernel<T, V, false, true><<<grid, kThreads, 0, stream>>>(a);
-    else lif_bwd_kernel<T, V, false, false><<<grid, kThreads, 0, stream>>>(a);
-  }
+  with_surrogate(a.cfg.surrogate, [&](auto surrogate) {
+    constexpr Surrogate S = decltype(surrogate)::value;
+    if (a.grad_k) {
+      if (a.grad_v_th) lif_bwd_kernel<T, V, S, true, true><<<grid, kThreads, 0, stream>>>(a);
+      else lif_bwd_kernel<T, V, S, true, false><<<grid, kThreads, 0, stream>>>(a);
+    } else {
+      if (a.grad_v_th) lif_bwd_kernel<T, V, S, false, true><<<grid, kThreads, 0, stream>>>(a);
+      else lif_bwd_kernel<T, V, S, false, false><<<grid, kThreads, 0, stream>>>(a);
+    }
+  });
 }
 
 // The backward's neurons per thread: kBwdWidth<T> (2 for the 16-bit types, so a warp's access of a step is 128 bytes,
