@@ -57,13 +57,14 @@ bool use_fused(const karat::Shape& s, at::ScalarType acc) {
 }
 
 // Parts of the key (row) range per score row (column) in the fused kernels: about kFusedTargetThreads threads in all,
-// two or three waves of a large GPU (an H100 holds 50K to 68K of them at once: 132 SMs, the registers of 12 warps
-// of the coefficient-gradient kernel, 168 each, to 16 of the row kernels, 128), each thread still covering at least
-// 4 keys. The threads are latency-bound, so the more in flight the better: on an H100 at B=32, H=3, N=197, D=64, G=3,
-// r=12 the three kernels took 0.86, 0.84 and 0.47 ms with one thread per row and the dot products in the threads
-// (2^15 target), 0.19, 0.30 and 0.14 ms with 6 parts and the scores from cuBLAS (scalar coefficient loads, 66 and 90
-// registers; the vector loads of karat_fused.h are not timed yet). The partial sums cost a [parts, ...] buffer (the
-// coefficient gradient's, [parts * B, H, r, 2 G N], is most of the fused path's peak memory) and one sum.
+// one to two waves of a large GPU (at G=3, r=12 an H100 holds 68K to 152K of them at once: 132 SMs, the registers
+// of 16 warps of the coefficient-gradient kernel, 114 each, to 36 of the forward, 52), each thread still covering at
+// least 4 keys. The threads are latency-bound, so the more in flight the better: on an H100 at B=32, H=3, N=197, D=64,
+// G=3, r=12 the three kernels took 0.86, 0.84 and 0.47 ms with one thread per row and the dot products in the threads
+// (2^15 target), 0.19, 0.30 and 0.14 ms with 6 parts and the scores from cuBLAS (scalar coefficient loads, loops
+// sized for kMaxG and kMaxR; the vector loads and shape templates of karat_fused.h are not timed yet). The partial
+// sums cost a [parts, ...] buffer (the coefficient gradient's, [parts * B, H, r, 2 G N], is most of the fused path's
+// peak memory) and one sum.
 constexpr int64_t kFusedTargetThreads = int64_t{1} << 17;
 
 // x [..., r] float as the fused kernels read it: contiguous rows padded with zeros to R4 = padded_rank(r) floats,

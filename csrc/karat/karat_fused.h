@@ -21,13 +21,18 @@
 // 16-byte vectors: 18 vector loads per score at G = 3, r = 12, where the rank-major layout took 72 scalar ones. Every
 // thread of a warp reads the same coefficient address (one broadcast load). Each loop loads the next score before it
 // works on the current one, so a score's latency overlaps a step of arithmetic. The rank and harmonics live in
-// registers: r <= kMaxR, G <= kMaxG (karat_cuda.cpp takes the tiled cuBLAS path beyond them). karat_kernel.cu
-// launches these; tests/ops/test_karat_fused_emulation.py runs the same functions on the CPU, thread after thread,
-// against the reference.
+// registers, their counts template arguments (kG = G <= kMaxG, kRV = R4 / 4 vectors, r <= kMaxR; with_fused_shape
+// picks them): the loops over them unroll exactly, and a thread holds only the sums and loads of its shape (at G = 3,
+// r = 12 the three kernels need 52, 76 and 114 registers on sm_90, against 128, 128 and 168 with the loops sized for
+// kMaxG and kMaxR and guarded).
+// karat_cuda.cpp takes the tiled cuBLAS path beyond kMaxG and kMaxR. karat_kernel.cu launches these;
+// tests/ops/test_karat_fused_emulation.py runs the same functions on the CPU, thread after thread, against the
+// reference.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "karat/karat.h"
 
@@ -42,11 +47,32 @@ namespace karat {
 namespace fused {
 
 constexpr int kMaxR = 16;  // rank r held in registers
-constexpr int kMaxG = 4;   // harmonics G held in registers (coefficient gradient: 2 kMaxG kMaxR sums)
+constexpr int kMaxG = 4;   // harmonics G held in registers (coefficient gradient: 2 G R4 sums)
 constexpr int kVec = 4;    // floats per vector load
 
 // The rank rounded up to a whole number of vectors: the row length of Ck's and g_z's rank dimension.
 PYFAST_HD constexpr int64_t padded_rank(int64_t r) { return (r + kVec - 1) / kVec * kVec; }
+
+// f(std::integral_constant<int, G>{}, std::integral_constant<int, R4 / 4>{}) for 1 <= G <= kMaxG, 1 <= r <= kMaxR
+// (the caller checks the ranges): the template arguments of the functions below.
+template <class F>
+void with_fused_shape(int G, int64_t r, F&& f) {
+  const auto rank = [&](auto g) {
+    switch (padded_rank(r) / kVec) {
+      case 1: f(g, std::integral_constant<int, 1>{}); return;
+      case 2: f(g, std::integral_constant<int, 2>{}); return;
+      case 3: f(g, std::integral_constant<int, 3>{}); return;
+      default: f(g, std::integral_constant<int, 4>{}); return;
+    }
+  };
+  static_assert(kMaxR == 4 * kVec && kMaxG == 4, "with_fused_shape enumerates G = 1..4 and R4 / 4 = 1..4");
+  switch (G) {
+    case 1: rank(std::integral_constant<int, 1>{}); return;
+    case 2: rank(std::integral_constant<int, 2>{}); return;
+    case 3: rank(std::integral_constant<int, 3>{}); return;
+    default: rank(std::integral_constant<int, 4>{}); return;
+  }
+}
 
 // v = p[0..3], one 16-byte load (p 16-byte aligned) on the GPU.
 PYFAST_HD void load_vec(const float* p, float (&v)[kVec]) {
@@ -70,12 +96,12 @@ PYFAST_HD void score_sincos(float x, float& s, float& c) {
     sincos_fast(x, s, c);
 }
 
-// cos(m x) and sin(m x) for m = 1..G in cm[m - 1], sm[m - 1]: one sincos and the angle-addition recurrence.
-PYFAST_HD void harmonics(float x, int G, float (&cm)[kMaxG], float (&sm)[kMaxG]) {
+// cos(m x) and sin(m x) for m = 1..kG in cm[m - 1], sm[m - 1]: one sincos and the angle-addition recurrence.
+template <int kG>
+PYFAST_HD void harmonics(float x, float (&cm)[kG], float (&sm)[kG]) {
   score_sincos(x, sm[0], cm[0]);
   PYFAST_UNROLL
-  for (int m = 1; m < kMaxG; ++m)
-    if (m < G) next_harmonic(cm[0], sm[0], cm[m - 1], sm[m - 1], cm[m], sm[m]);
+  for (int m = 1; m < kG; ++m) next_harmonic(cm[0], sm[0], cm[m - 1], sm[m - 1], cm[m], sm[m]);
 }
 
 // Shapes: S, S^T, gS^T [BH, N, N]; Ck [H, N, 2 G, R4]; g_z [BH, N, R4]; z [BH, N, r]; gC_part [BH, r, 2 G N]. A
@@ -116,69 +142,70 @@ struct ScoreStream {
   }
 };
 
-PYFAST_HD void fwd_row(int64_t row, int64_t j0, int64_t j1, const float* ST, const float* Ck, int64_t N, int64_t r,
-                       int G, int64_t H, float scale, float* z) {
-  const int64_t bh = row / N, R4 = padded_rank(r), per_key = 2 * G * R4;
-  ScoreStream scores(ST + bh * N * N + (row - bh * N), N, j0, j1);  // S[k, j] at scores.at[j N]
-  const float* C_h = Ck + (bh % H) * N * per_key;
-  float acc[kMaxR];
+// z[row, p] for p < r (the padded lanes' sums are zeros and are not written).
+template <int kRV>
+PYFAST_HD void write_rank(const float (&acc)[kRV * kVec], int64_t r, float* z_row) {
   PYFAST_UNROLL
-  for (int p = 0; p < kMaxR; ++p) acc[p] = 0.0f;
+  for (int p = 0; p < kRV * kVec; ++p)
+    if (p < r) z_row[p] = acc[p];
+}
+
+template <int kG, int kRV>
+PYFAST_HD void fwd_row(int64_t row, int64_t j0, int64_t j1, const float* ST, const float* Ck, int64_t N, int64_t r,
+                       int64_t H, float scale, float* z) {
+  constexpr int R4 = kRV * kVec, kPerKey = 2 * kG * R4;
+  const int64_t bh = row / N;
+  ScoreStream scores(ST + bh * N * N + (row - bh * N), N, j0, j1);  // S[k, j] at scores.at[j N]
+  const float* C_h = Ck + (bh % H) * N * kPerKey;
+  float acc[R4] = {};
   for (int64_t j = j0; j < j1; ++j) {
-    float cm[kMaxG], sm[kMaxG];
-    harmonics(scale * scores.next(j), G, cm, sm);
-    const float* cj = C_h + j * per_key;
+    float cm[kG], sm[kG];
+    harmonics<kG>(scale * scores.next(j), cm, sm);
+    const float* cj = C_h + j * kPerKey;
     PYFAST_UNROLL
-    for (int m = 0; m < kMaxG; ++m) {
-      if (m >= G) continue;
+    for (int m = 0; m < kG; ++m) {
       PYFAST_UNROLL
-      for (int p0 = 0; p0 < kMaxR; p0 += kVec) {
-        if (p0 >= r) continue;
+      for (int p0 = 0; p0 < R4; p0 += kVec) {
         float ca[kVec], cb[kVec];  // a[p0 .. p0 + 3, j, m], b the same
         load_vec(cj + m * R4 + p0, ca);
-        load_vec(cj + (G + m) * R4 + p0, cb);
+        load_vec(cj + (kG + m) * R4 + p0, cb);
         PYFAST_UNROLL
         for (int e = 0; e < kVec; ++e) acc[p0 + e] += cm[m] * ca[e] + sm[m] * cb[e];
       }
     }
   }
-  PYFAST_UNROLL
-  for (int p = 0; p < kMaxR; ++p)
-    if (p < r) z[row * r + p] = acc[p];
+  write_rank<kRV>(acc, r, z + row * r);
 }
 
+template <int kG, int kRV>
 PYFAST_HD void grad_scores_row(int64_t row, int64_t j0, int64_t j1, const float* gz, const float* ST, const float* Ck,
-                               int64_t N, int64_t r, int G, int64_t H, float scale, float* gST, float* z) {
-  const int64_t bh = row / N, R4 = padded_rank(r), per_key = 2 * G * R4, block = bh * N * N + (row - bh * N);
+                               int64_t N, int64_t r, int64_t H, float scale, float* gST, float* z) {
+  constexpr int R4 = kRV * kVec, kPerKey = 2 * kG * R4;
+  const int64_t bh = row / N, block = bh * N * N + (row - bh * N);
   ScoreStream scores(ST + block, N, j0, j1);  // S[k, j] at scores.at[j N]; gS[k, j] goes to grad[j N]
   float* grad = gST + block;
-  const float* C_h = Ck + (bh % H) * N * per_key;
-  float g[kMaxR], acc[kMaxR];
+  const float* C_h = Ck + (bh % H) * N * kPerKey;
+  float g[R4], acc[R4] = {};
   PYFAST_UNROLL
-  for (int p0 = 0; p0 < kMaxR; p0 += kVec) {
-    float v[kVec] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (p0 < r) load_vec(gz + row * R4 + p0, v);
+  for (int p0 = 0; p0 < R4; p0 += kVec) {
+    float v[kVec];
+    load_vec(gz + row * R4 + p0, v);
     PYFAST_UNROLL
-    for (int e = 0; e < kVec; ++e) {
-      g[p0 + e] = v[e];
-      acc[p0 + e] = 0.0f;
-    }
+    for (int e = 0; e < kVec; ++e) g[p0 + e] = v[e];
   }
   for (int64_t j = j0; j < j1; ++j) {
-    float cm[kMaxG], sm[kMaxG];
-    harmonics(scale * scores.next(j), G, cm, sm);
-    const float* cj = C_h + j * per_key;
+    float cm[kG], sm[kG];
+    harmonics<kG>(scale * scores.next(j), cm, sm);
+    const float* cj = C_h + j * kPerKey;
     float g_score = 0.0f;
     PYFAST_UNROLL
-    for (int m = 0; m < kMaxG; ++m) {
-      if (m >= G) continue;
+    for (int m = 0; m < kG; ++m) {
       float e_c = 0.0f, e_s = 0.0f;
       PYFAST_UNROLL
-      for (int p0 = 0; p0 < kMaxR; p0 += kVec) {
-        if (p0 >= r) continue;
+      for (int p0 = 0; p0 < R4; p0 += kVec) {
         float ca[kVec], cb[kVec];
         load_vec(cj + m * R4 + p0, ca);
-        load_vec(cj + (G + m) * R4 + p0, cb);
+        load_vec(cj + (kG + m) * R4 + p0, cb);
         PYFAST_UNROLL
         for (int e = 0; e < kVec; ++e) {  // the padding's g and coefficients are zeros
           e_c += g[p0 + e] * ca[e];
@@ -190,52 +217,42 @@ PYFAST_HD void grad_scores_row(int64_t row, int64_t j0, int64_t j1, const float*
     }
     grad[j * N] = scale * g_score;
   }
-  if (z != nullptr) {
-    PYFAST_UNROLL
-    for (int p = 0; p < kMaxR; ++p)
-      if (p < r) z[row * r + p] = acc[p];
-  }
+  if (z != nullptr) write_rank<kRV>(acc, r, z + row * r);
 }
 
+template <int kG, int kRV>
 PYFAST_HD void coef_grad_column(int64_t col, int64_t i0, int64_t i1, const float* gz, const float* S, int64_t N,
-                                int64_t r, int G, float scale, float* gC_part) {
-  const int64_t bh = col / N, j = col - bh * N, L = 2 * G * N, R4 = padded_rank(r);
+                                int64_t r, float scale, float* gC_part) {
+  constexpr int R4 = kRV * kVec;
+  const int64_t bh = col / N, j = col - bh * N, L = 2 * kG * N;
   ScoreStream scores(S + bh * N * N + j, N, i0, i1);  // S[i, j] at scores.at[i N]
   const float* g_bh = gz + bh * N * R4;
-  float gc[2][kMaxG][kMaxR];
-  PYFAST_UNROLL
-  for (int m = 0; m < kMaxG; ++m) {
-    PYFAST_UNROLL
-    for (int p = 0; p < kMaxR; ++p) gc[0][m][p] = gc[1][m][p] = 0.0f;
-  }
+  float gc[2][kG][R4] = {};
   for (int64_t i = i0; i < i1; ++i) {
-    float cm[kMaxG], sm[kMaxG];
-    harmonics(scale * scores.next(i), G, cm, sm);
+    float cm[kG], sm[kG];
+    harmonics<kG>(scale * scores.next(i), cm, sm);
     PYFAST_UNROLL
-    for (int p0 = 0; p0 < kMaxR; p0 += kVec) {
-      if (p0 >= r) continue;
+    for (int p0 = 0; p0 < R4; p0 += kVec) {
       float w[kVec];  // g_z[i, p0 .. p0 + 3]
       load_vec(g_bh + i * R4 + p0, w);
       PYFAST_UNROLL
       for (int e = 0; e < kVec; ++e) {
         PYFAST_UNROLL
-        for (int m = 0; m < kMaxG; ++m) {
-          if (m < G) {
-            gc[0][m][p0 + e] += w[e] * cm[m];
-            gc[1][m][p0 + e] += w[e] * sm[m];
-          }
+        for (int m = 0; m < kG; ++m) {
+          gc[0][m][p0 + e] += w[e] * cm[m];
+          gc[1][m][p0 + e] += w[e] * sm[m];
         }
       }
     }
   }
   float* out = gC_part + bh * r * L + j;
   PYFAST_UNROLL
-  for (int m = 0; m < kMaxG; ++m) {
+  for (int m = 0; m < kG; ++m) {
     PYFAST_UNROLL
-    for (int p = 0; p < kMaxR; ++p) {
-      if (m < G && p < r) {
+    for (int p = 0; p < R4; ++p) {
+      if (p < r) {
         out[p * L + m * N] = gc[0][m][p];
-        out[p * L + (G + m) * N] = gc[1][m][p];
+        out[p * L + (kG + m) * N] = gc[1][m][p];
       }
     }
   }

@@ -63,32 +63,35 @@ unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1)
 
 constexpr int kFusedThreads = 128;
 
-// A thread's task and its part's output slice: fused::task_of (karat_fused.h).
+// A thread's task and its part's output slice: fused::task_of; kG, kRV: fused::with_fused_shape (karat_fused.h).
+template <int kG, int kRV>
 __global__ void __launch_bounds__(kFusedThreads)
     fused_fwd_kernel(const float* __restrict__ ST, const float* __restrict__ Ck, int64_t rows, int64_t parts,
-                     int64_t N, int64_t r, int G, int64_t H, float scale, float* __restrict__ z_part) {
+                     int64_t N, int64_t r, int64_t H, float scale, float* __restrict__ z_part) {
   fused::Task t;
   if (fused::task_of(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, rows, parts, N, t))
-    fused::fwd_row(t.item, t.begin, t.end, ST, Ck, N, r, G, H, scale, z_part + t.part * rows * r);
+    fused::fwd_row<kG, kRV>(t.item, t.begin, t.end, ST, Ck, N, r, H, scale, z_part + t.part * rows * r);
 }
 
+template <int kG, int kRV>
 __global__ void __launch_bounds__(kFusedThreads)
     fused_grad_scores_kernel(const float* __restrict__ gz, const float* __restrict__ ST, const float* __restrict__ Ck,
-                             int64_t rows, int64_t parts, int64_t N, int64_t r, int G, int64_t H, float scale,
+                             int64_t rows, int64_t parts, int64_t N, int64_t r, int64_t H, float scale,
                              float* __restrict__ gST, float* __restrict__ z_part) {
   fused::Task t;
   if (fused::task_of(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, rows, parts, N, t))
-    fused::grad_scores_row(t.item, t.begin, t.end, gz, ST, Ck, N, r, G, H, scale, gST,
-                           z_part != nullptr ? z_part + t.part * rows * r : nullptr);
+    fused::grad_scores_row<kG, kRV>(t.item, t.begin, t.end, gz, ST, Ck, N, r, H, scale, gST,
+                                    z_part != nullptr ? z_part + t.part * rows * r : nullptr);
 }
 
+template <int kG, int kRV>
 __global__ void __launch_bounds__(kFusedThreads)
     fused_coef_grad_kernel(const float* __restrict__ gz, const float* __restrict__ S, int64_t cols, int64_t parts,
-                           int64_t N, int64_t r, int G, float scale, float* __restrict__ gC_part) {
+                           int64_t N, int64_t r, float scale, float* __restrict__ gC_part) {
   fused::Task t;
   if (fused::task_of(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, cols, parts, N, t))
-    fused::coef_grad_column(t.item, t.begin, t.end, gz, S, N, r, G, scale,
-                            gC_part + t.part * cols * r * 2 * G);  // cols * 2 G r = BH r (2 G N)
+    fused::coef_grad_column<kG, kRV>(t.item, t.begin, t.end, gz, S, N, r, scale,
+                                     gC_part + t.part * cols * r * 2 * kG);  // cols * 2 G r = BH r (2 G N)
 }
 
 unsigned fused_blocks(int64_t n) { return static_cast<unsigned>((n + kFusedThreads - 1) / kFusedThreads); }
@@ -127,8 +130,10 @@ cudaError_t karat_fused_fwd_launch(const float* ST, const float* Ck, float* z_pa
                                    int G, int64_t H, double scale, int64_t parts, cudaStream_t stream) {
   const int64_t rows = BH * N;
   if (rows == 0) return cudaSuccess;
-  fused_fwd_kernel<<<fused_blocks(rows * parts), kFusedThreads, 0, stream>>>(ST, Ck, rows, parts, N, r, G, H,
-                                                                             static_cast<float>(scale), z_part);
+  fused::with_fused_shape(G, r, [&](auto g, auto rv) {
+    fused_fwd_kernel<g, rv><<<fused_blocks(rows * parts), kFusedThreads, 0, stream>>>(
+        ST, Ck, rows, parts, N, r, H, static_cast<float>(scale), z_part);
+  });
   return cudaGetLastError();
 }
 
@@ -143,8 +148,11 @@ cudaError_t karat_fused_bwd_launch(const float* gz, const float* S, const float*
   if (n == 0) return cudaSuccess;
   const float sc = static_cast<float>(scale);
   const unsigned blocks = fused_blocks(n * parts);
-  fused_grad_scores_kernel<<<blocks, kFusedThreads, 0, stream>>>(gz, ST, Ck, n, parts, N, r, G, H, sc, gST, z_part);
-  fused_coef_grad_kernel<<<blocks, kFusedThreads, 0, stream>>>(gz, S, n, parts, N, r, G, sc, gC_part);
+  fused::with_fused_shape(G, r, [&](auto g, auto rv) {
+    fused_grad_scores_kernel<g, rv><<<blocks, kFusedThreads, 0, stream>>>(gz, ST, Ck, n, parts, N, r, H, sc, gST,
+                                                                          z_part);
+    fused_coef_grad_kernel<g, rv><<<blocks, kFusedThreads, 0, stream>>>(gz, S, n, parts, N, r, sc, gC_part);
+  });
   return cudaGetLastError();
 }
 

@@ -15,9 +15,11 @@ extern "C" {
 void karat_fused_fwd(const float* ST, const float* Ck, int64_t BH, int64_t N, int64_t r, int G, int64_t H, float scale,
                      int64_t parts, float* z_part) {
   const int64_t rows = BH * N;
-  fused::Task t;
-  for (int64_t idx = 0; fused::task_of(idx, rows, parts, N, t); ++idx)
-    fused::fwd_row(t.item, t.begin, t.end, ST, Ck, N, r, G, H, scale, z_part + t.part * rows * r);
+  fused::with_fused_shape(G, r, [&](auto g, auto rv) {
+    fused::Task t;
+    for (int64_t idx = 0; fused::task_of(idx, rows, parts, N, t); ++idx)
+      fused::fwd_row<g, rv>(t.item, t.begin, t.end, ST, Ck, N, r, H, scale, z_part + t.part * rows * r);
+  });
 }
 
 // gST [BH, N, N] (the score gradient, transposed); z_part [parts, BH, N, r] (or null) and
@@ -26,12 +28,14 @@ void karat_fused_bwd(const float* gz, const float* S, const float* ST, const flo
                      int64_t r, int G, int64_t H, float scale, int64_t parts, float* gST, float* z_part,
                      float* gC_part) {
   const int64_t n = BH * N;
-  fused::Task t;
-  for (int64_t idx = 0; fused::task_of(idx, n, parts, N, t); ++idx) {
-    float* z = z_part != nullptr ? z_part + t.part * n * r : nullptr;
-    fused::grad_scores_row(t.item, t.begin, t.end, gz, ST, Ck, N, r, G, H, scale, gST, z);
-    fused::coef_grad_column(t.item, t.begin, t.end, gz, S, N, r, G, scale, gC_part + t.part * n * r * 2 * G);
-  }
+  fused::with_fused_shape(G, r, [&](auto g, auto rv) {
+    fused::Task t;
+    for (int64_t idx = 0; fused::task_of(idx, n, parts, N, t); ++idx) {
+      float* z = z_part != nullptr ? z_part + t.part * n * r : nullptr;
+      fused::grad_scores_row<g, rv>(t.item, t.begin, t.end, gz, ST, Ck, N, r, H, scale, gST, z);
+      fused::coef_grad_column<g, rv>(t.item, t.begin, t.end, gz, S, N, r, scale, gC_part + t.part * n * r * 2 * G);
+    }
+  });
 }
 
 }  // extern "C"
