@@ -235,7 +235,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd
                          s, static_cast<scalar_t>(scale));
     });
   }
-  auto [ga, gb] = karat::sum_unpack_coef(gC_part.view({s.B, s.H, s.r, s.L()}), s, a, b);
+  auto [ga, gb] = karat::unpack_coef(gC_part.view({s.B, s.H, s.r, s.L()}).sum(0), s, a, b);
   return {gq.to(q_in.scalar_type()), gk.to(k_in.scalar_type()), ga, gb, z.to(q_in.scalar_type())};
 }
 

@@ -11,6 +11,7 @@
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/matmul.h>
+#include <ATen/ops/sum.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
@@ -63,7 +64,7 @@ bool use_fused(const karat::Shape& s, at::ScalarType acc) {
 // G=3, r=12 the three kernels took 0.86, 0.84 and 0.47 ms with one thread per row and the dot products in the threads
 // (2^15 target), 0.19, 0.30 and 0.14 ms with 6 parts and the scores from cuBLAS (scalar coefficient loads, loops
 // sized for kMaxG and kMaxR; the vector loads and shape templates of karat_fused.h are not timed yet). The partial
-// sums cost a [parts, ...] buffer (the coefficient gradient's, [parts * B, H, r, 2 G N], is most of the fused path's
+// sums cost a [parts, ...] buffer (the coefficient gradient's, [parts * B, 2, H, r, N, G], is most of the fused path's
 // peak memory) and one sum.
 constexpr int64_t kFusedTargetThreads = int64_t{1} << 17;
 
@@ -81,6 +82,18 @@ at::Tensor pack_coef_keys(const at::Tensor& a, const at::Tensor& b) {
   // One copy: stack writes its output contiguous, whatever its inputs' strides.
   const at::Tensor keys = at::stack({a.permute({0, 2, 3, 1}), b.permute({0, 2, 3, 1})}, 2).to(at::kFloat);
   return vector_rows(keys, a.size(1)).view({a.size(0), a.size(2), 2 * a.size(3), -1});  // [H, N, 2, G, R4]
+}
+
+// (g_a, g_b) [H, r, N, G] in a's and b's dtypes from the fused coefficient-gradient partials [P, 2, H, r, N, G]
+// (karat_fused.h): each half summed over P straight into its own output (an op's outputs must not share memory).
+std::tuple<at::Tensor, at::Tensor> sum_coef_parts(const at::Tensor& gC_part, const at::Tensor& a, const at::Tensor& b) {
+  const auto half_sum = [&](int64_t t, const at::Tensor& like) {
+    at::Tensor g = at::empty(gC_part.sizes().slice(2), gC_part.options());
+    // IntArrayRef spelled out: a braced list is ambiguous with the DimnameList overload in some torch versions (2.11).
+    at::sum_out(g, gC_part.select(1, t), at::IntArrayRef{0});
+    return g.to(like.scalar_type());
+  };
+  return {half_sum(0, a), half_sum(1, b)};
 }
 
 int64_t fused_parts(const karat::Shape& s) {
@@ -141,14 +154,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd
     // The scores both ways round (the row kernel reads S^T, the column kernel S; see karat_fused.h), as the forward.
     const at::Tensor S = at::bmm(q, k.transpose(1, 2)), ST = at::bmm(k, q.transpose(1, 2));
     const at::Tensor gST = at::empty({BH, s.N, s.N}, q.options());  // gST[bh, q, k] = dLoss / dS[bh, k, q]
-    const at::Tensor gC_part = at::empty({parts * s.B, s.H, s.r, L}, q.options());
+    const at::Tensor gC_part = at::empty({parts * s.B, 2, s.H, s.r, s.N, s.G}, q.options());
     const at::Tensor z_part = at::empty({recompute_z ? parts : 0, s.B, s.H, s.N, s.r}, q.options());
     C10_CUDA_CHECK(karat::karat_fused_bwd_launch(
         gz_vec.const_data_ptr<float>(), S.const_data_ptr<float>(), ST.const_data_ptr<float>(),
         Ck.const_data_ptr<float>(),
         gST.mutable_data_ptr<float>(), recompute_z ? z_part.mutable_data_ptr<float>() : nullptr,
         gC_part.mutable_data_ptr<float>(), BH, s.N, s.r, s.G, s.H, scale, parts, stream));
-    auto [ga, gb] = karat::sum_unpack_coef(gC_part.view({parts * s.B, s.H, s.r, L}), s, a, b);
+    auto [ga, gb] = sum_coef_parts(gC_part, a, b);
     return {at::bmm(gST.transpose(1, 2), k).view(q_in.sizes()).to(q_in.scalar_type()),  // gS K
             at::bmm(gST, q).view(k_in.sizes()).to(k_in.scalar_type()), ga, gb,  // gS^T Q
             (recompute_z ? z_part.sum(0) : z_part.new_empty({0})).to(q_in.scalar_type())};
@@ -176,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd
     gq.narrow(1, r0, rows).copy_(at::bmm(gS, k));
     gk.baddbmm_(gS.transpose(1, 2), Q_t);
   }
-  auto [ga, gb] = karat::sum_unpack_coef(gC.unsqueeze(0), s, a, b);
+  auto [ga, gb] = karat::unpack_coef(gC, s, a, b);
   return {gq.view(q_in.sizes()).to(q_in.scalar_type()), gk.view(k_in.sizes()).to(k_in.scalar_type()), ga,
           gb, z.to(q_in.scalar_type())};
 }

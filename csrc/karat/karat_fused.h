@@ -10,9 +10,10 @@
 //   grad_scores_row   a thread per score row (bh, k), column k of S^T, writing column k of gS^T:
 //                     gS[k, q] = scale sum_m m (e_s[m, q] cos(m A[k, q]) - e_c[m, q] sin(m A[k, q])),
 //                     e_c[m, q] = sum_p g_z[k, p] a[p, q, m], e_s the same with b; and z[k] again when asked
-//   coef_grad_column  a thread per score column (bh, q), column q of S:
-//                     g_C[bh, p, (t G + m - 1) N + q] = sum_k g_z[k, p] (cos | sin)(m A[k, q]), this (batch x head)'s
-//                     share (the caller sums over the batch)
+//   coef_grad_column  a thread per score column (bh, q), column q of S, bh = b H + h:
+//                     g_C[b, t, h, p, q, m - 1] = sum_k g_z[k, p] (cos | sin)(m A[k, q]) (t = 0 | 1), this (batch x
+//                     head)'s share, in [B, 2, H, r, N, G]: the caller sums over the batch (and the parts), and each
+//                     half t is then g_a or g_b [H, r, N, G] as they are laid out
 // g_q = gS K and g_k = gS^T Q are then two batched GEMMs.
 //
 // Memory layouts, chosen so that a thread's reads of one step are few and wide: the coefficients are key-major,
@@ -104,7 +105,7 @@ PYFAST_HD void harmonics(float x, float (&cm)[kG], float (&sm)[kG]) {
   for (int m = 1; m < kG; ++m) next_harmonic(cm[0], sm[0], cm[m - 1], sm[m - 1], cm[m], sm[m]);
 }
 
-// Shapes: S, S^T, gS^T [BH, N, N]; Ck [H, N, 2 G, R4]; g_z [BH, N, R4]; z [BH, N, r]; gC_part [BH, r, 2 G N]. A
+// Shapes: S, S^T, gS^T [BH, N, N]; Ck [H, N, 2 G, R4]; g_z [BH, N, R4]; z [BH, N, r]; gC_part [B, 2, H, r, N, G]. A
 // score row or column index is bh * N + (k or q). Each thread covers a range of the other index, [j0, j1) keys of
 // its row or [i0, i1) rows of its column, and writes partial sums (z, g_C) that the caller adds over the ranges: at
 // ViT shapes B H N is a few thousand rows, too few threads to keep a GPU busy alone.
@@ -222,9 +223,9 @@ PYFAST_HD void grad_scores_row(int64_t row, int64_t j0, int64_t j1, const float*
 
 template <int kG, int kRV>
 PYFAST_HD void coef_grad_column(int64_t col, int64_t i0, int64_t i1, const float* gz, const float* S, int64_t N,
-                                int64_t r, float scale, float* gC_part) {
+                                int64_t r, int64_t H, float scale, float* gC_part) {
   constexpr int R4 = kRV * kVec;
-  const int64_t bh = col / N, j = col - bh * N, L = 2 * kG * N;
+  const int64_t bh = col / N, j = col - bh * N, b = bh / H, h = bh - b * H;
   ScoreStream scores(S + bh * N * N + j, N, i0, i1);  // S[i, j] at scores.at[i N]
   const float* g_bh = gz + bh * N * R4;
   float gc[2][kG][R4] = {};
@@ -245,14 +246,15 @@ PYFAST_HD void coef_grad_column(int64_t col, int64_t i0, int64_t i1, const float
       }
     }
   }
-  float* out = gC_part + bh * r * L + j;
+  const int64_t half = H * r * N * kG;                            // one (b, t) block [H, r, N, G]
+  float* out = gC_part + (2 * b * H + h) * r * N * kG + j * kG;  // g_C[b, 0, h, 0, j, 0]
   PYFAST_UNROLL
   for (int m = 0; m < kG; ++m) {
     PYFAST_UNROLL
     for (int p = 0; p < R4; ++p) {
       if (p < r) {
-        out[p * L + m * N] = gc[0][m][p];
-        out[p * L + (kG + m) * N] = gc[1][m][p];
+        out[p * N * kG + m] = gc[0][m][p];
+        out[half + p * N * kG + m] = gc[1][m][p];
       }
     }
   }

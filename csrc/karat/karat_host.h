@@ -4,9 +4,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <ATen/ops/stack.h>
-#include <ATen/ops/sum.h>
 #include <c10/util/Exception.h>
 
 #include <tuple>
@@ -57,20 +55,11 @@ inline at::Tensor pack_coef(const at::Tensor& a, const at::Tensor& b, at::Scalar
   return at::stack({a, b}, 2).permute({0, 1, 2, 4, 3}).to(acc).contiguous().view({dummy.H, dummy.r, dummy.L()});
 }
 
-// Partial sums of g_C in pack_coef's layout, [P, H, r, 2 G N] (P >= 1: batch elements, ranges of rows), -> (g_a, g_b)
-// [H, r, N, G] in a's and b's dtypes: each the sum over P of its half, read in the inverse layout, in one reduction
-// (two separate outputs: an op's outputs must not share memory).
-inline std::tuple<at::Tensor, at::Tensor> sum_unpack_coef(const at::Tensor& gC_parts, const Shape& s,
-                                                          const at::Tensor& a, const at::Tensor& b) {
-  const at::Tensor halves =  // [2, P, H, r, N, G]
-      gC_parts.view({gC_parts.size(0), s.H, s.r, 2, s.G, s.N}).permute({3, 0, 1, 2, 5, 4});
-  const auto half_sum = [&](int64_t t, const at::Tensor& like) {
-    at::Tensor g = at::empty({s.H, s.r, s.N, s.G}, gC_parts.options());
-    // IntArrayRef spelled out: a braced list is ambiguous with the DimnameList overload in some torch versions (2.11).
-    at::sum_out(g, halves.select(0, t), at::IntArrayRef{0});
-    return g.to(like.scalar_type());
-  };
-  return {half_sum(0, a), half_sum(1, b)};
+// The inverse layout of pack_coef: g_C [H, r, 2 G N] -> (g_a, g_b) [H, r, N, G] in a's and b's dtypes.
+inline std::tuple<at::Tensor, at::Tensor> unpack_coef(const at::Tensor& gC, const Shape& s, const at::Tensor& a,
+                                                      const at::Tensor& b) {
+  const at::Tensor g = gC.view({s.H, s.r, 2, s.G, s.N}).permute({0, 1, 2, 4, 3});
+  return {g.select(2, 0).to(a.scalar_type()).contiguous(), g.select(2, 1).to(b.scalar_type()).contiguous()};
 }
 
 inline void check_grad_z(const at::Tensor& grad_z, const at::Tensor& q, const Shape& s) {

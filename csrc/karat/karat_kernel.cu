@@ -87,11 +87,11 @@ __global__ void __launch_bounds__(kFusedThreads)
 template <int kG, int kRV>
 __global__ void __launch_bounds__(kFusedThreads)
     fused_coef_grad_kernel(const float* __restrict__ gz, const float* __restrict__ S, int64_t cols, int64_t parts,
-                           int64_t N, int64_t r, float scale, float* __restrict__ gC_part) {
+                           int64_t N, int64_t r, int64_t H, float scale, float* __restrict__ gC_part) {
   fused::Task t;
   if (fused::task_of(static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x, cols, parts, N, t))
-    fused::coef_grad_column<kG, kRV>(t.item, t.begin, t.end, gz, S, N, r, scale,
-                                     gC_part + t.part * cols * r * 2 * kG);  // cols * 2 G r = BH r (2 G N)
+    fused::coef_grad_column<kG, kRV>(t.item, t.begin, t.end, gz, S, N, r, H, scale,
+                                     gC_part + t.part * cols * r * 2 * kG);  // cols * 2 G r = B 2 H r N G
 }
 
 unsigned fused_blocks(int64_t n) { return static_cast<unsigned>((n + kFusedThreads - 1) / kFusedThreads); }
@@ -140,7 +140,7 @@ cudaError_t karat_fused_fwd_launch(const float* ST, const float* Ck, float* z_pa
 // Fused backward, from g_z [BH, N, R4] and Ck [H, N, 2 G, R4] (karat_fused.h; 16-byte aligned) and the raw scores S
 // and ST [BH, N, N]: the transposed score gradient gST [BH, N, N] (and z's
 // partial sums z_part [parts, BH, N, r] when not null) and the coefficient gradients' partial sums
-// gC_part [parts, BH, r, 2 G N] (parts ranges of the rows).
+// gC_part [parts * B, 2, H, r, N, G] (parts ranges of the rows; karat_fused.h coef_grad_column).
 cudaError_t karat_fused_bwd_launch(const float* gz, const float* S, const float* ST, const float* Ck, float* gST,
                                    float* z_part, float* gC_part, int64_t BH, int64_t N, int64_t r, int G, int64_t H,
                                    double scale, int64_t parts, cudaStream_t stream) {
@@ -151,7 +151,7 @@ cudaError_t karat_fused_bwd_launch(const float* gz, const float* S, const float*
   fused::with_fused_shape(G, r, [&](auto g, auto rv) {
     fused_grad_scores_kernel<g, rv><<<blocks, kFusedThreads, 0, stream>>>(gz, ST, Ck, n, parts, N, r, H, sc, gST,
                                                                           z_part);
-    fused_coef_grad_kernel<g, rv><<<blocks, kFusedThreads, 0, stream>>>(gz, S, n, parts, N, r, sc, gC_part);
+    fused_coef_grad_kernel<g, rv><<<blocks, kFusedThreads, 0, stream>>>(gz, S, n, parts, N, r, H, sc, gC_part);
   });
   return cudaGetLastError();
 }

@@ -23,7 +23,7 @@ void karat_fused_fwd(const float* ST, const float* Ck, int64_t BH, int64_t N, in
 }
 
 // gST [BH, N, N] (the score gradient, transposed); z_part [parts, BH, N, r] (or null) and
-// gC_part [parts, BH, r, 2 G N]: partial sums over the parts.
+// gC_part [parts * B, 2, H, r, N, G]: partial sums over the parts.
 void karat_fused_bwd(const float* gz, const float* S, const float* ST, const float* Ck, int64_t BH, int64_t N,
                      int64_t r, int G, int64_t H, float scale, int64_t parts, float* gST, float* z_part,
                      float* gC_part) {
@@ -33,7 +33,7 @@ void karat_fused_bwd(const float* gz, const float* S, const float* ST, const flo
     for (int64_t idx = 0; fused::task_of(idx, n, parts, N, t); ++idx) {
       float* z = z_part != nullptr ? z_part + t.part * n * r : nullptr;
       fused::grad_scores_row<g, rv>(t.item, t.begin, t.end, gz, ST, Ck, N, r, H, scale, gST, z);
-      fused::coef_grad_column<g, rv>(t.item, t.begin, t.end, gz, S, N, r, scale, gC_part + t.part * n * r * 2 * G);
+      fused::coef_grad_column<g, rv>(t.item, t.begin, t.end, gz, S, N, r, H, scale, gC_part + t.part * n * r * 2 * G);
     }
   });
 }
