@@ -172,17 +172,17 @@ stage bench_lif 150 1 "$PY" bench/bench_lif.py --device cuda --T ${BENCH_LIF_T:-
 # Informational: kernel-level GPU time of one fwd+bwd at the issues' target shapes (where the milliseconds go).
 stage profile_lif 40 0 "$PY" bench/gpu_profile.py lif --providers cuda triton sj-triton
 stage bench_karat 90 0 "$PY" bench/bench_karat.py --device cuda --min-run-time 0.3 --csv "$OUT/karat_cuda.csv"
-stage profile_karat 40 0 "$PY" bench/gpu_profile.py karat --providers cuda triton sdpa
+stage profile_karat 60 0 "$PY" bench/gpu_profile.py karat --providers cuda triton sdpa
 
 # Informational: Nsight Compute on the hot kernels, where the machine has ncu and lets it read the counters: achieved
 # occupancy, warp stall reasons, memory throughput. One fwd+bwd call after gpu_profile's warm-up calls (3 KArAt fused
-# kernels a call; a LIF forward and backward).
+# kernels a call, at N=197 where they are most of the step; a LIF forward and backward).
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
 NCU_SECTIONS=(--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
               --section MemoryWorkloadAnalysis)
 if [ -n "$NCU" ]; then
     stage ncu_karat 90 0 "$NCU" "${NCU_SECTIONS[@]}" -k regex:fused_ --launch-skip 9 --launch-count 3 \
-        "$PY" bench/gpu_profile.py karat --providers cuda --calls-only 1
+        "$PY" bench/gpu_profile.py karat --providers cuda --tokens 197 --calls-only 1
     stage ncu_lif 90 0 "$NCU" "${NCU_SECTIONS[@]}" -k regex:lif_ --launch-skip 6 --launch-count 2 \
         "$PY" bench/gpu_profile.py lif --providers cuda --calls-only 1
 else

@@ -7,7 +7,7 @@ ops with the most self time.
 
 Cases (the shapes of the issues' GPU targets):
   lif    T=32, 2**22 neurons, fp16 (``--dtype`` to change), providers of bench_lif (cuda triton sj-triton ...)
-  karat  ViT-Tiny attention B=32, H=3, D=64, G=3, r=12, N=197 (``--tokens``), providers of bench_karat
+  karat  ViT-Tiny attention B=32, H=3, D=64, G=3, r=12, N=65 and 197 (``--tokens``), providers of bench_karat
 
 With ``--calls-only N`` it only makes N calls per provider after the warm-up, with no events and no
 ``torch.profiler``, for an outside profiler (Nsight Compute's CUPTI and torch.profiler's do not share a process):
@@ -17,7 +17,8 @@ throughput.
 Examples:
   python bench/gpu_profile.py lif --providers cuda sj-triton
   python bench/gpu_profile.py karat --providers cuda triton reference+compile
-  ncu -k regex:fused_ --launch-skip 9 --launch-count 3 python bench/gpu_profile.py karat --providers cuda --calls-only 1
+  ncu -k regex:fused_ --launch-skip 9 --launch-count 3 python bench/gpu_profile.py karat --providers cuda \
+      --tokens 197 --calls-only 1
 """
 
 from __future__ import annotations
@@ -53,10 +54,11 @@ def lif_calls(args, device):
 def karat_calls(args, device):
     from bench import bench_karat
 
-    inputs, g = bench_karat.make_case(32, 3, args.tokens, 64, 3, 12, harness.DTYPES[args.dtype], device)
     compiled_ref = torch.compile(bench_karat.karat_attention_ref)
-    for name in args.providers:
-        yield name, bench_karat.fwd_bwd_step(name, compiled_ref, inputs, g)
+    for tokens in args.tokens:
+        inputs, g = bench_karat.make_case(32, 3, tokens, 64, 3, 12, harness.DTYPES[args.dtype], device)
+        for name in args.providers:
+            yield f"{name} N={tokens}", bench_karat.fwd_bwd_step(name, compiled_ref, inputs, g)
 
 
 WARM_UP_CALLS = 3
@@ -116,7 +118,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dtype", default=None, help="lif: fp16 (default), bf16, fp32; karat: fp32 (default)")
     ap.add_argument("--T", type=int, default=32)
     ap.add_argument("--neurons", type=int, default=2**22)
-    ap.add_argument("--tokens", type=int, default=197)
+    ap.add_argument("--tokens", type=int, nargs="+", default=[65, 197], help="karat: sequence lengths N")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--calls-only", type=int, default=None, metavar="N",
                     help="after the warm-up, make N calls per provider and nothing else (to run under ncu)")

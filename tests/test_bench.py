@@ -178,3 +178,17 @@ def test_gpu_profile_calls_only_makes_warm_up_and_counted_calls_and_nothing_else
     assert made.count("call") == gpu_profile.WARM_UP_CALLS + 2
     assert made[-1] == "sync"
     assert "3 warm-up calls, then 2" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not _extension.has_cpp(), reason=f"needs pyfast._C: {_extension.cpp_reason()}")
+def test_gpu_profile_karat_cases_cover_every_sequence_length():
+    import argparse
+
+    from bench import gpu_profile
+
+    args = argparse.Namespace(tokens=[5, 9], providers=["cpp"], dtype="fp32")
+    cases = list(gpu_profile.karat_calls(args, torch.device("cpu")))
+    assert [name for name, _ in cases] == ["cpp N=5", "cpp N=9"]
+    for (_, call), n in zip(cases, (5, 9)):
+        grads = call()
+        assert grads[0].shape == (32, 3, n, 64) and all(torch.isfinite(g).all() for g in grads)
