@@ -632,7 +632,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> list[dict]:
     say = log if world.is_main else (lambda line: None)
     try:
         with use_backend(cfg.backend), GracefulInterrupt() as interrupt:
-            return _train(cfg, world, device, say, interrupt)
+            history = _train(cfg, world, device, say, interrupt)
+        if owns_group:
+            # Every rank done (rank 0 writes the last checkpoint) before any rank tears the group down. One CI run saw
+            # rank 1 abort in its teardown ("terminate called without an active exception"); not reproduced in 25
+            # runs since. The barrier makes the ranks leave together, so none tears down while another still works.
+            dist.barrier()
+        return history
     finally:
         if owns_group:
             dist.destroy_process_group()
