@@ -158,8 +158,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd
     const at::Tensor z_part = at::empty({recompute_z ? parts : 0, s.B, s.H, s.N, s.r}, q.options());
     C10_CUDA_CHECK(karat::karat_fused_bwd_launch(
         gz_vec.const_data_ptr<float>(), S.const_data_ptr<float>(), ST.const_data_ptr<float>(),
-        Ck.const_data_ptr<float>(),
-        gST.mutable_data_ptr<float>(), recompute_z ? z_part.mutable_data_ptr<float>() : nullptr,
+        Ck.const_data_ptr<float>(), gST.mutable_data_ptr<float>(),
+        recompute_z ? z_part.mutable_data_ptr<float>() : nullptr,
         gC_part.mutable_data_ptr<float>(), BH, s.N, s.r, s.G, s.H, scale, parts, stream));
     auto [ga, gb] = sum_coef_parts(gC_part, a, b);
     return {at::bmm(gST.transpose(1, 2), k).view(q_in.sizes()).to(q_in.scalar_type()),  // gS K

@@ -138,9 +138,9 @@ cudaError_t karat_fused_fwd_launch(const float* ST, const float* Ck, float* z_pa
 }
 
 // Fused backward, from g_z [BH, N, R4] and Ck [H, N, 2 G, R4] (karat_fused.h; 16-byte aligned) and the raw scores S
-// and ST [BH, N, N]: the transposed score gradient gST [BH, N, N] (and z's
-// partial sums z_part [parts, BH, N, r] when not null) and the coefficient gradients' partial sums
-// gC_part [parts * B, 2, H, r, N, G] (parts ranges of the rows; karat_fused.h coef_grad_column).
+// and ST [BH, N, N]: the transposed score gradient gST [BH, N, N], z's partial sums z_part [parts, BH, N, r] when not
+// null, and the coefficient gradients' partial sums gC_part [parts * B, 2, H, r, N, G] (parts ranges of the rows;
+// karat_fused.h coef_grad_column).
 cudaError_t karat_fused_bwd_launch(const float* gz, const float* S, const float* ST, const float* Ck, float* gST,
                                    float* z_part, float* gC_part, int64_t BH, int64_t N, int64_t r, int G, int64_t H,
                                    double scale, int64_t parts, cudaStream_t stream) {
