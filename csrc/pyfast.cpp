@@ -1,7 +1,9 @@
 // The one TORCH_LIBRARY block of pyfast: every operator schema lives here, so `grep m.def csrc/pyfast.cpp` lists
 // the whole op surface. Kernels register per device in csrc/<op>/<op>_{cpu,cuda}.cpp; fake (meta) kernels and
 // autograd are registered from Python in pyfast/ops/<op>.py, except lif_fwd's autograd (csrc/lif/lif_autograd.cpp,
-// C++ for the host time of a GPU step).
+// C++ for the host time of a GPU step). The ops with no derivative of their own (the backward ops among them) get
+// torch's not-implemented autograd kernel at the end of this file.
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(pyfast, m) {
@@ -139,4 +141,19 @@ TORCH_LIBRARY(pyfast, m) {
   m.def(
       "pld_bwd(Tensor grad_loss, Tensor student, Tensor teacher, Tensor perm, Tensor teacher_lse, float tau_t, "
       "bool need_grad_student, bool need_grad_teacher) -> (Tensor grad_student, Tensor grad_teacher)");
+}
+
+// The backward ops (and the other ops autograd never differentiates: karat_attention_fwd, which karat_attention's
+// autograd calls below the autograd key, and Mesa's quantize / dequantize) are not differentiable. Without a kernel at
+// the Autograd key, torch's default for a C++ custom op only warns and then treats the op as constant: a double
+// backward (create_graph=True, e.g. a gradient penalty) through pyfast::lif_bwd gave second derivatives of zero, and
+// through karat_attention_bwd a wrong sum, silently. This kernel runs the op and, when an input requires grad, gives
+// its outputs a grad_fn that raises "derivative for pyfast::<op> is not implemented" if anything backpropagates
+// through it; the Triton twins (torch.library.custom_op) raise the same way. gated_route (in place, on gradients)
+// is left out.
+TORCH_LIBRARY_IMPL(pyfast, Autograd, m) {
+  for (const char* op : {"lif_bwd", "wconv_weight_bwd", "mesa_quantize", "mesa_dequantize", "gated_cattn_bwd",
+                         "karat_bwd", "karat_attention_fwd", "karat_attention_bwd", "crrelu_bwd", "ghost_bn_bwd",
+                         "msdrop_bwd", "pld_bwd"})
+    m.impl(op, torch::autograd::autogradNotImplementedFallback());
 }

@@ -1,0 +1,124 @@
+"""Double backward through pyfast's C++ ops raises instead of giving silently wrong second derivatives.
+
+The backward ops are not differentiable. Before csrc/pyfast.cpp gave them torch's not-implemented autograd kernel,
+a ``create_graph=True`` gradient went through them as if they were constants, with only a warning: the second
+derivative of a LIF layer came out as zero and that of KArAt attention as a wrong sum. The Triton twins raise the
+same way (torch.library.custom_op); the reference backends are plain autograd and differentiate twice correctly.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyfast import _extension
+from pyfast.ops import (crrelu, gated_class_attention, ghost_batch_norm, karat_attention, karat_basis, lif,
+                        multi_sample_dropout_loss, pld_rows, wconv_weight)
+
+needs_cpp = pytest.mark.skipif(not _extension.has_cpp(), reason=f"needs pyfast._C: {_extension.cpp_reason()}")
+
+# The ops with no autograd kernel of any kind: gated_route works in place on gradients, outside any graph.
+WITHOUT_AUTOGRAD = {"pyfast::gated_route"}
+
+
+def _randn(*shape, requires_grad=False):
+    return torch.randn(*shape, dtype=torch.float64, requires_grad=requires_grad)
+
+
+def _lif(backend):
+    x = _randn(4, 3, 5, requires_grad=True)
+    return lambda: lif(x, surrogate="atan", backend=backend), x
+
+
+def _karat_attention(backend):
+    q, k, v = (_randn(2, 3, 7, 8, requires_grad=True) for _ in range(3))
+    a, b, W = _randn(3, 4, 7, 4), _randn(3, 4, 7, 4), _randn(3, 7, 4)
+    return lambda: karat_attention(q, k, v, a, b, W, backend=backend), q
+
+
+def _karat_basis(backend):
+    q, k = _randn(2, 3, 7, 8, requires_grad=True), _randn(2, 3, 7, 8)
+    a, b = _randn(3, 4, 7, 3), _randn(3, 4, 7, 3)
+    return lambda: karat_basis(q, k, a, b, backend=backend), q
+
+
+def _wconv(backend):
+    w = _randn(4, 2, 3, 3, requires_grad=True)
+    return lambda: wconv_weight(w, [0.7], backend=backend), w
+
+
+def _crrelu(backend):
+    x = _randn(2, 3, 4, requires_grad=True)
+    return lambda: crrelu(x, torch.full((1,), 0.3, dtype=torch.float64), backend=backend), x
+
+
+def _ghost_bn(backend):
+    x = _randn(6, 3, 2, requires_grad=True)
+    return lambda: ghost_batch_norm(x, None, None, None, None, True, 0.1, 1e-5, 2, backend=backend), x
+
+
+def _msdrop(backend):
+    h, w = _randn(5, 4, requires_grad=True), _randn(3, 4)
+    target, seed = torch.tensor([0, 1, 2, 0, 1]), torch.tensor([7])
+    return lambda: multi_sample_dropout_loss(h, w, None, target, 2, 0.3, seed=seed, backend=backend)[0], h
+
+
+def _pld(backend):
+    student, teacher = _randn(4, 6, requires_grad=True), _randn(4, 6)
+    return lambda: pld_rows(student, teacher, torch.tensor([0, 5, 2, 3]), 1.0, backend=backend), student
+
+
+def _gated(backend):
+    C = 8
+    x = _randn(2, 4, C, requires_grad=True)
+    gate = torch.sigmoid(_randn(C))
+    wq, wk, wv, wp = (_randn(C, C) / C ** 0.5 for _ in range(4))
+    bq, bv, bp = (_randn(C) for _ in range(3))
+    return lambda: gated_class_attention(x, gate, wq, bq, wk, wv, bv, wp, bp, 2, backend=backend), x
+
+
+CASES = {"lif": _lif, "karat_attention": _karat_attention, "karat_basis": _karat_basis, "wconv": _wconv,
+         "crrelu": _crrelu, "ghost_bn": _ghost_bn, "msdrop": _msdrop, "pld": _pld, "gated": _gated}
+
+
+def _first_grad(case, backend):
+    fn, x = CASES[case](backend)
+    torch.manual_seed(0)
+    (g,) = torch.autograd.grad((fn() ** 2).sum(), [x], create_graph=True)
+    return g, x
+
+
+@needs_cpp
+@pytest.mark.parametrize("case", CASES)
+def test_double_backward_through_a_cpp_op_raises(case):
+    g, x = _first_grad(case, "cpp")
+    with pytest.raises(RuntimeError, match=r"derivative for pyfast::\w+ is not implemented"):
+        torch.autograd.grad((g ** 2).sum(), [x])
+
+
+@needs_cpp
+@pytest.mark.parametrize("case", CASES)
+def test_first_order_gradient_with_create_graph_still_matches(case):
+    """The not-implemented kernel only guards the second backward: the first-order values are unchanged."""
+    g_cpp, _ = _first_grad(case, "cpp")
+    g_ref, _ = _first_grad(case, "reference")
+    torch.testing.assert_close(g_cpp.detach(), g_ref.detach())
+
+
+def test_reference_backend_differentiates_twice():
+    """The contrast: the reference LIF is plain autograd, its second derivative exists and is not all zero."""
+    g, x = _first_grad("lif", "reference")
+    (gg,) = torch.autograd.grad((g ** 2).sum(), [x])
+    assert gg.abs().sum() > 0
+
+
+@needs_cpp
+def test_every_op_but_gated_route_has_an_autograd_kernel():
+    """A new op registered without one (no register_autograd, not in csrc/pyfast.cpp's not-implemented list) fails
+    here: torch's default for it would treat it as a constant under autograd, with only a warning."""
+    import pyfast.ops  # noqa: F401  (registers the Python autograd formulas and the Triton twins)
+
+    ops = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("pyfast::"))
+    assert "pyfast::lif_bwd" in ops and "pyfast::karat_attention_bwd" in ops
+    missing = [n for n in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(n, "Autograd")]
+    assert sorted(missing) == sorted(WITHOUT_AUTOGRAD)
