@@ -105,9 +105,11 @@ def test_first_order_gradient_with_create_graph_still_matches(case):
     torch.testing.assert_close(g_cpp.detach(), g_ref.detach())
 
 
-def test_reference_backend_differentiates_twice():
-    """The contrast: the reference LIF is plain autograd, its second derivative exists and is not all zero."""
-    g, x = _first_grad("lif", "reference")
+@pytest.mark.parametrize("case", CASES)
+def test_reference_backend_differentiates_twice(case):
+    """The contrast (and the README's advice): the references are plain autograd, their second derivatives exist
+    and are not all zero."""
+    g, x = _first_grad(case, "reference")
     (gg,) = torch.autograd.grad((g ** 2).sum(), [x])
     assert gg.abs().sum() > 0
 
