@@ -12,12 +12,12 @@ projections, and the gate is applied to [C]-sized vectors only (no gated copy of
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import torch
 
 from pyfast import _extension
+from pyfast._numbers import is_finite, is_number
 from pyfast.backends import resolve
 from pyfast.reference.gated import gate_compensation_ref, gated_class_attention_ref, gated_route_ref
 
@@ -238,7 +238,7 @@ def _check_cattn(x, gate, wq, bq, wk, wv, bv, wp, bp, num_heads) -> None:
 
 
 def _check_number(v, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v <= 0:
+    if not is_number(v) or not is_finite(v) or v <= 0:
         raise ValueError(f"gated_route_: {name} must be a finite number > 0, got {v!r}")
     return float(v)
 

@@ -10,12 +10,12 @@ as ``F.batch_norm`` does. The maths is in :mod:`pyfast.reference.ghost_bn` and `
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 
 from pyfast import _extension
+from pyfast._numbers import is_finite, is_number
 from pyfast.backends import resolve
 from pyfast.reference.ghost_bn import acc_dtype, ghost_batch_norm_ref, ghost_counts, num_ghosts
 
@@ -117,19 +117,15 @@ ghost_bn_fwd_triton.register_autograd(_make_backward(torch.ops.pyfast.ghost_bn_b
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
 def check_hyperparameters(ghost_batch_size, momentum, eps) -> None:
     """ghost_batch_size an int >= 1, momentum a finite number in [0, 1] (None, the cumulative average of
     nn.BatchNorm, is not supported), eps a finite number > 0."""
     if not isinstance(ghost_batch_size, int) or isinstance(ghost_batch_size, bool) or ghost_batch_size < 1:
         raise ValueError(f"ghost_batch_norm: ghost_batch_size must be an int >= 1, got {ghost_batch_size!r}")
-    if not _is_number(momentum) or not math.isfinite(momentum) or not 0.0 <= momentum <= 1.0:
+    if not is_number(momentum) or not is_finite(momentum) or not 0.0 <= momentum <= 1.0:
         raise ValueError(f"ghost_batch_norm: momentum must be a finite number in [0, 1] (momentum=None, the "
                          f"cumulative average, is not supported), got {momentum!r}")
-    if not _is_number(eps) or not math.isfinite(eps) or eps <= 0:
+    if not is_number(eps) or not is_finite(eps) or eps <= 0:
         raise ValueError(f"ghost_batch_norm: eps must be a finite number > 0, got {eps!r}")
 
 

@@ -14,13 +14,11 @@ The maths is in :mod:`pyfast.reference.karat` and at the top of ``csrc/karat/kar
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 import torch.nn.functional as F
 
 from pyfast import _extension
+from pyfast._numbers import is_finite, is_number
 from pyfast.backends import resolve
 from pyfast.reference.karat import karat_attention_ref, karat_z_ref
 
@@ -246,7 +244,7 @@ def _check_float(x, name: str) -> None:
 def _check_scale(scale, D: int) -> float:
     if scale is None:
         return D ** -0.5
-    if not isinstance(scale, numbers.Real) or isinstance(scale, bool) or not math.isfinite(scale):
+    if not is_number(scale) or not is_finite(scale):
         raise ValueError(f"karat: scale must be a finite number, got {scale!r}")
     return float(scale)
 

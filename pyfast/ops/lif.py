@@ -8,12 +8,10 @@ top of ``csrc/lif/lif.h``.
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
 from pyfast import _extension
+from pyfast._numbers import is_inf, is_nan, is_number
 from pyfast.backends import resolve
 from pyfast.reference.lif import DEFAULT_ALPHA, SURROGATES, lif_ref
 
@@ -140,15 +138,11 @@ lif_fwd_triton.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
 def _check_number(name: str, value, *, low: float | None = None, low_open: bool = False, allow_inf=False) -> float:
-    if not _is_number(value):
+    if not is_number(value):
         raise TypeError(f"lif: {name} must be a number or a tensor, got {type(value).__name__}")
     value = float(value)
-    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+    if is_nan(value) or (is_inf(value) and not allow_inf):
         raise ValueError(f"lif: {name} must be finite, got {value}")
     if low is not None and (value <= low if low_open else value < low):
         raise ValueError(f"lif: {name} must be {'>' if low_open else '>='} {low}, got {value}")
@@ -315,7 +309,7 @@ def lif(
         k = 1.0 / tau
     else:
         tau = _check_number("tau", tau, low=1.0, allow_inf=True)
-        if math.isinf(tau) and decay_input:
+        if is_inf(tau) and decay_input:
             raise ValueError(
                 "lif: tau=inf (k=0) with decay_input=True multiplies the input by 0; an IF neuron needs "
                 "decay_input=False"

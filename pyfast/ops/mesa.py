@@ -18,13 +18,13 @@ ema_decay, update, stochastic, backend`` (``backend`` resolved: ``reference``, `
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch
 import torch.nn.functional as F
 
 from pyfast import _extension
+from pyfast._numbers import is_nan
 from pyfast.backends import resolve
 from pyfast.reference.mesa import mesa_dequantize_ref, mesa_quantize_ref
 
@@ -111,7 +111,7 @@ def check_ema_decay(ema_decay) -> float:
     if not isinstance(ema_decay, numbers.Real) or isinstance(ema_decay, bool):
         raise TypeError(f"mesa: ema_decay must be a number, got {type(ema_decay).__name__}")
     ema_decay = float(ema_decay)
-    if math.isnan(ema_decay) or not 0.0 <= ema_decay <= 1.0:
+    if is_nan(ema_decay) or not 0.0 <= ema_decay <= 1.0:
         raise ValueError(f"mesa: ema_decay (the momentum of the running estimates) must be in [0, 1], got {ema_decay}")
     return ema_decay
 

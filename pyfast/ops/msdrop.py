@@ -10,12 +10,10 @@ of size M B D is kept for backward: the masks are regenerated from the seed.
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
 from pyfast import _extension
+from pyfast._numbers import is_finite, is_number
 from pyfast.backends import resolve
 from pyfast.reference.msdrop import acc_dtype, msdrop_loss_ref, threshold
 
@@ -128,8 +126,7 @@ def check_hyperparameters(num_samples, p) -> None:
     """num_samples an int >= 1, p a finite number in [0, 1)."""
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ValueError(f"multi_sample_dropout: num_samples must be an int >= 1, got {num_samples!r}")
-    if (not isinstance(p, numbers.Real) or isinstance(p, bool) or not math.isfinite(p)
-            or not 0.0 <= p < 1.0):
+    if not is_number(p) or not is_finite(p) or not 0.0 <= p < 1.0:
         raise ValueError(f"multi_sample_dropout: p must be a finite number in [0, 1), got {p!r}")
 
 

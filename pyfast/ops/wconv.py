@@ -9,13 +9,13 @@ of ``csrc/wconv/wconv.h``.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from pyfast import _extension
+from pyfast._numbers import is_number
 from pyfast.backends import resolve
 from pyfast.reference.wconv import acc_dtype, den_layout, half_widths, wconv_weight_ref
 
@@ -130,10 +130,6 @@ def check_kernel_size(kernel_size: Sequence[int]) -> None:
                          f"{tuple(kernel_size)}")
 
 
-def _is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
 def pack_den(den, kernel_size: Sequence[int], *, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """den as the op takes it: one 1-D tensor, per-axis den concatenated or one den shared by every axis.
 
@@ -142,7 +138,7 @@ def pack_den(den, kernel_size: Sequence[int], *, device=None, dtype: torch.dtype
     concatenated (differentiably). Numbers become a tensor of ``dtype`` on ``device``.
     """
     kernel_size = tuple(kernel_size)
-    if isinstance(den, Sequence) and not isinstance(den, str) and not all(_is_number(v) for v in den):
+    if isinstance(den, Sequence) and not isinstance(den, str) and not all(is_number(v) for v in den):
         if len(den) != len(kernel_size):
             raise ValueError(f"wconv: den given per axis must have one entry per kernel axis ({len(kernel_size)} for "
                              f"kernel {kernel_size}), got {len(den)}")
@@ -169,7 +165,7 @@ def pack_den(den, kernel_size: Sequence[int], *, device=None, dtype: torch.dtype
 def _den_tensor(den, name: str, device, dtype) -> torch.Tensor:
     if isinstance(den, torch.Tensor):
         packed = den
-    elif isinstance(den, Sequence) and not isinstance(den, str) and all(_is_number(v) for v in den):
+    elif isinstance(den, Sequence) and not isinstance(den, str) and all(is_number(v) for v in den):
         packed = torch.tensor([float(v) for v in den], dtype=dtype, device=device)
     else:
         raise TypeError(f"wconv: {name} must be a tensor or a sequence of numbers (or one per kernel axis), got "

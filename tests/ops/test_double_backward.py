@@ -12,8 +12,17 @@ import pytest
 import torch
 
 from pyfast import _extension
-from pyfast.ops import (crrelu, gated_class_attention, ghost_batch_norm, karat_attention, karat_basis, lif,
-                        multi_sample_dropout_loss, pld_rows, wconv_weight)
+from pyfast.ops import (
+    crrelu,
+    gated_class_attention,
+    ghost_batch_norm,
+    karat_attention,
+    karat_basis,
+    lif,
+    multi_sample_dropout_loss,
+    pld_rows,
+    wconv_weight,
+)
 
 needs_cpp = pytest.mark.skipif(not _extension.has_cpp(), reason=f"needs pyfast._C: {_extension.cpp_reason()}")
 
