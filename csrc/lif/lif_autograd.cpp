@@ -45,8 +45,12 @@ class LifFunction : public torch::autograd::Function<LifFunction> {
         fwd_op().call(x, v0, k, v_th, v_reset, decay_input, surrogate, alpha, detach_reset, store_h);
     const bool has_v0 = v0.has_value() && v0->defined();
     const bool need_k = k.requires_grad();
-    // x is needed only for dL/dk with decay_input (dH/dk = X + V_r - V_prev); the rest is recomputed from H.
-    ctx->save_for_backward({h_seq, decay_input && need_k ? x : at::Tensor(), has_v0 ? *v0 : at::Tensor(), k, v_th});
+    // x is needed only for dL/dk with decay_input (dH/dk = X + V_r - V_prev); the rest is recomputed from H. A caller
+    // that asked for no history although an input requires grad (pyfast.ops.lif decides store_h from requires_grad,
+    // which it cannot see inside torch.vmap, whose fallback then records this op per sample) gets H recomputed from x
+    // in backward: x is saved instead, the same size.
+    const bool keep_x = (decay_input && need_k) || !store_h;
+    ctx->save_for_backward({h_seq, keep_x ? x : at::Tensor(), has_v0 ? *v0 : at::Tensor(), k, v_th});
     ctx->saved_data["v_reset"] = v_reset.has_value() ? c10::IValue(*v_reset) : c10::IValue();
     ctx->saved_data["decay_input"] = decay_input;
     ctx->saved_data["surrogate"] = std::string(surrogate);
@@ -63,18 +67,25 @@ class LifFunction : public torch::autograd::Function<LifFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto& data = ctx->saved_data;
-    TORCH_CHECK(data["store_h"].toBool(),
-                "lif: backward needs the membrane history; the forward was called with store_h=False");
     const variable_list saved = ctx->get_saved_variables();
-    const at::Tensor& h_seq = saved[0];
     const auto optional = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
     const bool need_k = data["need_k"].toBool(), need_v_th = data["need_v_th"].toBool();
-    const c10::IValue& v_reset = data["v_reset"];
-    auto [grad_x, grad_v0, grad_k, grad_v_th] = bwd_op().call(
-        grads[0].defined() ? grads[0] : at::zeros_like(h_seq), optional(grads[2]), h_seq, optional(saved[1]),
-        optional(saved[2]), saved[3], saved[4], v_reset.isNone() ? std::nullopt : std::optional<double>(v_reset.toDouble()),
-        data["decay_input"].toBool(), data["surrogate"].toStringRef(), data["alpha"].toDouble(),
-        data["detach_reset"].toBool(), need_k, need_v_th);
+    const c10::IValue& v_reset_value = data["v_reset"];
+    const std::optional<double> v_reset =
+        v_reset_value.isNone() ? std::nullopt : std::optional<double>(v_reset_value.toDouble());
+    const bool decay_input = data["decay_input"].toBool(), detach_reset = data["detach_reset"].toBool();
+    const c10::string_view surrogate = data["surrogate"].toStringRef();
+    const double alpha = data["alpha"].toDouble();
+    at::Tensor h_seq = saved[0];
+    if (!data["store_h"].toBool()) {  // no history kept (see forward): the forward once more, from the saved x
+      const at::NoGradGuard no_grad;
+      h_seq = std::get<1>(fwd_op().call(saved[1], optional(saved[2]), saved[3], saved[4], v_reset, decay_input,
+                                        surrogate, alpha, detach_reset, true));
+    }
+    auto [grad_x, grad_v0, grad_k, grad_v_th] =
+        bwd_op().call(grads[0].defined() ? grads[0] : at::zeros_like(h_seq), optional(grads[2]), h_seq,
+                      optional(saved[1]), optional(saved[2]), saved[3], saved[4], v_reset, decay_input, surrogate,
+                      alpha, detach_reset, need_k, need_v_th);
     // One gradient per forward argument: undefined for the non-tensors and for inputs that need none.
     return {grad_x,
             data["need_v0"].toBool() ? grad_v0 : at::Tensor(),

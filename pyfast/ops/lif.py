@@ -46,7 +46,9 @@ def _setup_context(ctx, inputs, output):
     x, v0, k, v_th, v_reset, decay_input, surrogate, alpha, detach_reset, store_h = inputs
     _, h_seq, _ = output
     # x is needed only for dL/dk with decay_input (dH/dk = X + V_r - V_prev); everything else is recomputed from H.
-    keep_x = decay_input and ctx.needs_input_grad[2]
+    # Without H (store_h=False although an input requires grad: see csrc/lif/lif_autograd.cpp), backward recomputes
+    # H from x.
+    keep_x = (decay_input and ctx.needs_input_grad[2]) or not store_h
     ctx.save_for_backward(h_seq, x if keep_x else None, v0, k, v_th)
     ctx.config = (v_reset, decay_input, surrogate, alpha, detach_reset)
     # Unused outputs (h_seq; v_last unless return_v) get None instead of materialised zeros: saves a [T, *] fill.
@@ -55,9 +57,10 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_spikes, grad_h_seq, grad_v_last):
-    if not ctx.store_h:
-        raise RuntimeError("lif: backward needs the membrane history; the forward was called with store_h=False")
     h_seq, x, v0, k, v_th = ctx.saved_tensors
+    if not ctx.store_h:
+        with torch.no_grad():
+            h_seq = torch.ops.pyfast.lif_fwd_triton(x, v0, k, v_th, *ctx.config, True)[1]
     need_k, need_v_th = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
     if grad_spikes is None:
         grad_spikes = torch.zeros_like(h_seq)

@@ -306,12 +306,31 @@ def test_bad_arguments_to_the_raw_op_raise_value_and_type_errors():
         torch.ops.pyfast.lif_fwd(x.int(), None, torch.ones(1), torch.ones(1), 0.0, True, "sigmoid", 4.0, False, True)
 
 
-def test_backward_without_stored_history_raises():
-    x = torch.randn(3, 4, requires_grad=True)
-    spikes, _, _ = torch.ops.pyfast.lif_fwd(x, None, torch.ones(1) * 0.5, torch.ones(1), 0.0, True, "sigmoid", 4.0,
-                                            False, False)
-    with pytest.raises(RuntimeError, match="store_h=False"):
-        spikes.sum().backward()
+@pytest.mark.parametrize("decay_input", [True, False])
+def test_backward_without_stored_history_recomputes_it(decay_input):
+    """A caller that asks for no history while an input requires grad (store_h=False) still gets the gradients of
+    every input: backward recomputes H from the saved x."""
+    torch.manual_seed(0)
+    x, v0 = torch.randn(5, 4, requires_grad=True), torch.randn(4, requires_grad=True)
+    k, v_th = torch.full((4,), 0.4, requires_grad=True), torch.full((1,), 0.8, requires_grad=True)
+    g = torch.randn(5, 4)
+    grads = []
+    for store_h in (True, False):
+        spikes, h_seq, v_last = torch.ops.pyfast.lif_fwd(x, v0, k, v_th, 0.0, decay_input, "atan", 2.0, False,
+                                                         store_h)
+        assert h_seq.shape == ((5, 4) if store_h else (0,))
+        grads.append(torch.autograd.grad((spikes * g).sum() + v_last.square().sum(), [x, v0, k, v_th]))
+    for with_h, without_h in zip(*grads):
+        torch.testing.assert_close(without_h, with_h, rtol=0, atol=0)
+
+
+def test_gradient_through_vmap_matches_a_loop():
+    """Under torch.vmap pyfast.ops.lif cannot see that its input requires grad; the vmap fallback records the op per
+    sample with store_h=False, and backward recomputes H (this raised 'backward needs the membrane history')."""
+    x = torch.randn(3, 4, 5, requires_grad=True)
+    (batched,) = torch.autograd.grad(torch.vmap(lambda t: lif(t, surrogate="atan"))(x).square().sum(), [x])
+    (looped,) = torch.autograd.grad(torch.stack([lif(t, surrogate="atan") for t in x]).square().sum(), [x])
+    torch.testing.assert_close(batched, looped)
 
 
 # ------------------------------------------------------------------------------------------- backend choice

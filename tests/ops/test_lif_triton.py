@@ -233,6 +233,21 @@ def test_inference_stores_no_membrane():
 # --------------------------------------------------------------------------------------------------------------
 
 
+def test_backward_without_stored_history_recomputes_it():
+    """As the C++ op (tests/ops/test_lif.py): with store_h=False and inputs requiring grad, backward recomputes H."""
+    torch.manual_seed(0)
+    x, v0 = torch.randn(4, 6, device=DEVICE, requires_grad=True), torch.randn(6, device=DEVICE, requires_grad=True)
+    k, v_th = torch.full((6,), 0.4, device=DEVICE, requires_grad=True), torch.full((1,), 0.8, device=DEVICE)
+    grads = []
+    for store_h in (True, False):
+        spikes, h_seq, _ = torch.ops.pyfast.lif_fwd_triton(x, v0, k, v_th, None, True, "atan", 2.0, False, store_h)
+        assert h_seq.shape == ((4, 6) if store_h else (0,))
+        grads.append(torch.autograd.grad(spikes.square().sum(), [x, v0, k]))
+    for with_h, without_h in zip(*grads):
+        torch.testing.assert_close(without_h, with_h, rtol=0, atol=0)
+
+
+
 def _op_args(shape, dtype, mode, seed):
     surrogate, v_reset, decay_input, detach_reset = mode
     x, v0, tau, v_th, h = _case(shape, dtype, mode, seed=seed, tau_per_neuron=True, vth_per_neuron=False)
