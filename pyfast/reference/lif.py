@@ -53,11 +53,18 @@ class _SurrogateSpike(torch.autograd.Function):
     the maths and autograd through it is the ground truth for BPTT.
     """
 
+    # forward without ctx and a setup_context: the form torch.func transforms (vmap, grad, ...) accept.
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, h, v_th, surrogate, alpha):
+    def forward(h, v_th, surrogate, alpha):
+        return (h >= v_th).to(h.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        h, v_th, surrogate, alpha = inputs
         ctx.save_for_backward(h, v_th)
         ctx.surrogate, ctx.alpha = surrogate, alpha
-        return (h >= v_th).to(h.dtype)
 
     @staticmethod
     def backward(ctx, grad_s):

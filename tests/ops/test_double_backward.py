@@ -30,70 +30,70 @@ needs_cpp = pytest.mark.skipif(not _extension.has_cpp(), reason=f"needs pyfast._
 WITHOUT_AUTOGRAD = {"pyfast::gated_route"}
 
 
-def _randn(*shape, requires_grad=False):
-    return torch.randn(*shape, dtype=torch.float64, requires_grad=requires_grad)
+def _randn(*shape):
+    return torch.randn(*shape, dtype=torch.float64)
 
 
 def _lif(backend):
-    x = _randn(4, 3, 5, requires_grad=True)
-    return lambda: lif(x, surrogate="atan", backend=backend), x
+    return lambda x: lif(x, surrogate="atan", backend=backend), _randn(4, 3, 5)
 
 
 def _karat_attention(backend):
-    q, k, v = (_randn(2, 3, 7, 8, requires_grad=True) for _ in range(3))
+    k, v = _randn(2, 3, 7, 8), _randn(2, 3, 7, 8)
     a, b, W = _randn(3, 4, 7, 4), _randn(3, 4, 7, 4), _randn(3, 7, 4)
-    return lambda: karat_attention(q, k, v, a, b, W, backend=backend), q
+    return lambda q: karat_attention(q, k, v, a, b, W, backend=backend), _randn(2, 3, 7, 8)
 
 
 def _karat_basis(backend):
-    q, k = _randn(2, 3, 7, 8, requires_grad=True), _randn(2, 3, 7, 8)
-    a, b = _randn(3, 4, 7, 3), _randn(3, 4, 7, 3)
-    return lambda: karat_basis(q, k, a, b, backend=backend), q
+    k, a, b = _randn(2, 3, 7, 8), _randn(3, 4, 7, 3), _randn(3, 4, 7, 3)
+    return lambda q: karat_basis(q, k, a, b, backend=backend), _randn(2, 3, 7, 8)
 
 
 def _wconv(backend):
-    w = _randn(4, 2, 3, 3, requires_grad=True)
-    return lambda: wconv_weight(w, [0.7], backend=backend), w
+    return lambda w: wconv_weight(w, [0.7], backend=backend), _randn(4, 2, 3, 3)
 
 
 def _crrelu(backend):
-    x = _randn(2, 3, 4, requires_grad=True)
-    return lambda: crrelu(x, torch.full((1,), 0.3, dtype=torch.float64), backend=backend), x
+    return lambda x: crrelu(x, torch.full((1,), 0.3, dtype=torch.float64), backend=backend), _randn(2, 3, 4)
 
 
 def _ghost_bn(backend):
-    x = _randn(6, 3, 2, requires_grad=True)
-    return lambda: ghost_batch_norm(x, None, None, None, None, True, 0.1, 1e-5, 2, backend=backend), x
+    return lambda x: ghost_batch_norm(x, None, None, None, None, True, 0.1, 1e-5, 2, backend=backend), _randn(6, 3, 2)
 
 
 def _msdrop(backend):
-    h, w = _randn(5, 4, requires_grad=True), _randn(3, 4)
-    target, seed = torch.tensor([0, 1, 2, 0, 1]), torch.tensor([7])
-    return lambda: multi_sample_dropout_loss(h, w, None, target, 2, 0.3, seed=seed, backend=backend)[0], h
+    w, target, seed = _randn(3, 4), torch.tensor([0, 1, 2, 0, 1]), torch.tensor([7])
+    return lambda h: multi_sample_dropout_loss(h, w, None, target, 2, 0.3, seed=seed, backend=backend)[0], _randn(5, 4)
 
 
 def _pld(backend):
-    student, teacher = _randn(4, 6, requires_grad=True), _randn(4, 6)
-    return lambda: pld_rows(student, teacher, torch.tensor([0, 5, 2, 3]), 1.0, backend=backend), student
+    teacher, labels = _randn(4, 6), torch.tensor([0, 5, 2, 3])
+    return lambda student: pld_rows(student, teacher, labels, 1.0, backend=backend), _randn(4, 6)
 
 
 def _gated(backend):
     C = 8
-    x = _randn(2, 4, C, requires_grad=True)
     gate = torch.sigmoid(_randn(C))
     wq, wk, wv, wp = (_randn(C, C) / C ** 0.5 for _ in range(4))
     bq, bv, bp = (_randn(C) for _ in range(3))
-    return lambda: gated_class_attention(x, gate, wq, bq, wk, wv, bv, wp, bp, 2, backend=backend), x
+    return lambda x: gated_class_attention(x, gate, wq, bq, wk, wv, bv, wp, bp, 2, backend=backend), _randn(2, 4, C)
 
 
 CASES = {"lif": _lif, "karat_attention": _karat_attention, "karat_basis": _karat_basis, "wconv": _wconv,
          "crrelu": _crrelu, "ghost_bn": _ghost_bn, "msdrop": _msdrop, "pld": _pld, "gated": _gated}
 
 
-def _first_grad(case, backend):
-    fn, x = CASES[case](backend)
+def _loss(case, backend):
+    """(loss, x): loss(x) = sum of the squared outputs of the case's op as a function of its input x (seeded)."""
     torch.manual_seed(0)
-    (g,) = torch.autograd.grad((fn() ** 2).sum(), [x], create_graph=True)
+    fn, x = CASES[case](backend)
+    return (lambda x: (fn(x) ** 2).sum()), x
+
+
+def _first_grad(case, backend):
+    loss, x = _loss(case, backend)
+    x.requires_grad_()
+    (g,) = torch.autograd.grad(loss(x), [x], create_graph=True)
     return g, x
 
 
@@ -133,3 +133,12 @@ def test_every_op_but_gated_route_has_an_autograd_kernel():
     assert "pyfast::lif_bwd" in ops and "pyfast::karat_attention_bwd" in ops
     missing = [n for n in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(n, "Autograd")]
     assert sorted(missing) == sorted(WITHOUT_AUTOGRAD)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_reference_backend_runs_under_torch_func_grad(case):
+    """The README's other promise for the references: torch.func.grad gives autograd's gradient."""
+    loss, x = _loss(case, "reference")
+    x_ = x.clone().requires_grad_()
+    (want,) = torch.autograd.grad(loss(x_), [x_])
+    torch.testing.assert_close(torch.func.grad(loss)(x), want)

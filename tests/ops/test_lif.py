@@ -324,6 +324,25 @@ def test_backward_without_stored_history_recomputes_it(decay_input):
         torch.testing.assert_close(without_h, with_h, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("surrogate", SURROGATES)
+def test_reference_works_under_torch_func_transforms(surrogate):
+    """The reference's surrogate spike is an autograd.Function in the setup_context form, so torch.func.grad and
+    torch.vmap run it (the README points users of torch.func to backend="reference")."""
+    torch.manual_seed(0)
+    x, tau = torch.randn(2, 5, 6), torch.tensor(1.7)
+
+    def loss(x, tau):
+        return lif(x, tau=tau, surrogate=surrogate, backend="reference").square().sum()
+
+    g_x, g_tau = torch.func.grad(loss, argnums=(0, 1))(x, tau)
+    x_, tau_ = x.clone().requires_grad_(), tau.clone().requires_grad_()
+    want_x, want_tau = torch.autograd.grad(loss(x_, tau_), [x_, tau_])
+    torch.testing.assert_close(g_x, want_x)
+    torch.testing.assert_close(g_tau, want_tau)
+    per_sample = torch.vmap(lambda t: lif(t, surrogate=surrogate, backend="reference"), in_dims=1, out_dims=1)(x)
+    torch.testing.assert_close(per_sample, lif(x, surrogate=surrogate, backend="reference"))
+
+
 def test_gradient_through_vmap_matches_a_loop():
     """Under torch.vmap pyfast.ops.lif cannot see that its input requires grad; the vmap fallback records the op per
     sample with store_h=False, and backward recomputes H (this raised 'backward needs the membrane history')."""
