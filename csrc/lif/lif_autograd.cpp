@@ -1,6 +1,6 @@
 // LIF / IF neuron, autograd of pyfast::lif_fwd in C++ (the Autograd dispatch key, any device): forward saves the
-// charged membrane H (and x only when dL/dk needs it with decay_input), backward calls pyfast::lif_bwd (csrc/lif/lif.h
-// has the BPTT maths).
+// charged membrane H (and x only when dL/dk needs it with decay_input, or when the caller asked for no H: then
+// backward recomputes H from x), backward calls pyfast::lif_bwd (csrc/lif/lif.h has the BPTT maths).
 //
 // Why C++ and not torch.library.register_autograd: a GPU step of the op family is a few hundred microseconds, and the
 // Python autograd wrapper (argument re-binding, setup_context, the backward's checks) cost about as much host time as

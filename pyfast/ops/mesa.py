@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from pyfast import _extension
-from pyfast._numbers import is_nan
+from pyfast._numbers import is_nan, is_number
 from pyfast.backends import resolve
 from pyfast.reference.mesa import mesa_dequantize_ref, mesa_quantize_ref
 
@@ -108,7 +108,7 @@ def check_levels(levels) -> int:
 
 
 def check_ema_decay(ema_decay) -> float:
-    if not isinstance(ema_decay, numbers.Real) or isinstance(ema_decay, bool):
+    if not is_number(ema_decay):
         raise TypeError(f"mesa: ema_decay must be a number, got {type(ema_decay).__name__}")
     ema_decay = float(ema_decay)
     if is_nan(ema_decay) or not 0.0 <= ema_decay <= 1.0:
