@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pyfast.models.vit import Mlp
+from pyfast.models.vit import Mlp, init_vit_weights
 from pyfast.nn.spectral import DropPath
 from pyfast.registry import MODELS
 
@@ -172,7 +172,7 @@ class CoSwin(nn.Module):
             self.stages.append(nn.Sequential(*blocks))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
-        self.apply(_init_weights)
+        self.apply(init_vit_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1:] != (self.in_channels, self.image_size, self.image_size):
@@ -182,16 +182,6 @@ class CoSwin(nn.Module):
         for stage in self.stages:
             x = stage(x)
         return self.head(self.norm(x).mean(dim=1))
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 @MODELS.register("coswin", "CoSwin for 32x32: Swin with a gated 3x3-conv branch, patch 2, embed 96, depths [2,6,4]")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyfast.models.vit import Block, _init_vit_weights
+from pyfast.models.vit import Block, init_vit_weights
 from pyfast.nn.gated import GatedClassAttentionBlock
 from pyfast.registry import MODELS
 
@@ -41,7 +41,7 @@ class GCABViT(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.task_tokens, std=0.02)
         for m in (self.patch_embed, self.blocks, self.norm, self.heads):
-            m.apply(_init_vit_weights)
+            m.apply(init_vit_weights)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_channels, H, W] -> [B, N, dim]`` patch tokens of the shared encoder."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyfast.models.vit import Block, Mlp, _init_vit_weights
+from pyfast.models.vit import Block, Mlp, init_vit_weights
 from pyfast.nn.spectral import DropPath, SpectralGating
 from pyfast.registry import MODELS
 
@@ -66,7 +66,7 @@ class SpectFormer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.apply(_init_vit_weights)
+        self.apply(init_vit_weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1:] != (self.in_channels, self.image_size, self.image_size):

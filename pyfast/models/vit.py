@@ -119,7 +119,7 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(dim, num_classes)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.apply(_init_vit_weights)
+        self.apply(init_vit_weights)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_channels, image_size, image_size] -> [B, N, dim]`` (after the final norm)."""
@@ -134,7 +134,9 @@ class VisionTransformer(nn.Module):
         return self.head(self.forward_features(x)[:, 0])
 
 
-def _init_vit_weights(m: nn.Module) -> None:
+def init_vit_weights(m: nn.Module) -> None:
+    """The transformers' initialisation (ViT, SpectFormer, GCAB, CoSwin): Linear weights truncated normal (std 0.02)
+    and zero biases, LayerNorm to the identity; for ``module.apply``."""
     if isinstance(m, nn.Linear):
         nn.init.trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
