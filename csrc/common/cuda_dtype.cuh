@@ -30,6 +30,16 @@ template <> __device__ __forceinline__ __nv_bfloat16 store<__nv_bfloat16, float>
   return __float2bfloat16_rn(v);
 }
 
+// to_acc(v): one element in its accumulation type; from_acc<T>(a): an accumulator rounded (to nearest) to T. The
+// value forms of load / store, for elements already in registers (e.g. unpacked from a vector load).
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_acc(typename Acc<T>::type a) {
+  return store<T, typename Acc<T>::type>(a);
+}
+
 template <class F>
 cudaError_t for_dtype(DType dtype, F&& f) {
   switch (dtype) {
