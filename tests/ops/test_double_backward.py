@@ -2,8 +2,9 @@
 
 The backward ops are not differentiable. Before csrc/pyfast.cpp gave them torch's not-implemented autograd kernel,
 a ``create_graph=True`` gradient went through them as if they were constants, with only a warning: the second
-derivative of a LIF layer came out as zero and that of KArAt attention as a wrong sum. The Triton twins raise the
-same way (torch.library.custom_op); the reference backends are plain autograd and differentiate twice correctly.
+derivative of a LIF layer came out as zero and that of KArAt attention as a wrong sum. The Triton twins raise too
+(torch.library.custom_op; tests/ops/test_lif_triton.py); the reference backends are plain autograd and differentiate
+twice correctly.
 """
 
 from __future__ import annotations
@@ -127,8 +128,6 @@ def test_reference_backend_differentiates_twice(case):
 def test_every_op_but_gated_route_has_an_autograd_kernel():
     """A new op registered without one (no register_autograd, not in csrc/pyfast.cpp's not-implemented list) fails
     here: torch's default for it would treat it as a constant under autograd, with only a warning."""
-    import pyfast.ops  # noqa: F401  (registers the Python autograd formulas and the Triton twins)
-
     ops = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("pyfast::"))
     assert "pyfast::lif_bwd" in ops and "pyfast::karat_attention_bwd" in ops
     missing = [n for n in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(n, "Autograd")]

@@ -233,6 +233,16 @@ def test_inference_stores_no_membrane():
 # --------------------------------------------------------------------------------------------------------------
 
 
+def test_double_backward_raises():
+    """The twin's backward op has no derivative: a second backward raises instead of treating it as a constant
+    (as the C++ ops do, tests/ops/test_double_backward.py)."""
+    x = torch.randn(4, 6, device=DEVICE, requires_grad=True)
+    (g,) = torch.autograd.grad(pyfast.ops.lif(x, surrogate="atan", backend="triton").square().sum(), [x],
+                               create_graph=True)
+    with pytest.raises(RuntimeError, match="lif_bwd_triton"):
+        torch.autograd.grad(g.square().sum(), [x])
+
+
 def test_backward_without_stored_history_recomputes_it():
     """As the C++ op (tests/ops/test_lif.py): with store_h=False and inputs requiring grad, backward recomputes H."""
     torch.manual_seed(0)
