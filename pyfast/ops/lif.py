@@ -176,6 +176,11 @@ _CONSTANTS: dict[tuple[float, torch.device], torch.Tensor] = {}
 _MAX_CONSTANTS = 64
 
 
+def _capturing(device: torch.device) -> bool:
+    """Whether the current CUDA stream of ``device`` is capturing a CUDA graph (False off CUDA)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def _constant(value: float, x: torch.Tensor) -> torch.Tensor:
     """A float32 [1] tensor holding ``value`` on x's device, made once per (value, device) and reused: a fresh one
     would cost an allocation and a fill launch per call and per hyperparameter, host time that bounds a GPU step of
@@ -187,8 +192,11 @@ def _constant(value: float, x: torch.Tensor) -> torch.Tensor:
     key = (float(value), x.device)
     cached = _CONSTANTS.get(key)
     if cached is None:
-        if len(_CONSTANTS) >= _MAX_CONSTANTS:  # e.g. a tau swept over many values: start over rather than grow
-            _CONSTANTS.clear()
+        # Not cached: a value first seen under CUDA graph capture (the fill only runs when the graph is replayed, so a
+        # later eager call could read the cached tensor before it holds anything), or once the cache is full (e.g. a
+        # tau swept over many values; no entry is ever dropped, as a captured graph may still read it).
+        if _capturing(x.device) or len(_CONSTANTS) >= _MAX_CONSTANTS:
+            return torch.full((1,), float(value), dtype=torch.float32, device=x.device)
         with torch.inference_mode(False):
             cached = _CONSTANTS[key] = torch.full((1,), float(value), dtype=torch.float32, device=x.device)
     return cached

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import warnings
 
 import pytest
@@ -386,10 +387,56 @@ def test_cuda_backend_on_cpu_tensor_is_a_clear_error():
         lif(torch.randn(2, 3), backend="cuda")
 
 
+def test_hyperparameter_constants_are_cached_up_to_a_bound_and_never_dropped(monkeypatch):
+    """Number hyperparameters become cached float32 tensors; past the bound new values get fresh ones and the cached
+    ones stay (a CUDA graph captured earlier may still read them)."""
+    lif_module = sys.modules["pyfast.ops.lif"]  # (pyfast.ops.lif, the attribute, is the function)
+
+    monkeypatch.setattr(lif_module, "_CONSTANTS", {})
+    monkeypatch.setattr(lif_module, "_MAX_CONSTANTS", 3)
+    x = torch.randn(4, 6)
+    for tau in (1.5, 2.5, 3.5, 4.5):
+        torch.testing.assert_close(lif(x, tau=tau), lif_ref(x, tau=tau)[0])
+    assert set(lif_module._CONSTANTS) == {(1.0 / 1.5, x.device), (1.0 / 2.5, x.device), (1.0, x.device)}
+    kept = lif_module._CONSTANTS[(1.0, x.device)]
+    assert lif_module._constant(1.0, x) is kept
+
+
+def test_no_constant_is_cached_while_a_cuda_graph_is_captured(monkeypatch):
+    """Under capture the constant's fill runs only at replay: a value first seen then is not cached (here the capture
+    is simulated; the CUDA test below captures a real graph)."""
+    lif_module = sys.modules["pyfast.ops.lif"]  # (pyfast.ops.lif, the attribute, is the function)
+
+    monkeypatch.setattr(lif_module, "_CONSTANTS", {})
+    monkeypatch.setattr(lif_module, "_capturing", lambda device: True)
+    x = torch.randn(4, 6)
+    torch.testing.assert_close(lif(x, tau=1.75), lif_ref(x, tau=1.75)[0])
+    assert lif_module._CONSTANTS == {}
+
+
 # ---------------------------------------------------------------------------------------------------- tier 4
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_graph_capture_with_a_new_tau_then_an_eager_call_before_replay():
+    """A tau first seen inside torch.cuda.graph: the eager call after capture (before any replay) must not read a
+    constant whose fill was only captured."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 4096, device="cuda")
+    tau = 1.0 + 1.0 / 7.0  # a value no other test uses
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = lif(x, tau=tau, v_threshold=0.37, backend="cuda")
+    eager = lif(x, tau=tau, v_threshold=0.37, backend="cuda")
+    want = lif(x.cpu(), tau=tau, v_threshold=0.37, backend="cpp")
+    assert torch.equal(eager.cpu(), want)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured.cpu(), want)
 
 
 @pytest.mark.cuda
