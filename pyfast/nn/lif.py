@@ -18,7 +18,8 @@ class LIF(nn.Module):
             ``k = 1/tau`` (needs tau > 1); k stays in (0, 1) by construction.
         learnable_leak: learn the leak ``lambda = 1 - k`` directly, as IIR-SNN does (initialised to ``1 - 1/tau``;
             ``tau=inf`` gives 1, an IF neuron); k = clamp(1 - lambda, 0, 1). Excludes ``learnable_tau``.
-        learnable_threshold: learn ``v_threshold`` directly (IIR-SNN); it must stay > 0 (checked each call).
+        learnable_threshold: learn ``v_threshold`` directly (IIR-SNN); it must stay > 0 (checked each eager call;
+            not under torch.compile or CUDA graph capture).
         param_shape: shape of the learnable parameters, broadcastable to one time step ``x.shape[1:]``:
             ``()`` for one per layer, e.g. ``(C, 1, 1)`` per channel of ``[T, B, C, H, W]`` input.
 

@@ -167,18 +167,19 @@ def _check_param_tensor(name: str, p: torch.Tensor, x: torch.Tensor) -> None:
         )
 
 
-def _values_checked() -> bool:
-    # Value checks of tensor hyperparameters read their data: skipped while torch.compile traces (no graph break).
-    return not torch.compiler.is_compiling()
+def _capturing(device: torch.device) -> bool:
+    """Whether the current CUDA stream of ``device`` is capturing a CUDA graph (False off CUDA)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _values_checked(device: torch.device) -> bool:
+    # Value checks of tensor hyperparameters read their data (a device sync): skipped while torch.compile traces (no
+    # graph break) and while a CUDA graph is captured (a sync would end the capture with an error).
+    return not torch.compiler.is_compiling() and not _capturing(device)
 
 
 _CONSTANTS: dict[tuple[float, torch.device], torch.Tensor] = {}
 _MAX_CONSTANTS = 64
-
-
-def _capturing(device: torch.device) -> bool:
-    """Whether the current CUDA stream of ``device`` is capturing a CUDA graph (False off CUDA)."""
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def _constant(value: float, x: torch.Tensor) -> torch.Tensor:
@@ -228,7 +229,7 @@ def _check_common(x, v0, v_threshold, v_reset, surrogate, alpha):
             raise ValueError(f"lif: v0 is on {v0.device} but x is on {x.device}")
     if isinstance(v_threshold, torch.Tensor):
         _check_param_tensor("v_threshold", v_threshold, x)
-        if _values_checked() and not bool((v_threshold > 0).all() & torch.isfinite(v_threshold).all()):
+        if _values_checked(x.device) and not bool((v_threshold > 0).all() & torch.isfinite(v_threshold).all()):
             raise ValueError("lif: v_threshold must be finite and > 0 everywhere")
     else:
         _check_number("v_threshold", v_threshold, low=0.0, low_open=True)
@@ -310,12 +311,13 @@ def lif(
 
     Gradients flow to x, v0, and tensor tau / v_threshold. Half-precision inputs are computed in float32; the
     membrane H is rounded to the input dtype before firing, so the backward sees exactly the forward's spikes.
-    Tensor hyperparameters are range-checked eagerly (one device sync), not while torch.compile traces.
+    Tensor hyperparameters are range-checked eagerly (one device sync), not while torch.compile traces or a CUDA
+    graph is captured.
     """
     alpha = _check_common(x, v0, v_threshold, v_reset, surrogate, alpha)
     if isinstance(tau, torch.Tensor):
         _check_param_tensor("tau", tau, x)
-        if _values_checked() and not bool((tau >= 1).all() & ~torch.isnan(tau).any()):
+        if _values_checked(x.device) and not bool((tau >= 1).all() & ~torch.isnan(tau).any()):
             raise ValueError("lif: tau must be >= 1 everywhere (k = 1/tau must lie in [0, 1])")
         k = 1.0 / tau
     else:
@@ -360,7 +362,7 @@ def _lif_decay(x, v0, k, v_threshold, v_reset, decay_input, surrogate, alpha, de
     alpha = _check_common(x, v0, v_threshold, v_reset, surrogate, alpha)
     if isinstance(k, torch.Tensor):
         _check_param_tensor("k", k, x)
-        if not k_in_range and _values_checked() and not bool(((k >= 0) & (k <= 1)).all()):
+        if not k_in_range and _values_checked(x.device) and not bool(((k >= 0) & (k <= 1)).all()):
             raise ValueError("lif: k must lie in [0, 1] everywhere")
     else:
         k = _check_number("k", k, low=0.0)

@@ -412,6 +412,12 @@ def test_no_constant_is_cached_while_a_cuda_graph_is_captured(monkeypatch):
     x = torch.randn(4, 6)
     torch.testing.assert_close(lif(x, tau=1.75), lif_ref(x, tau=1.75)[0])
     assert lif_module._CONSTANTS == {}
+    # Nor are tensor hyperparameters range-checked then (the check's device sync would end the capture with an
+    # error): the documented exception, as under torch.compile.
+    lif(x, v_threshold=torch.full((6,), -1.0))
+    monkeypatch.setattr(lif_module, "_capturing", lambda device: False)
+    with pytest.raises(ValueError, match="v_threshold must be finite and > 0"):
+        lif(x, v_threshold=torch.full((6,), -1.0))
 
 
 # ---------------------------------------------------------------------------------------------------- tier 4
@@ -437,6 +443,17 @@ def test_cuda_graph_capture_with_a_new_tau_then_an_eager_call_before_replay():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(captured.cpu(), want)
+    # A learnable threshold (a tensor, range-checked with a device sync in eager calls) captures too.
+    layer = pyfast.nn.LIF(learnable_threshold=True, param_shape=(4096,), backend="cuda").cuda()
+    with torch.no_grad():
+        layer.v_threshold.fill_(0.37)
+        eager = layer(x)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = layer(x)
+        graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured, eager)
 
 
 @pytest.mark.cuda
