@@ -15,9 +15,8 @@ import torch
 
 import pyfast
 import pyfast.nn as pnn
-from pyfast import _extension, _numbers
-
-needs_cpp = pytest.mark.skipif(not _extension.has_cpp(), reason=f"needs pyfast._C: {_extension.cpp_reason()}")
+from pyfast import _numbers
+from tests.markers import needs_cpp
 
 MODULES = {
     "LIF": (lambda: pnn.LIF(), (4, 2, 8)),

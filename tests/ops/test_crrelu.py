@@ -15,8 +15,8 @@ from pyfast import _extension
 from pyfast.ops.crrelu import crrelu
 from pyfast.reference.crrelu import crrelu_ref
 from pyfast.testing import assert_half_error_within
+from tests.markers import needs_cpp
 
-needs_cpp = pytest.mark.skipif(not _extension.has_cpp(), reason=f"needs pyfast._C: {_extension.cpp_reason()}")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # (x shape, eps numel, dim): shared eps, per channel on axis 1 ([N, C, H, W]), channel-last tokens, odd sizes,
 # one run longer than a CPU chunk, a channel axis in the middle with inner = 1 rows.

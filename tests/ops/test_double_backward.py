@@ -12,7 +12,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pyfast import _extension
 from pyfast.ops import (
     crrelu,
     gated_class_attention,
@@ -24,8 +23,7 @@ from pyfast.ops import (
     pld_rows,
     wconv_weight,
 )
-
-needs_cpp = pytest.mark.skipif(not _extension.has_cpp(), reason=f"needs pyfast._C: {_extension.cpp_reason()}")
+from tests.markers import needs_cpp
 
 # The ops with no autograd kernel of any kind: gated_route works in place on gradients, outside any graph.
 WITHOUT_AUTOGRAD = {"pyfast::gated_route"}

@@ -13,9 +13,8 @@ from pyfast import _extension
 from pyfast.ops.gated import gate_compensation, gated_class_attention, gated_route_
 from pyfast.reference.gated import gated_class_attention_ref, gated_route_ref
 from pyfast.testing import assert_half_error_within, named
+from tests.markers import needs_cpp, needs_cuda
 
-needs_cuda = pytest.mark.skipif(not _extension.has_cuda(), reason=f"needs the CUDA kernels: {_extension.cuda_reason()}")
-needs_cpp = pytest.mark.skipif(not _extension.has_cpp(), reason=_extension.cpp_reason() or "no _C")
 NAMES = ("x", "gate", "wq", "bq", "wk", "wv", "bv", "wp", "bp")
 
 

@@ -13,8 +13,8 @@ from pyfast import _extension
 from pyfast.ops.ghost_bn import ghost_batch_norm
 from pyfast.reference.ghost_bn import ghost_batch_norm_loop_ref, ghost_batch_norm_ref, running_update
 from pyfast.testing import named
+from tests.markers import needs_cpp
 
-needs_cpp = pytest.mark.skipif(not _extension.has_cpp(), reason=f"needs pyfast._C: {_extension.cpp_reason()}")
 BACKENDS = ["reference", pytest.param("cpp", marks=needs_cpp)]
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # (x shape, ghost batch size): divisible, remainder ghost, B >= N (one ghost), [N, C], [N, C, L], big spatial maps

@@ -13,8 +13,7 @@ from pyfast import _extension
 from pyfast.ops.karat import karat_attention, karat_basis
 from pyfast.reference.karat import fourier_basis_ref, harmonics, karat_attention_ref, karat_z_ref
 from pyfast.testing import HALF_TYPES, assert_half_error_within, named
-
-needs_cpp = pytest.mark.skipif(not _extension.has_cpp(), reason=f"needs pyfast._C: {_extension.cpp_reason()}")
+from tests.markers import needs_cpp
 
 
 def _inputs(B=2, H=3, N=11, D=8, r=4, M=4, dtype=torch.float64, device="cpu", seed=0, amp=1.0):

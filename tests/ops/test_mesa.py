@@ -13,8 +13,8 @@ import pyfast
 from pyfast import _extension
 from pyfast.ops.mesa import mesa_dequantize, mesa_quantize
 from pyfast.reference.mesa import hash_uniform, mesa_dequantize_ref, mesa_quantize_ref
+from tests.markers import needs_cpp
 
-needs_cpp = pytest.mark.skipif(not _extension.has_cpp(), reason=_extension.cpp_reason() or "no _C")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # (shape, dim, groups): head-wise [B, H, N, D], channel chunks of [..., C], a 2-D input, odd sizes, one group.
 LAYOUTS = [((2, 3, 5, 4), 1, 3), ((3, 7, 12), -1, 4), ((5, 6), -1, 1), ((2, 6, 3, 3), 1, 2), ((1, 1, 1), 0, 1)]

@@ -11,8 +11,8 @@ import pyfast
 from pyfast import _extension
 from pyfast.ops.msdrop import multi_sample_dropout_loss
 from pyfast.reference.msdrop import keep_mask, msdrop_logits_ref, msdrop_loss_ref
+from tests.markers import needs_cpp
 
-needs_cpp = pytest.mark.skipif(not _extension.has_cpp(), reason=f"needs pyfast._C: {_extension.cpp_reason()}")
 BACKENDS = ["reference", pytest.param("cpp", marks=needs_cpp)]
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 # (B, D, C, M, p); the last has rows long enough that the CPU forward runs several blocks of rows (60 rows of

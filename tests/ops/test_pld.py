@@ -12,13 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pyfast import _extension
 from pyfast.losses import PLDLoss, pld_loss
 from pyfast.ops.pld import CUDA_MAX_CLASSES, pld_rows
 from pyfast.reference.pld import pld_ranking, pld_ref
 from pyfast.testing import TOLERANCES, pld_inputs
+from tests.markers import needs_cpp, needs_cuda
 
-needs_cpp = pytest.mark.skipif(not _extension.has_cpp(), reason=f"needs pyfast._C: {_extension.cpp_reason()}")
 BACKENDS = ["reference", pytest.param("cpp", marks=needs_cpp)]
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 CASES = [(5, 7), (16, 100), (3, 1000), (33, 257), (6, 2)]  # (B, C)
@@ -304,7 +303,6 @@ def test_direct_op_bad_input_errors():
 # Tier 4: CUDA
 # --------------------------------------------------------------------------------------------------------------
 
-needs_cuda = pytest.mark.skipif(not _extension.has_cuda(), reason=f"needs the CUDA kernels: {_extension.cuda_reason()}")
 
 
 @pytest.mark.cuda

@@ -19,8 +19,8 @@ from pyfast.reference.wconv import (
     wconv_weight_ref,
 )
 from pyfast.testing import TOLERANCES
+from tests.markers import needs_cpp
 
-needs_cpp = pytest.mark.skipif(not _extension.has_cpp(), reason=f"needs pyfast._C: {_extension.cpp_reason()}")
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 # (weight shape, den): 1-D, 2-D, 3-D, square with a shared den, square with separate dens, non-square, 1 on an axis.
