@@ -26,44 +26,99 @@ namespace karat {
 
 using DType = ::pyfast::DType;
 
-// sin and cos from the remainder r = x - n pi/2, |r| <= pi/4, and the quadrant n: the Cephes minimax polynomials in
-// float (about 1 ulp), then the quadrant's swap / signs as selects (branch-free, so the CPU loops vectorise).
-PYFAST_HD void sincos_quadrant(float r, int quadrant, float& s, float& c) {
-  const float z = r * r;
+// sin and cos of a float x in two parts: a reduction x = n pi/2 + r with |r| <= pi/4 (three of them below, each exact
+// over its range of |x|), then sincos_quadrant, the same polynomials for all. The fused CUDA kernels branch between
+// the reductions per score (sincos_any) and evaluate the polynomials once after the branches; the CPU loops pick one
+// reduction for a whole row so that they vectorise.
+struct Reduced {
+  float r;       // remainder, |r| <= pi/4
+  int quadrant;  // n mod 4 (any integer: only its two low bits are read)
+};
+
+// sin and cos from the remainder and the quadrant: the Cephes minimax polynomials in float (about 1 ulp), then the
+// quadrant's swap / signs as selects (branch-free, so the CPU loops vectorise).
+PYFAST_HD void sincos_quadrant(Reduced x, float& s, float& c) {
+  const float r = x.r, z = r * r;
   const float sp = r + r * z * ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f);
   const float cp = 1.0f - 0.5f * z + z * z * ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z +
                                               4.166664568298827e-2f);
-  const bool swap = (quadrant & 1) != 0;
+  const bool swap = (x.quadrant & 1) != 0;
   const float s0 = swap ? cp : sp;
   const float c0 = swap ? sp : cp;
-  s = (quadrant & 2) ? -s0 : s0;
-  c = ((quadrant + 1) & 2) ? -c0 : c0;
+  s = (x.quadrant & 2) ? -s0 : s0;
+  c = ((x.quadrant + 1) & 2) ? -c0 : c0;
 }
 
-// sin and cos of a float score: the quadrant n = round(x 2/pi) and the remainder in double (exact enough for
-// |x| < 2^30).
-PYFAST_HD void sincos_fast(float x, float& s, float& c) {
-  const double xd = static_cast<double>(x);
-  const double t = xd * 0.63661977236758134308 + 6755399441055744.0;  // + 1.5 * 2^52 rounds to an integer
-  const double n = t - 6755399441055744.0;
-  sincos_quadrant(static_cast<float>(xd - n * 1.57079632679489661923), static_cast<int>(n), s, c);
-}
-
-// The same in float alone, for |x| <= kSmallAngleLimit: the remainder by Cody-Waite with pi/2 split into three float
-// parts (the first exact in 8 bits, so n * part is exact), about twice as fast on the CPU as the double reduction.
-// Callers check the limit and use sincos_fast above it.
+// |x| <= kSmallAngleLimit: n = round(x 2/pi) and the remainder by Cody-Waite in float, pi/2 split into three float
+// parts (the first exact in 8 bits, so n * part is exact); about twice as fast on the CPU as the double reduction.
 constexpr float kSmallAngleLimit = 8192.0f;
 
-PYFAST_HD void sincos_small(float x, float& s, float& c) {
+PYFAST_HD Reduced reduce_small(float x) {
   const float t = x * 0.636619772367581343f + 12582912.0f;  // + 1.5 * 2^23 rounds to an integer in the low bits
   const float n = t - 12582912.0f;
   int quadrant;
   __builtin_memcpy(&quadrant, &t, sizeof quadrant);
-  sincos_quadrant(((x - n * 1.5703125f) - n * 4.837512969970703125e-4f) - n * 7.54978995489188216e-8f, quadrant, s,
-                  c);
+  return {((x - n * 1.5703125f) - n * 4.837512969970703125e-4f) - n * 7.54978995489188216e-8f, quadrant};
 }
 
-PYFAST_HD void sincos_fast(double x, double& s, double& c) {
+// |x| < kMediumAngleLimit: the remainder in double (its error, about |x| 2^-53, stays within float rounding below
+// 2^30; above, n soon overflows an int and the quadrant is lost).
+constexpr float kMediumAngleLimit = 1073741824.0f;  // 2^30
+
+PYFAST_HD Reduced reduce_medium(float x) {
+  const double xd = static_cast<double>(x);
+  const double t = xd * 0.63661977236758134308 + 6755399441055744.0;  // + 1.5 * 2^52 rounds to an integer
+  const double n = t - 6755399441055744.0;
+  return {static_cast<float>(xd - n * 1.57079632679489661923), static_cast<int>(n)};
+}
+
+// Any float, by its exact multiple of pi/2 (Payne-Hanek), for the huge angles no score of a working model reaches but
+// a diverging one may: before it, cos came out with the wrong sign above 2^31 and as 6e28 at 1e20.
+// |x| = M 2^e with a 24-bit integer M, and x 2/pi mod 4 (quadrant and remainder) depends only on the bits of 2/pi
+// from 2^(1-e) on: for bit i (weight 2^-i) the term M 2^(e-i) is a multiple of 4 when i <= e - 2. With the 64 bits
+// W = bits e-1 .. e+62 as an integer, |x| 2/pi mod 4 = (M W mod 2^64) 2^-62 (64-bit wrapping arithmetic): the
+// quadrant is in the top two bits, the remainder below them. The bits of 2/pi past the window add under M 2^-64
+// quadrants, so the remainder is within 2^-38 of exact. -x reduces to (-n, -r). Non-finite x gives a NaN remainder.
+PYFAST_HD Reduced reduce_huge(float x) {
+  uint32_t bits;
+  __builtin_memcpy(&bits, &x, sizeof bits);
+  const int biased_exponent = static_cast<int>((bits >> 23) & 0xffu);
+  if (biased_exponent == 0xff) return {x - x, 0};  // inf or NaN
+  if (biased_exponent < 152) return reduce_medium(x);  // |x| < 2^25: the window would start before 2/pi's first bit
+  // 2/pi = 0.a2f9836e... in hexadecimal: its first 192 bits, most significant first.
+  constexpr uint64_t kTwoOverPi0 = 0xa2f9836e4e441529ull, kTwoOverPi1 = 0xfc2757d1f534ddc0ull,
+                     kTwoOverPi2 = 0xdb6295993c439041ull;
+  const uint64_t M = (bits & 0x7fffffu) | 0x800000u;
+  const int first = biased_exponent - 152;  // 0-based index of the window's first bit: e - 2, e = biased - 150
+  const int shift = first & 63;
+  const bool second_word = first >= 64;  // biased exponent <= 254: first <= 102
+  const uint64_t w0 = second_word ? kTwoOverPi1 : kTwoOverPi0, w1 = second_word ? kTwoOverPi2 : kTwoOverPi1;
+  const uint64_t window = shift ? (w0 << shift) | (w1 >> (64 - shift)) : w0;
+  const uint64_t fraction = M * window;                              // |x| 2/pi mod 4, in units of 2^-62
+  const uint64_t quadrant = (fraction + (uint64_t{1} << 61)) >> 62;  // round(|x| 2/pi) mod 4
+  const auto remainder = static_cast<int64_t>(fraction - (quadrant << 62));
+  const float r = static_cast<float>(static_cast<double>(remainder) * (1.57079632679489661923 / 4611686018427387904.0));
+  const int n = static_cast<int>(quadrant);
+  return (bits >> 31) ? Reduced{-r, -n} : Reduced{r, n};
+}
+
+PYFAST_HD void sincos_small(float x, float& s, float& c) { sincos_quadrant(reduce_small(x), s, c); }
+PYFAST_HD void sincos_medium(float x, float& s, float& c) { sincos_quadrant(reduce_medium(x), s, c); }
+
+// Any float score: the cheapest reduction that is exact for it, then one evaluation of the polynomials.
+PYFAST_HD void sincos_any(float x, float& s, float& c) {
+  const float magnitude = fabsf(x);
+  Reduced reduced;
+  if (magnitude <= kSmallAngleLimit)
+    reduced = reduce_small(x);
+  else if (magnitude < kMediumAngleLimit)
+    reduced = reduce_medium(x);
+  else
+    reduced = reduce_huge(x);  // also inf and NaN
+  sincos_quadrant(reduced, s, c);
+}
+
+PYFAST_HD void sincos_any(double x, double& s, double& c) {
   s = sin(x);
   c = cos(x);
 }

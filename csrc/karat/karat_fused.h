@@ -88,19 +88,10 @@ PYFAST_HD void load_vec(const float* p, float (&v)[kVec]) {
 #endif
 }
 
-// The CPU kernels' sincos (karat_cpu_kernels.inc), so both devices round alike. Branch-free polynomials: CUDA's
-// sincosf keeps a slow path for huge angles whose local array gave every fused kernel a stack frame.
-PYFAST_HD void score_sincos(float x, float& s, float& c) {
-  if (fabsf(x) <= kSmallAngleLimit)
-    sincos_small(x, s, c);
-  else
-    sincos_fast(x, s, c);
-}
-
 // cos(m x) and sin(m x) for m = 1..kG in cm[m - 1], sm[m - 1]: one sincos and the angle-addition recurrence.
 template <int kG>
 PYFAST_HD void harmonics(float x, float (&cm)[kG], float (&sm)[kG]) {
-  score_sincos(x, sm[0], cm[0]);
+  sincos_any(x, sm[0], cm[0]);  // the CPU kernels' sincos, so both devices round alike
   PYFAST_UNROLL
   for (int m = 1; m < kG; ++m) next_harmonic(cm[0], sm[0], cm[m - 1], sm[m - 1], cm[m], sm[m]);
 }

@@ -1,6 +1,6 @@
 // CPU emulation of the fused Fourier-KArAt CUDA kernels (csrc/karat/karat_fused.h): the same per-thread functions,
 // run for every thread index of a launch in turn (fused::task_of, as in karat_kernel.cu), as plain C entry points for
-// ctypes (tests/ops/test_karat_fused_emulation.py). float32 only, as the CUDA kernels run; the raw scores S = Q K^T
+// ctypes (tests/ops/test_karat_fused_emulation.py), and their sincos. float32 only, as the CUDA kernels run; the raw scores S = Q K^T
 // and ST = K Q^T ([BH, N, N]) come from the caller, as they come from cuBLAS on the GPU, and so do the key-major
 // coefficients Ck [H, N, 2 G, R4] and g_z [BH, N, R4] (rank padded to R4 = fused::padded_rank(r)).
 #include <cstdint>
@@ -36,6 +36,11 @@ void karat_fused_bwd(const float* gz, const float* S, const float* ST, const flo
       fused::coef_grad_column<g, rv>(t.item, t.begin, t.end, gz, S, N, r, H, scale, gC_part + t.part * n * r * 2 * G);
     }
   });
+}
+
+// s[i], c[i] = sin, cos of x[i] as every fused kernel computes them (karat.h sincos_any).
+void karat_sincos(const float* x, int64_t n, float* s, float* c) {
+  for (int64_t i = 0; i < n; ++i) pyfast::karat::sincos_any(x[i], s[i], c[i]);
 }
 
 }  // extern "C"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -144,6 +145,24 @@ def test_cpp_float32_angles_beyond_the_fast_reduction():
     got = karat_basis(q, k, a, b, 1.0, backend="cpp")
     truth = karat_z_ref(q.double(), k.double(), a.double(), b.double(), 1.0)
     torch.testing.assert_close(got.double(), truth, rtol=0, atol=2e-5 * N)
+
+
+@needs_cpp
+def test_cpp_float32_huge_and_non_finite_scores():
+    """Scores past 2^30 (a diverging model's) are reduced exactly too: before, cos came out with the wrong sign above
+    2^31 and as 6e28 at 1e20. A row with an inf or NaN score gives NaN; the other rows are unaffected. Scores are
+    x * 2^j, exact in float32, from magnitudes on both sides of the reductions' limits (8192, 2^30)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.tensor([math.nan, math.inf, 1.5, 8192.0, 9000.0, 2.0 ** 30 - 64, 2.0 ** 30, 3e9, -3e9, 1e10, 1e12, 1e20,
+                      -1e20, 3e36, -2.0 ** 30, 123.25])
+    N = x.numel()
+    q = x.view(1, 1, N, 1)
+    k = (2.0 ** torch.randint(-3, 4, (N,), generator=g).float()).view(1, 1, N, 1)
+    a, b = (torch.randn(1, 3, N, 3, generator=g) for _ in range(2))
+    got = karat_basis(q, k, a, b, 1.0, backend="cpp")
+    truth = karat_z_ref(q.double(), k.double(), a.double(), b.double(), 1.0)
+    assert got[0, 0, :2].isnan().all()
+    torch.testing.assert_close(got[0, 0, 2:].double(), truth[0, 0, 2:], rtol=0, atol=2e-6 * N)
 
 
 @needs_cpp
