@@ -20,9 +20,10 @@
 #   BENCH_NEURONS     neurons per time step for the benchmark (default 4194304 = 2**22 = 64*65536)
 #   BENCH_LIF_T       time steps of the LIF benchmark (default "1 4 8 32")
 #   GPU_CHECK_STAGES  space-separated names of the stages to run (default: all); e.g. a short lease's
-#                     "build import pytest_cuda bench_lif profile_lif bench_karat"
+#                     "build import pytest_cuda kernel_sweep bench_lif profile_lif bench_karat"
 #
-# OUTDIR gets: gpu_check.log (everything), <stage>.log per stage (cpp_errors.log: whether C++ errors of _C raise),
+# OUTDIR gets: gpu_check.log (everything), <stage>.log per stage (cpp_errors.log: whether C++ errors of _C raise;
+# kernel_sweep.log: the LIF backward's widths and chunks and the KArAt part counts, timed side by side),
 # lif_cuda.csv, lif_cuda_compile.csv, mesa_cuda.csv, wconv_cuda.csv, layers_cuda.csv, gated_cuda.csv, karat_cuda.csv,
 # pld_cuda.csv, stages.tsv.
 
@@ -161,6 +162,11 @@ from bench import harness
 print(f'device-to-device copy: {harness.copy_bandwidth_gb_s(torch.device(\"cuda\")):.0f} GB/s (bytes read + written)',
       torch.cuda.get_device_name(0))
 "
+
+# --- kernel-level sweep (informational): the LIF backward's width and chunk, the KArAt fused kernels' part count, ---
+# each timed side by side with the shipped choice on raw buffers (bench/kernel_sweep.cu), at the issues' target shapes.
+stage kernel_sweep 90 0 bash -c "bash bench/kernel_sweep.sh /tmp/pyfast_kernel_sweep && /tmp/pyfast_kernel_sweep \
+    --lif-T 32 --lif-neurons $NEURONS --karat-tokens 65 197"
 
 # --- benchmark -------------------------------------------------------------------------------------------------------
 # Every provider but reference+compile over all cases, then reference+compile (one inductor compilation per case,

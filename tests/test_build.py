@@ -193,6 +193,22 @@ def test_lif_cuda_kernels_store_each_pack_in_one_instruction(tmp_path):
     assert widths[("bwd", "13__nv_bfloat16", 2)] == {"u32"}, widths
 
 
+def test_kernel_sweep_builds_and_rejects_bad_arguments(tmp_path):
+    # bench/kernel_sweep.cu (gpu_check.sh's kernel_sweep stage) links the shipped launchers of lif_kernel.cu and
+    # karat_kernel.cu with the sweep-only LIF backward variants; a GPU session must not lose its minutes to a build
+    # error. Without a GPU only its argument checks can run.
+    if _nvcc() is None:
+        pytest.skip("no CUDA toolkit (nvcc) on this machine")
+    binary = tmp_path / "kernel_sweep"
+    subprocess.run(["bash", os.path.join(ROOT, "bench", "kernel_sweep.sh"), str(binary), "sm_90"], check=True,
+                   timeout=600, env={**os.environ, "CUDA_HOME": os.path.dirname(os.path.dirname(_nvcc()))})
+    for args, message in [(["--rounds", "0"], "--rounds >= 1"), (["--lif-neurons", "12"], "multiple of 8"),
+                          (["--karat-tokens"], "--karat-tokens >= 1"), (["--bogus"], "unknown argument --bogus")]:
+        proc = subprocess.run([str(binary), *args], check=False, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert message in proc.stderr, (args, proc.stderr)
+
+
 def test_triton_kernels_install_as_pyfast_triton_not_top_level_kernels(tmp_path):
     script = textwrap.dedent("""
         import importlib.util, json

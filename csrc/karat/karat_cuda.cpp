@@ -24,20 +24,9 @@
 
 #include "karat/karat_fused.h"
 #include "karat/karat_host.h"
+#include "karat/karat_launch.h"
 
 namespace pyfast {
-namespace karat {
-cudaError_t karat_fused_fwd_launch(const float* ST, const float* Ck, float* z_part, int64_t BH, int64_t N, int64_t r,
-                                   int G, int64_t H, double scale, int64_t parts, cudaStream_t stream);
-cudaError_t karat_fused_bwd_launch(const float* gz, const float* S, const float* ST, const float* Ck, float* gST,
-                                   float* z_part, float* gC_part, int64_t BH, int64_t N, int64_t r, int G, int64_t H,
-                                   double scale, int64_t parts, cudaStream_t stream);
-cudaError_t karat_basis_cuda_launch(const void* S, void* bas, int64_t rows, int64_t N, int G, double scale,
-                                    DType acc, cudaStream_t stream);
-cudaError_t karat_grad_scores_cuda_launch(const void* bas, const void* E, void* gS, int64_t rows, int64_t N, int G,
-                                          double scale, DType acc, cudaStream_t stream);
-}  // namespace karat
-
 namespace {
 
 constexpr int64_t kTileBytes = int64_t{64} << 20;
@@ -56,17 +45,6 @@ bool use_fused(const karat::Shape& s, at::ScalarType acc) {
   return acc == at::kFloat && s.r <= karat::fused::kMaxR && s.G <= karat::fused::kMaxG &&
          s.B * s.H * s.N * s.N * static_cast<int64_t>(sizeof(float)) <= 4 * kTileBytes;
 }
-
-// Parts of the key (row) range per score row (column) in the fused kernels: about kFusedTargetThreads threads in all,
-// one to two waves of a large GPU (at G=3, r=12 an H100 holds 68K to 152K of them at once: 132 SMs, the registers
-// of 16 warps of the coefficient-gradient kernel, 114 each, to 36 of the forward, 52), each thread still covering at
-// least 4 keys. The threads are latency-bound, so the more in flight the better: on an H100 at B=32, H=3, N=197, D=64,
-// G=3, r=12 the three kernels took 0.86, 0.84 and 0.47 ms with one thread per row and the dot products in the threads
-// (2^15 target), 0.19, 0.30 and 0.14 ms with 6 parts and the scores from cuBLAS (scalar coefficient loads, loops
-// sized for kMaxG and kMaxR; the vector loads and shape templates of karat_fused.h are not timed yet). The partial
-// sums cost a [parts, ...] buffer (the coefficient gradient's, [parts * B, 2, H, r, N, G], is most of the fused path's
-// peak memory) and one sum.
-constexpr int64_t kFusedTargetThreads = int64_t{1} << 17;
 
 // x [..., r] float as the fused kernels read it: contiguous rows padded with zeros to R4 = padded_rank(r) floats,
 // 16-byte aligned (a contiguous x serves as it is when r is a multiple of 4 and its data is aligned).
@@ -96,11 +74,6 @@ std::tuple<at::Tensor, at::Tensor> sum_coef_parts(const at::Tensor& gC_part, con
   return {half_sum(0, a), half_sum(1, b)};
 }
 
-int64_t fused_parts(const karat::Shape& s) {
-  const int64_t rows = std::max<int64_t>(1, s.B * s.H * s.N);
-  return std::clamp<int64_t>(kFusedTargetThreads / rows, 1, std::max<int64_t>(1, s.N / 4));
-}
-
 at::Tensor karat_fwd_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& a, const at::Tensor& b,
                           double scale) {
   const c10::cuda::CUDAGuard guard(q_in.device());
@@ -114,7 +87,7 @@ at::Tensor karat_fwd_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const 
   if (use_fused(s, acc)) {
     const at::Tensor Ck = pack_coef_keys(a, b);
     const at::Tensor ST = at::bmm(k, q.transpose(1, 2));  // [BH, N, N], ST[bh, q, k] = <K[q], Q[k]>
-    const int64_t parts = fused_parts(s);
+    const int64_t parts = karat::fused::parts_for(s.B * s.H * s.N, s.N);
     const at::Tensor z_part = at::empty({parts, s.B, s.H, s.N, s.r}, q.options());
     C10_CUDA_CHECK(karat::karat_fused_fwd_launch(ST.const_data_ptr<float>(), Ck.const_data_ptr<float>(),
                                                  z_part.mutable_data_ptr<float>(), BH, s.N, s.r, s.G, s.H, scale,
@@ -149,7 +122,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> karat_bwd
   const at::Tensor gz = grad_z.to(acc).contiguous().view({s.B, s.H, s.N, s.r});
   const auto stream = c10::cuda::getCurrentCUDAStream();
   if (use_fused(s, acc) && BH > 0) {
-    const int64_t parts = fused_parts(s);
+    const int64_t parts = karat::fused::parts_for(s.B * s.H * s.N, s.N);
     const at::Tensor Ck = pack_coef_keys(a, b), gz_vec = vector_rows(gz, s.r);
     // The scores both ways round (the row kernel reads S^T, the column kernel S; see karat_fused.h), as the forward.
     const at::Tensor S = at::bmm(q, k.transpose(1, 2)), ST = at::bmm(k, q.transpose(1, 2));

@@ -14,6 +14,7 @@
 
 #include "karat/karat.h"
 #include "karat/karat_fused.h"
+#include "karat/karat_launch.h"
 
 namespace pyfast {
 namespace karat {

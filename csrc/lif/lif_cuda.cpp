@@ -6,13 +6,9 @@
 #include <torch/library.h>
 
 #include "lif/lif_host.h"
+#include "lif/lif_launch.h"
 
 namespace pyfast {
-namespace lif {
-cudaError_t lif_fwd_cuda_launch(const FwdArgs& a, DType dtype, cudaStream_t stream);
-cudaError_t lif_bwd_cuda_launch(const BwdArgs& a, DType dtype, cudaStream_t stream);
-}  // namespace lif
-
 namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cuda(const at::Tensor& x, const std::optional<at::Tensor>& v0,

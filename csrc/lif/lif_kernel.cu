@@ -9,7 +9,7 @@
 // 128-byte line in every dtype (on an H200 at T = 32 the half-precision backward at V = 8, loading step by step, ran
 // at 1.7 TB/s against the Triton backward's 2.6 TB/s at one neuron per thread). What limits the backward is the
 // bytes in flight: on an H100 (2026-11-26) loading step by step, one step in flight per thread, it ran at 1.6 TB/s
-// against the forward's 2.6, so it loads kChunk steps at once before computing them (1.9 TB/s in half precision at
+// against the forward's 2.6, so it loads kBwdChunk steps at once before computing them (1.9 TB/s in half precision at
 // V = 1; V = 2 there is not timed yet). Arithmetic is float32 (float64 for double).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -19,13 +19,14 @@
 
 #include "common/cuda_dtype.cuh"
 #include "lif/lif.h"
+#include "lif/lif_launch.h"
 
 namespace pyfast {
 namespace lif {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kChunk = 8;  // backward time steps whose loads are in flight together (lif_bwd_kernel)
+constexpr int kBwdChunk = 8;  // backward time steps whose loads are in flight together (lif_bwd_kernel's kChunk)
 
 template <typename T, int V>
 struct alignas(sizeof(T) * V) Pack {
@@ -110,7 +111,7 @@ __global__ void __launch_bounds__(kThreads) lif_fwd_kernel(FwdArgs a) {
   store<T, V>(static_cast<T*>(a.v_last), i0, vl);
 }
 
-template <typename T, int V, Surrogate kSurrogate, bool kGradK, bool kGradVth>
+template <typename T, int V, Surrogate kSurrogate, bool kGradK, bool kGradVth, int kChunk = kBwdChunk>
 __global__ void __launch_bounds__(kThreads) lif_bwd_kernel(BwdArgs a) {
   using A = typename Acc<T>::type;
   const int64_t i0 = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * V;
@@ -247,6 +248,38 @@ cudaError_t lif_fwd_cuda_launch(const FwdArgs& a, DType dtype, cudaStream_t stre
 cudaError_t lif_bwd_cuda_launch(const BwdArgs& a, DType dtype, cudaStream_t stream) {
   return for_dtype(dtype, [&](auto t) { bwd<decltype(t)>(a, stream); });
 }
+
+#ifdef PYFAST_KERNEL_SWEEP
+namespace {
+template <int V>
+cudaError_t half_variant(const BwdArgs& a, int chunk, cudaStream_t stream) {
+  if (vector_width<__half, V>(a.N, {a.grad_spikes, a.h_seq, a.x, a.grad_x, a.grad_v0}) != V)
+    return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(blocks_for(a.N, V)));
+  constexpr Surrogate S = Surrogate::Sigmoid;
+  switch (chunk) {
+    case 2: lif_bwd_kernel<__half, V, S, false, false, 2><<<grid, kThreads, 0, stream>>>(a); break;
+    case 4: lif_bwd_kernel<__half, V, S, false, false, 4><<<grid, kThreads, 0, stream>>>(a); break;
+    case 8: lif_bwd_kernel<__half, V, S, false, false, 8><<<grid, kThreads, 0, stream>>>(a); break;
+    case 16: lif_bwd_kernel<__half, V, S, false, false, 16><<<grid, kThreads, 0, stream>>>(a); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+}  // namespace
+
+cudaError_t lif_bwd_half_variant_launch(const BwdArgs& a, int width, int chunk, cudaStream_t stream) {
+  if (a.grad_k != nullptr || a.grad_v_th != nullptr || a.cfg.surrogate != Surrogate::Sigmoid)
+    return cudaErrorInvalidValue;
+  switch (width) {
+    case 1: return half_variant<1>(a, chunk, stream);
+    case 2: return half_variant<2>(a, chunk, stream);
+    case 4: return half_variant<4>(a, chunk, stream);
+    case 8: return half_variant<8>(a, chunk, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+#endif
 
 }  // namespace lif
 }  // namespace pyfast
