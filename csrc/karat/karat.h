@@ -80,7 +80,7 @@ PYFAST_HD Reduced reduce_medium(float x) {
 // from 2^(1-e) on: for bit i (weight 2^-i) the term M 2^(e-i) is a multiple of 4 when i <= e - 2. With the 64 bits
 // W = bits e-1 .. e+62 as an integer, |x| 2/pi mod 4 = (M W mod 2^64) 2^-62 (64-bit wrapping arithmetic): the
 // quadrant is in the top two bits, the remainder below them. The bits of 2/pi past the window add under M 2^-64
-// quadrants, so the remainder is within 2^-38 of exact. -x reduces to (-n, -r). Non-finite x gives a NaN remainder.
+// quadrants, so the remainder is within 2^-38 quadrants (6e-12) of exact. -x reduces to (-n, -r). Non-finite x gives a NaN remainder.
 PYFAST_HD Reduced reduce_huge(float x) {
   uint32_t bits;
   __builtin_memcpy(&bits, &x, sizeof bits);

@@ -38,9 +38,16 @@ void karat_fused_bwd(const float* gz, const float* S, const float* ST, const flo
   });
 }
 
-// s[i], c[i] = sin, cos of x[i] as every fused kernel computes them (karat.h sincos_any).
-void karat_sincos(const float* x, int64_t n, float* s, float* c) {
-  for (int64_t i = 0; i < n; ++i) pyfast::karat::sincos_any(x[i], s[i], c[i]);
+// s[i], c[i] = sin, cos of x[i] as every fused kernel computes them (karat.h sincos_any), or by the exact reduction
+// alone (reduce_huge, which sincos_any uses from 2^30 on) when `exact`.
+void karat_sincos(const float* x, int64_t n, int exact, float* s, float* c) {
+  namespace karat = pyfast::karat;
+  for (int64_t i = 0; i < n; ++i) {
+    if (exact)
+      karat::sincos_quadrant(karat::reduce_huge(x[i]), s[i], c[i]);
+    else
+      karat::sincos_any(x[i], s[i], c[i]);
+  }
 }
 
 }  // extern "C"

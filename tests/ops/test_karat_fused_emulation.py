@@ -36,7 +36,7 @@ def emulation(tmp_path_factory):
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     so.karat_fused_fwd.argtypes = [ptr, ptr, i64, i64, i64, ctypes.c_int, i64, f32, i64, ptr]
     so.karat_fused_bwd.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_int, i64, f32, i64, ptr, ptr, ptr]
-    so.karat_sincos.argtypes = [ptr, i64, ptr, ptr]
+    so.karat_sincos.argtypes = [ptr, i64, ctypes.c_int, ptr, ptr]
     return so
 
 
@@ -97,11 +97,12 @@ def test_fused_kernels_match_the_reference(emulation, B, H, N, D, r, G, parts):
     torch.testing.assert_close(gb.double(), gb_ref, **tol)
 
 
-def test_sincos_of_every_float_magnitude(emulation):
-    """The kernels' sincos (karat.h sincos_any: a float, a double and an exact Payne-Hanek reduction, by |x|) against
-    libm in float64, for random mantissas at every float exponent, subnormals to the largest, both signs, and across
-    the reductions' limits (8192, 2^25, 2^30). Before the exact reduction, cos came out with the wrong sign above 2^31
-    and as 6e28 at 1e20."""
+@pytest.mark.parametrize("exact", [False, True], ids=["sincos_any", "exact_reduction_alone"])
+def test_sincos_of_every_float_magnitude(emulation, exact):
+    """The kernels' sincos (karat.h sincos_any: a float, a double and an exact Payne-Hanek reduction, by |x|), and the
+    exact reduction alone (below 2^30 too, where sincos_any does not use it), against libm in float64, for random
+    mantissas at every float exponent, subnormals to the largest, both signs, and across the reductions' limits
+    (8192, 2^25, 2^30). Before the exact reduction, cos came out with the wrong sign above 2^31 and as 6e28 at 1e20."""
     g = torch.Generator().manual_seed(11)
     exponents = torch.arange(-149, 128, dtype=torch.float64).repeat_interleave(24)
     mantissas = 1 + torch.rand(exponents.numel(), generator=g, dtype=torch.float64)
@@ -112,7 +113,7 @@ def test_sincos_of_every_float_magnitude(emulation):
     x = torch.cat([signs * mantissas * 2.0 ** exponents, edges, -edges]).float()
     x = x[torch.isfinite(x)].contiguous()
     s, c = torch.empty_like(x), torch.empty_like(x)
-    emulation.karat_sincos(_ptr(x), x.numel(), _ptr(s), _ptr(c))
+    emulation.karat_sincos(_ptr(x), x.numel(), int(exact), _ptr(s), _ptr(c))
     xd = x.double()
     torch.testing.assert_close(s.double(), torch.sin(xd), rtol=0, atol=3e-7)
     torch.testing.assert_close(c.double(), torch.cos(xd), rtol=0, atol=3e-7)
@@ -120,5 +121,5 @@ def test_sincos_of_every_float_magnitude(emulation):
 
     special = torch.tensor([math.inf, -math.inf, math.nan])
     s, c = torch.empty_like(special), torch.empty_like(special)
-    emulation.karat_sincos(_ptr(special), 3, _ptr(s), _ptr(c))
+    emulation.karat_sincos(_ptr(special), 3, int(exact), _ptr(s), _ptr(c))
     assert s.isnan().all() and c.isnan().all()
