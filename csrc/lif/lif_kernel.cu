@@ -10,7 +10,8 @@
 // at 1.7 TB/s against the Triton backward's 2.6 TB/s at one neuron per thread). What limits the backward is the
 // bytes in flight: on an H100 (2026-11-26) loading step by step, one step in flight per thread, it ran at 1.6 TB/s
 // against the forward's 2.6, so it loads kBwdChunk steps at once before computing them (1.9 TB/s in half precision at
-// V = 1; V = 2 there is not timed yet). Arithmetic is float32 (float64 for double).
+// V = 1; V = 2 there is not timed yet: bench/kernel_sweep.cu times every width and chunk beside this choice).
+// Arithmetic is float32 (float64 for double).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
