@@ -35,7 +35,7 @@ if REPO_ROOT not in sys.path:
 import torch
 
 import pyfast
-import pyfast.mesa
+import pyfast.convert.mesa
 from bench import harness
 from pyfast import _extension
 from pyfast.models.vit import Block
@@ -73,7 +73,7 @@ def _autocast(device: torch.device, on: bool):
 def block_measurements(B, N, C, H, device, min_run_time, time_it=True) -> dict:
     torch.manual_seed(0)
     base = Block(C, H).to(device)
-    mesa = pyfast.mesa.convert(copy.deepcopy(base))
+    mesa = pyfast.convert.mesa.convert(copy.deepcopy(base))
     x = torch.randn(B, N, C, device=device, requires_grad=True)
     gy = torch.randn(B, N, C, device=device)
     res = {}

@@ -21,9 +21,9 @@ import math
 import sys
 from pathlib import Path
 
+from pyfast import info
 from pyfast.backends import BACKENDS, BackendUnavailableError
-from pyfast.registry import DATASETS, METHODS, MODELS
-from pyfast.train import (
+from pyfast.harness.config import (
     OPTIMIZERS,
     SCHEDULES,
     ConfigError,
@@ -31,8 +31,10 @@ from pyfast.train import (
     config_from_dict,
     load_config_file,
     resolve_device,
-    train,
 )
+from pyfast.harness.loop import train
+from pyfast.harness.reinforce import load_teachers, reinforce
+from pyfast.registry import DATASETS, METHODS, MODELS
 
 # The bench/ directory of a source checkout (present with an editable install, absent from a wheel).
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
@@ -187,8 +189,6 @@ def _add_reinforce(sub) -> None:
 
 
 def _cmd_reinforce(args) -> int:
-    from pyfast.reinforce import load_teachers, reinforce
-
     if args.data not in DATASETS:
         args.parser.error(f"argument --data: must be one of {', '.join(DATASETS.names())}, got {args.data!r}")
     out = Path(args.out or f"runs/reinforced-{args.data}.pt")
@@ -295,12 +295,6 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    try:
-        from pyfast import info
-    except ModuleNotFoundError as err:
-        if err.name != "pyfast.info":
-            raise
-        args.parser.error("pyfast.info is not part of this installation")
     return _call_main(info.main, args.args, "info")
 
 

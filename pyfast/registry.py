@@ -1,4 +1,5 @@
-"""Name -> builder registries of the training harness: models, datasets and training methods.
+"""Name -> builder registries of the training harness: models, datasets, training methods and the attention kinds of
+the ViT-style models.
 
 Every builder registers itself where it is defined (``@MODELS.register("resnet18", ...)``), so ``pyfast train
 --list`` and ``--method/--model/--data NAME`` see exactly what the installed code provides. A name that is not
@@ -74,4 +75,8 @@ class Registry:
 
 MODELS = Registry("model", ("pyfast.models",))
 DATASETS = Registry("dataset", ("pyfast.data",))
-METHODS = Registry("method", ("pyfast.methods",))
+# Each method module is named here rather than imported by pyfast.methods: the harness imports pyfast.methods.base,
+# and some methods import the harness (a teacher run's model), so the package itself must not import them all.
+METHODS = Registry("method", tuple(f"pyfast.methods.{m}" for m in (
+    "standard", "iir_snn", "mesa", "weighted_conv", "gated", "distill", "karat", "large_batch", "reinforced")))
+ATTENTIONS = Registry("attention", ("pyfast.models.vit",))

@@ -1,4 +1,4 @@
-"""pyfast.mesa.convert: which layers it swaps, and what it keeps (parameters, outputs, state_dict keys)."""
+"""pyfast.convert.mesa.convert (pyfast.mesa.convert): which layers it swaps, and what it keeps (parameters, outputs, state_dict keys)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-import pyfast.mesa
+import pyfast.convert.mesa
 from pyfast.models.vit import Block
 from pyfast.nn import mesa as mnn
 
@@ -28,10 +28,10 @@ def test_convert_swaps_every_kind_and_keeps_the_function():
     model = _tiny_vit()
     ref = copy.deepcopy(model)
     params = {n: p for n, p in model.named_parameters()}
-    out = pyfast.mesa.convert(model)
+    out = pyfast.convert.mesa.convert(model)
     assert out is model
     types = {type(m) for m in model.modules()}
-    assert {mnn.Linear, mnn.Conv2d, mnn.GELU, mnn.LayerNorm, mnn.Softmax, mnn.MatMul, pyfast.mesa.Attention} <= types
+    assert {mnn.Linear, mnn.Conv2d, mnn.GELU, mnn.LayerNorm, mnn.Softmax, mnn.MatMul, mnn.Attention} <= types
     assert nn.Linear not in types and nn.GELU not in types
     # Same parameters (the very tensors, under the same names) and the same forward.
     assert {n: p for n, p in model.named_parameters()}.keys() == params.keys()
@@ -51,7 +51,7 @@ def test_convert_swaps_every_kind_and_keeps_the_function():
     torch.testing.assert_close(model(x), ref(x))
     # A second convert has nothing left to do; the state_dict of the original loads (estimates start fresh).
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    pyfast.mesa.convert(model)
+    pyfast.convert.mesa.convert(model)
     assert model.state_dict().keys() == before.keys()
     model.load_state_dict(ref.state_dict(), strict=True)
 
@@ -59,22 +59,22 @@ def test_convert_swaps_every_kind_and_keeps_the_function():
 def test_new_estimates_live_on_the_model_device():
     # Parameterless layers (GELU, Softmax) take the device of the module around them: a model on another device
     # than the CPU (here "meta", which runs nowhere but keeps devices) must not get CPU estimates beside it.
-    model = pyfast.mesa.convert(_tiny_vit().to("meta"))
+    model = pyfast.convert.mesa.convert(_tiny_vit().to("meta"))
     devices = {t.device.type for t in (*model.parameters(), *model.buffers())}
     assert devices == {"meta"}
     assert model[3].mlp.act.quant.clip_val.device.type == "meta"
 
 
 def test_policy_selects_kinds():
-    model = pyfast.mesa.convert(_tiny_vit(), policy=["linear"])
+    model = pyfast.convert.mesa.convert(_tiny_vit(), policy=["linear"])
     types = {type(m) for m in model.modules()}
-    assert mnn.Linear in types and nn.LayerNorm in types and nn.GELU in types and pyfast.mesa.Attention not in types
-    model = pyfast.mesa.convert(_tiny_vit(), policy={"softmax": True, "matmul": False})
+    assert mnn.Linear in types and nn.LayerNorm in types and nn.GELU in types and mnn.Attention not in types
+    model = pyfast.convert.mesa.convert(_tiny_vit(), policy={"softmax": True, "matmul": False})
     attn = model[3].attn
-    assert isinstance(attn, pyfast.mesa.Attention) and attn.matmul_qk is None and isinstance(attn.softmax, mnn.Softmax)
+    assert isinstance(attn, mnn.Attention) and attn.matmul_qk is None and isinstance(attn.softmax, mnn.Softmax)
     assert type(attn.qkv) is nn.Linear
     with pytest.raises(ValueError, match="unknown layer kinds"):
-        pyfast.mesa.convert(_tiny_vit(), policy=["relu"])
+        pyfast.convert.mesa.convert(_tiny_vit(), policy=["relu"])
 
 
 def test_unquantizable_model_is_unchanged():
@@ -82,7 +82,7 @@ def test_unquantizable_model_is_unchanged():
     model = nn.Sequential(nn.Conv1d(3, 4, 3), nn.BatchNorm1d(4), nn.ReLU(), nn.MultiheadAttention(4, 2))
     before = copy.deepcopy(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    assert pyfast.mesa.convert(model) is model
+    assert pyfast.convert.mesa.convert(model) is model
     assert [type(m) for m in model.modules()] == [type(m) for m in before.modules()]
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
@@ -90,7 +90,7 @@ def test_unquantizable_model_is_unchanged():
 
 
 def test_training_steps_with_amp_and_state_round_trip():
-    model = pyfast.mesa.convert(_tiny_vit())
+    model = pyfast.convert.mesa.convert(_tiny_vit())
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x = torch.randn(4, 3, 8, 8)
     for _ in range(2):
@@ -100,7 +100,7 @@ def test_training_steps_with_amp_and_state_round_trip():
         loss.backward()
         opt.step()
     assert torch.isfinite(loss)
-    clone = pyfast.mesa.convert(_tiny_vit())
+    clone = pyfast.convert.mesa.convert(_tiny_vit())
     clone.load_state_dict(model.state_dict())  # exact resume: the estimates are in the state_dict
     assert torch.equal(clone[3].attn.softmax.quant.clip_val, model[3].attn.softmax.quant.clip_val)
     assert bool(clone[3].attn.softmax.quant.initialized)

@@ -1,7 +1,7 @@
 """The training-method interface of ``pyfast train --method NAME``.
 
 A method wraps the standard supervised loop at a few hooks; everything else (data, augmentation, optimiser, schedule,
-AMP, DDP, checkpoints) is the harness's (:mod:`pyfast.train`). A run is a list of :class:`Stage` s trained one after
+AMP, DDP, checkpoints) is the harness's (:mod:`pyfast.harness`). A run is a list of :class:`Stage` s trained one after
 the other on the same model; each stage gets a fresh optimiser and learning-rate schedule.
 
 To add a method: subclass :class:`Method`, override what differs, and register it::
@@ -33,7 +33,7 @@ class Stage:
 class Method:
     """Plain supervised training with cross-entropy (optionally label-smoothed). Subclasses override the hooks.
 
-    ``cfg`` is the run's :class:`pyfast.train.TrainConfig`; ``cfg.method_args`` holds the method's own options (from
+    ``cfg`` is the run's :class:`pyfast.harness.TrainConfig`; ``cfg.method_args`` holds the method's own options (from
     ``--method-arg KEY=VALUE`` or the config file), validated by :meth:`check_args`. ``self.data`` (the run's
     :class:`pyfast.data.ImageData`, on the CPU) is set by the harness before :meth:`prepare_model` is called.
     """

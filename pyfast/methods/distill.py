@@ -21,16 +21,17 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from pyfast.harness.build import load_trained_model
 from pyfast.losses import (
-                           EpochTargetBank,
-                           SADHead,
-                           USKDLoss,
-                           bdkd_losses,
-                           kd_loss,
-                           lsskd_loss,
-                           nkd_loss,
-                           pld_loss,
-                           rotated_copies,
+    EpochTargetBank,
+    SADHead,
+    USKDLoss,
+    bdkd_losses,
+    kd_loss,
+    lsskd_loss,
+    nkd_loss,
+    pld_loss,
+    rotated_copies,
 )
 from pyfast.methods.base import Method
 from pyfast.registry import METHODS, MODELS
@@ -56,8 +57,6 @@ class OfflineDistillation(Method, abc.ABC):
                              f"(--method-arg teacher=DIR), got {self.args['teacher']!r}")
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        from pyfast.train import load_trained_model
-
         self.teacher = load_trained_model(self.args["teacher"], self.data).requires_grad_(False)
         return model
 

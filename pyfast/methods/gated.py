@@ -25,6 +25,9 @@ import torch
 from torch import nn
 
 from pyfast.methods.base import Method, Stage
+from pyfast.models.resnet import BasicBlock
+from pyfast.models.vit import Block
+from pyfast.nn.gated import HardAttentionGate
 from pyfast.registry import METHODS
 
 
@@ -98,10 +101,6 @@ class GCAB(Method):
 def add_hard_attention_gates(model: nn.Module) -> nn.Module:
     """Put a :class:`pyfast.nn.HardAttentionGate` on every residual branch: ViT blocks (attention and MLP outputs)
     and ResNet basic blocks (after the second BN). Returns the model; raises ValueError if it has neither."""
-    from pyfast.models.resnet import BasicBlock
-    from pyfast.models.vit import Block
-    from pyfast.nn.gated import HardAttentionGate
-
     found = 0
     for m in model.modules():
         if isinstance(m, Block):
@@ -118,8 +117,6 @@ def add_hard_attention_gates(model: nn.Module) -> nn.Module:
 
 
 def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
-    from pyfast.nn.gated import HardAttentionGate
-
     return [m.gate for m in model.modules() if isinstance(m, HardAttentionGate)]
 
 

@@ -25,6 +25,7 @@ import math
 from typing import ClassVar
 
 from pyfast.methods.base import Method, Stage
+from pyfast.nn.ghost_bn import convert_to_ghost_bn
 from pyfast.registry import METHODS
 
 LR_SCALINGS = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}  # lr multiplier = (B_L / B_S) ** exponent
@@ -65,8 +66,6 @@ class LargeBatch(Method):
         return max(1, round(self.cfg.epochs * self.batch_ratio))
 
     def prepare_model(self, model):
-        from pyfast.nn.ghost_bn import convert_to_ghost_bn
-
         return convert_to_ghost_bn(model, self.args["ghost_batch_size"])
 
     def stages(self) -> list[Stage]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pyfast.convert import mesa
 from pyfast.methods.base import Method
 from pyfast.registry import METHODS
 
@@ -26,7 +27,5 @@ class Mesa(Method):
             raise TypeError(f"method_args: stochastic must be true or false, got {self.args['stochastic']!r}")
 
     def prepare_model(self, model):
-        from pyfast import mesa
-
         return mesa.convert(model, policy=self.args["policy"], levels=self.args["levels"],
                             stochastic=self.args["stochastic"])

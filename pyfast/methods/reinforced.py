@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from pyfast.data import transforms as T
+from pyfast.harness.reinforce import load_reinforced
+from pyfast.harness.rng import epoch_generator
 from pyfast.losses.dr import DENSIFY_METHODS, densify, dr_loss
 from pyfast.methods.base import Method
 from pyfast.registry import METHODS
@@ -34,7 +36,7 @@ class Reinforced(Method):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.store = None  # the pyfast.reinforce.ReinforcedData file, loaded by prepare_model
+        self.store = None  # the pyfast.harness.reinforce.ReinforcedData file, loaded by prepare_model
         self._draws = None  # (epoch, replay [N] bool, sample [N] int64) of the current epoch
         self._target = None  # the soft targets [B, C] of the last batch, for loss()
 
@@ -52,15 +54,11 @@ class Reinforced(Method):
                              "(its targets are the teachers' probabilities); leave it at 0")
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        from pyfast.reinforce import load_reinforced
-
         self.store = load_reinforced(self.args["reinforced"], self.data)
         return model
 
     def _epoch_draws(self, epoch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self._draws is None or self._draws[0] != epoch:
-            from pyfast.train import epoch_generator
-
             n = self.store.params.shape[0]
             g = epoch_generator(self.cfg.seed, epoch, _REPLAY_STREAM)
             replay = torch.rand(n, generator=g) < self.args["p_replay"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
+from pyfast.convert import wconv
 from pyfast.methods.base import Method
 from pyfast.registry import METHODS
 
@@ -28,11 +29,7 @@ class WeightedConv(Method):
             raise TypeError(f"method_args: learnable_den must be true or false, got {self.args['learnable_den']!r}")
 
     def prepare_model(self, model):
-        from pyfast import wconv
-
         return wconv.convert(model, den=self.args["den"], learnable_den=self.args["learnable_den"])
 
     def param_groups(self, model) -> list[dict]:
-        from pyfast import wconv
-
         return wconv.param_groups(model, lr=self.args["den_lr"], weight_decay=self.args["den_weight_decay"])

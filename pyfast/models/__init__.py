@@ -11,10 +11,9 @@ from pyfast.models.resnet import ResNet, resnet18
 from pyfast.models.snn import ConvSNN, MultiStep, snn_small
 from pyfast.models.spectformer import SpectFormer, spectformer
 from pyfast.models.vgg import VGG16, SpikingVGG16, fuse_bn, iir_neuron
-from pyfast.models.vit import ATTENTIONS, VisionTransformer, vit_small, vit_tiny
+from pyfast.models.vit import VisionTransformer, vit_small, vit_tiny
 
 __all__ = [
-    "ATTENTIONS",
     "VGG16",
     "Astroformer",
     "CoSwin",

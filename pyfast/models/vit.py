@@ -9,8 +9,9 @@ Shapes, with ``B`` the batch, ``N = (image_size / patch)^2 + 1`` tokens and ``C 
 
 A ``Block`` has ``norm1``, ``attn`` (``qkv``: Linear(C, 3C), ``proj``: Linear(C, C), ``num_heads``, ``scale``),
 ``norm2`` and ``mlp`` (``fc1``, ``act``: GELU, ``fc2``), the names timm uses, so code written for timm blocks (e.g.
-``pyfast.mesa.convert``) works on these too. The attention is swappable by name: ``attention=`` picks a class from
-:data:`ATTENTIONS` (``"softmax"`` here, ``"mesa"`` in :mod:`pyfast.mesa`; other attentions register themselves where they are defined).
+``pyfast.mesa.convert``) works on these too. The attention is swappable by name: ``attention=`` picks a builder
+from :data:`pyfast.registry.ATTENTIONS`, where this module registers ``"softmax"`` (:class:`Attention`), ``"mesa"``
+(:class:`pyfast.nn.mesa.Attention`) and ``"karat"`` (:class:`pyfast.nn.FourierKArAtAttention`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import inspect
 import torch
 from torch import nn
 
-from pyfast.registry import MODELS, Registry
-
-ATTENTIONS = Registry("attention", ("pyfast.mesa",))  # other modules register theirs on import
+from pyfast.nn import mesa as mesa_nn
+from pyfast.nn.karat import FourierKArAtAttention
+from pyfast.registry import ATTENTIONS, MODELS
 
 
 @ATTENTIONS.register("softmax", "multi-head softmax attention, softmax(q k^T / sqrt(d)) v")
@@ -47,6 +48,18 @@ class Attention(nn.Module):
         attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)  # [B, heads, N, N]
         x = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(x))
+
+
+@ATTENTIONS.register("mesa", "softmax attention whose q k^T, softmax and attn v save 8-bit activations (Mesa)")
+def mesa_attention(dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                   proj_drop: float = 0.0) -> mesa_nn.Attention:
+    """:class:`Attention` with Mesa's quantized products and softmax; its ``qkv`` / ``proj`` stay plain Linear layers
+    (``pyfast.mesa.convert`` swaps those too)."""
+    return mesa_nn.Attention.from_timm(Attention(dim, num_heads, qkv_bias, attn_drop, proj_drop))
+
+
+ATTENTIONS.register("karat", "Fourier-KArAt: learnable W Phi(A) row operator (Fourier basis, G=3, r=12) instead of "
+                    "softmax")(FourierKArAtAttention)
 
 
 class Mlp(nn.Module):

@@ -10,16 +10,11 @@ from pyfast.nn.gated import (
     anneal_s,
 )
 from pyfast.nn.ghost_bn import GhostBatchNorm1d, GhostBatchNorm2d, convert_to_ghost_bn
+from pyfast.nn.karat import FourierKArAtAttention, KArAtCoefficients
 from pyfast.nn.lif import IF, LIF
 from pyfast.nn.msdrop import MultiSampleDropoutHead
 from pyfast.nn.spectral import DropPath, SpectralGating
 from pyfast.nn.wconv import WeightedConv1d, WeightedConv2d, WeightedConv3d
-
-# isort: off
-# Last: pyfast.nn.karat registers its attention in pyfast.models.vit, and the pyfast.models package imports LIF
-# from here while it loads.
-from pyfast.nn.karat import FourierKArAtAttention, KArAtCoefficients
-# isort: on
 
 __all__ = [
     "IF",

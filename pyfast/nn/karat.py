@@ -1,9 +1,9 @@
 """Fourier-KArAt attention modules: a drop-in for a timm-style ViT attention layer (``pyfast.models.vit``).
 
 ``FourierKArAtAttention`` replaces ``softmax(q k^T / sqrt(D))`` by the learnable row operator ``W Phi(A)`` of
-:func:`pyfast.ops.karat_attention` (maths and the paper-vs-spec choices in :mod:`pyfast.reference.karat`). It is
-registered in :data:`pyfast.models.vit.ATTENTIONS` as ``"karat"``, so ``vit-tiny --model-arg attention=karat`` (and
-``--model-arg 'attention_args={G: 1, mode: universal}'``) builds a KArAt ViT.
+:func:`pyfast.ops.karat_attention` (maths and the paper-vs-spec choices in :mod:`pyfast.reference.karat`). The ViT of
+:mod:`pyfast.models.vit` registers it as the attention kind ``"karat"``, so ``vit-tiny --model-arg attention=karat``
+(and ``--model-arg 'attention_args={G: 1, mode: universal}'``) builds a KArAt ViT.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import math
 import torch
 from torch import nn
 
-from pyfast.models.vit import ATTENTIONS
 from pyfast.ops.karat import karat_attention
 from pyfast.reference.karat import BASE_ACTIVATIONS
 
@@ -57,8 +56,6 @@ class KArAtCoefficients(nn.Module):
                 f"constant_term={self.constant_term}, base_activation={self.base_activation}")
 
 
-@ATTENTIONS.register("karat", "Fourier-KArAt: learnable W Phi(A) row operator (Fourier basis, G=3, r=12) instead "
-                     "of softmax")
 class FourierKArAtAttention(nn.Module):
     """Multi-head Fourier-KArAt attention: ``[B, N, C] -> [B, N, C]`` with ``num_heads`` heads of ``C / num_heads``.
 

@@ -26,7 +26,7 @@ from torch import nn
 from pyfast.backends import resolve
 from pyfast.ops import mesa as ops
 
-__all__ = ["GELU", "Conv2d", "LayerNorm", "Linear", "MatMul", "Quantizer", "Softmax"]
+__all__ = ["GELU", "Attention", "Conv2d", "LayerNorm", "Linear", "MatMul", "Quantizer", "Softmax"]
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -233,3 +233,33 @@ class MatMul(nn.Module):
         self.quant_a.commit(ca, sa)
         self.quant_b.commit(cb, sb)
         return y
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention ``[B, N, C] -> [B, N, C]`` with Mesa's quantized ``q @ k^T``, softmax and
+    ``attn @ v`` (grouped per head); ``qkv`` / ``proj`` are whatever modules it is given (Mesa or plain Linear)."""
+
+    def __init__(self, qkv: nn.Module, proj: nn.Module, num_heads: int, scale: float, attn_drop: nn.Module | None = None,
+                 proj_drop: nn.Module | None = None, *, matmul: bool = True, softmax: bool = True, **quant):
+        super().__init__()
+        self.num_heads, self.scale = num_heads, scale
+        self.qkv, self.proj = qkv, proj
+        self.attn_drop = attn_drop if attn_drop is not None else nn.Identity()
+        self.proj_drop = proj_drop if proj_drop is not None else nn.Identity()
+        self.matmul_qk = MatMul(quant_groups=num_heads, **quant) if matmul else None
+        self.matmul_av = MatMul(quant_groups=num_heads, **quant) if matmul else None
+        self.softmax = Softmax(-1, quant_groups=num_heads, **quant) if softmax else nn.Softmax(-1)
+
+    @classmethod
+    def from_timm(cls, attn: nn.Module, *, matmul: bool = True, softmax: bool = True, **quant) -> Attention:
+        return cls(attn.qkv, attn.proj, attn.num_heads, attn.scale, getattr(attn, "attn_drop", None),
+                   getattr(attn, "proj_drop", None), matmul=matmul, softmax=softmax, **quant)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        kt = k.transpose(-2, -1)
+        scores = self.matmul_qk(q, kt) if self.matmul_qk is not None else q @ kt
+        attn = self.attn_drop(self.softmax(scores * self.scale))  # [B, heads, N, N]
+        out = self.matmul_av(attn, v) if self.matmul_av is not None else attn @ v
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pyfast.models import ATTENTIONS, vit_small, vit_tiny
+from pyfast.models import vit_small, vit_tiny
 from pyfast.models.vit import Attention
 from pyfast.nn import FourierKArAtAttention, KArAtCoefficients
 from pyfast.reference.karat import karat_attention_ref
+from pyfast.registry import ATTENTIONS
 
 
 def test_parameter_count_is_the_papers():

@@ -171,7 +171,7 @@ HARNESS_SMALL = {
 
 @pytest.mark.parametrize("name", sorted(HARNESS_SMALL))
 def test_one_training_step_through_the_harness(tmp_path, name):
-    from pyfast.train import TrainConfig, load_checkpoint, train
+    from pyfast.harness import TrainConfig, load_checkpoint, train
 
     cfg = TrainConfig(model=name, model_args=HARNESS_SMALL[name], batch_size=8, epochs=1, max_steps_per_epoch=1,
                       progress=False, out=str(tmp_path))

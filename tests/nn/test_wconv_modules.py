@@ -1,4 +1,4 @@
-"""pyfast.nn.WeightedConv1d/2d/3d and pyfast.wconv.convert / revert / den_parameters: drop-in behaviour, state dicts,
+"""pyfast.nn.WeightedConv1d/2d/3d and pyfast.convert.wconv.convert / revert / den_parameters: drop-in behaviour, state dicts,
 caching, conversion of conv models and a few training steps."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 import pyfast
+from pyfast.convert.wconv import convert, den_parameters, param_groups, revert, weighted_layers
 from pyfast.nn.wconv import default_den
 from pyfast.reference.wconv import wconv_ref
-from pyfast.wconv import convert, den_parameters, param_groups, revert, weighted_layers
 
 
 def _pair(plain_cls, weighted_cls, *args, **kwargs):

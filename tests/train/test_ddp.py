@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from pyfast.train import load_checkpoint
+from pyfast.harness import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 # A BatchNorm-free model without dropout: per-rank batch statistics and dropout masks are the only things DDP

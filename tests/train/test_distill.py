@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import pyfast.train
+import pyfast.harness.loop
+from pyfast.harness import ConfigError, TrainConfig, build_run, load_checkpoint, load_trained_model, train
+from pyfast.harness.distributed import World
 from pyfast.methods.distill import OnlinePair
 from pyfast.models.resnet import resnet18
 from pyfast.registry import DATASETS, Entry
-from pyfast.train import ConfigError, TrainConfig, World, build_run, load_checkpoint, load_trained_model, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -123,17 +124,17 @@ def test_lsskd_resume_is_exact_with_the_bank(tmp_path, monkeypatch):
 
     quiet = {"log": lambda line: None}
     straight = train(cfg(tmp_path / "a"), **quiet)
-    real = pyfast.train.train_epoch
+    real = pyfast.harness.loop.train_epoch
 
     def stop_in_epoch_2(run, optimizer, scheduler, scaler, epoch, desc):
         if epoch == 1:
             raise KeyboardInterrupt
         return real(run, optimizer, scheduler, scaler, epoch, desc)
 
-    monkeypatch.setattr(pyfast.train, "train_epoch", stop_in_epoch_2)
+    monkeypatch.setattr(pyfast.harness.loop, "train_epoch", stop_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         train(cfg(tmp_path / "b"), **quiet)
-    monkeypatch.setattr(pyfast.train, "train_epoch", real)
+    monkeypatch.setattr(pyfast.harness.loop, "train_epoch", real)
     first = load_checkpoint(tmp_path / "b" / "last.pt")
     assert first["epoch"] == 1 and bool(first["model"]["bank.seen"].all())
     forgetful = dict(first, model={**first["model"], "bank.seen": torch.zeros(8, dtype=torch.bool)})

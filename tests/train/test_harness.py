@@ -7,18 +7,18 @@ import os
 import pytest
 import torch
 
-import pyfast.train
-from pyfast.train import (
+import pyfast.harness.loop
+from pyfast.harness import (
     CheckpointError,
     ConfigError,
     TrainConfig,
-    atomic_write,
     config_from_dict,
-    epoch_generator,
     load_checkpoint,
     load_config_file,
     train,
 )
+from pyfast.harness.files import atomic_write
+from pyfast.harness.rng import epoch_generator
 
 QUIET = {"log": lambda line: None}
 
@@ -49,7 +49,7 @@ def test_epoch_generator_depends_on_its_arguments_only():
 def interrupt_at_epoch(monkeypatch, epoch: int) -> None:
     """Make the next run raise KeyboardInterrupt (Ctrl-C) in the middle of its epoch ``epoch`` (1-based)."""
     calls = []
-    real = pyfast.train.train_epoch
+    real = pyfast.harness.loop.train_epoch
 
     def train_epoch(run, optimizer, scheduler, scaler, index, desc):
         calls.append(index)
@@ -57,7 +57,7 @@ def interrupt_at_epoch(monkeypatch, epoch: int) -> None:
             raise KeyboardInterrupt
         return real(run, optimizer, scheduler, scaler, index, desc)
 
-    monkeypatch.setattr(pyfast.train, "train_epoch", train_epoch)
+    monkeypatch.setattr(pyfast.harness.loop, "train_epoch", train_epoch)
 
 
 def interrupted_then_resumed(monkeypatch, cfg: TrainConfig, epoch: int) -> list[dict]:
@@ -225,7 +225,8 @@ def test_config_files(tmp_path):
 
 
 def test_method_wrappers_transform_the_model_and_its_optimiser_groups():
-    from pyfast.train import World, build_run
+    from pyfast.harness import build_run
+    from pyfast.harness.distributed import World
 
     cfg = TrainConfig(method="weighted-conv", model_args={"width": 0.125}).resolved()
     run = build_run(cfg, World(), torch.device("cpu"))
@@ -238,13 +239,13 @@ def test_method_wrappers_transform_the_model_and_its_optimiser_groups():
     cfg = TrainConfig(method="mesa", model_args={"depth": 1}).resolved()
     run = build_run(cfg, World(), torch.device("cpu"))
     kinds = {type(m).__module__ + "." + type(m).__name__ for m in run.model.modules()}
-    assert "pyfast.nn.mesa.Linear" in kinds and "pyfast.mesa.Attention" in kinds, kinds
+    assert "pyfast.nn.mesa.Linear" in kinds and "pyfast.nn.mesa.Attention" in kinds, kinds
 
 
 def test_ctrl_c_is_deferred_to_the_next_step_and_a_second_one_is_immediate():
     import signal
 
-    from pyfast.train import GracefulInterrupt
+    from pyfast.harness.signals import GracefulInterrupt
 
     before = signal.getsignal(signal.SIGINT)
     with GracefulInterrupt() as stop:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import pyfast
+from pyfast.harness import TrainConfig, train
 from pyfast.registry import METHODS, MODELS
-from pyfast.train import TrainConfig, train
 
 
 def method(**kw):

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import pyfast
-from pyfast.models import ATTENTIONS, ConvSNN, SpikingVGG16, fuse_bn
-from pyfast.registry import MODELS, RegistryError
+from pyfast.models import ConvSNN, SpikingVGG16, fuse_bn
+from pyfast.registry import ATTENTIONS, MODELS, RegistryError
 
 SMALL = {  # options that keep every registered model to a fraction of a second on the CPU
     "gcab-vit": {"dim": 32, "depth": 2, "num_heads": 4, "num_tasks": 7},
@@ -49,7 +49,7 @@ def test_vit_attention_is_swappable_by_name():
     with pytest.raises(ValueError, match=r"\[B, 3, 32, 32\]"):
         model(torch.randn(2, 3, 16, 16))
     mesa = MODELS.get("vit-tiny").builder(10, depth=1, attention="mesa")
-    assert type(mesa.blocks[0].attn).__module__ == "pyfast.mesa" and mesa.blocks[0].attn.num_heads == 3
+    assert type(mesa.blocks[0].attn).__module__ == "pyfast.nn.mesa" and mesa.blocks[0].attn.num_heads == 3
     mesa(torch.randn(2, 3, 32, 32)).sum().backward()
     assert mesa.blocks[0].attn.qkv.weight.grad is not None
 

@@ -13,10 +13,11 @@ from torch import nn
 from pyfast import cli
 from pyfast.data import Augmentation
 from pyfast.data import transforms as T
+from pyfast.harness import ConfigError, TrainConfig
+from pyfast.harness.reinforce import PARAM_BLOCK, ReinforceError, fingerprint, load_reinforced, load_teachers, reinforce
+from pyfast.harness.rng import epoch_generator
 from pyfast.losses import DRLoss, densify, dr_loss, sparsify
 from pyfast.registry import DATASETS, METHODS
-from pyfast.reinforce import PARAM_BLOCK, ReinforceError, fingerprint, load_reinforced, load_teachers, reinforce
-from pyfast.train import ConfigError, TrainConfig, epoch_generator
 
 # --------------------------------------------------------------------------------------------------------------
 # sparsify / densify / dr_loss
@@ -400,7 +401,7 @@ def test_cli_reinforce_ctrl_c_says_how_to_continue(tmp_path, capsys, monkeypatch
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("pyfast.reinforce.reinforce", interrupted)
+    monkeypatch.setattr("pyfast.cli.reinforce", interrupted)
     out = tmp_path / "d.pt"
     assert cli.main(["reinforce", "--teacher", str(teacher_run), "--out", str(out), "--no-progress"]) == 130
     assert f"saved in {out}.partial: rerun the same command to continue" in capsys.readouterr().err
@@ -487,7 +488,8 @@ def test_method_refuses_other_data_and_bad_args(small, small_file, digits):
     with pytest.raises(ValueError, match="label_smoothing=0.1 does not apply"):
         METHODS.get("reinforced").builder(TrainConfig(method="reinforced", label_smoothing=0.1,
                                                       method_args={"reinforced": str(path)}))
-    from pyfast.train import World, build_run
+    from pyfast.harness import build_run
+    from pyfast.harness.distributed import World
 
     cfg = TrainConfig(method="reinforced", model_args={"width": 0.125}, method_args={"reinforced": str(path)})
     with pytest.raises(ConfigError, match="method 'reinforced': .*holds 150 images"):

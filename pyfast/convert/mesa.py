@@ -1,4 +1,4 @@
-"""Mesa training method: :func:`convert` swaps the layers of a model (a ViT, ours or timm-style) for their
+"""Mesa model converter: :func:`convert` swaps the layers of a model (a ViT, ours or timm-style) for their
 :mod:`pyfast.nn.mesa` counterparts in place, so every activation they save for backward is stored as uint8.
 
 ``pyfast train --method mesa`` calls ``convert(model)`` on the freshly built model, before the optimizer is made
@@ -9,7 +9,8 @@ Policy: which layer kinds to quantize, from :data:`KINDS`:
 * ``linear``, ``conv2d``, ``gelu``, ``layernorm``: every ``nn.Linear`` / ``nn.Conv2d`` / ``nn.GELU`` /
   ``nn.LayerNorm`` (exact types: subclasses such as ``nn.MultiheadAttention``'s projection are left alone);
 * ``matmul``, ``softmax``: inside timm-style attention modules (attributes ``qkv``: Linear(C, 3C), ``proj``: Linear,
-  ``num_heads``, ``scale``; ``softmax((q @ k^T) * scale) @ v``), which are replaced by :class:`Attention`: the same
+  ``num_heads``, ``scale``; ``softmax((q @ k^T) * scale) @ v``), which are replaced by
+  :class:`pyfast.nn.mesa.Attention`: the same
   parameters and state_dict keys, with ``q @ k^T``, the softmax and ``attn @ v`` quantized head by head.
 
 The Mesa paper's DeiT policy quantizes all six (the default). ``quant_groups=None`` uses the model's ``num_heads``
@@ -24,12 +25,10 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from pyfast.models.vit import ATTENTIONS
-from pyfast.models.vit import Attention as SoftmaxAttention
 from pyfast.nn import mesa as mnn
 from pyfast.ops import mesa as mops
 
-__all__ = ["KINDS", "Attention", "convert", "is_timm_attention"]
+__all__ = ["KINDS", "convert", "is_timm_attention"]
 
 KINDS = ("linear", "conv2d", "gelu", "layernorm", "softmax", "matmul")
 
@@ -62,44 +61,6 @@ def is_timm_attention(m: nn.Module) -> bool:
         return False
     # Variants with extra per-head normalisation (timm's qk_norm) compute something else: leave them alone.
     return all(isinstance(getattr(m, name, nn.Identity()), nn.Identity) for name in ("q_norm", "k_norm"))
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention ``[B, N, C] -> [B, N, C]`` with Mesa's quantized ``q @ k^T``, softmax and
-    ``attn @ v`` (grouped per head); ``qkv`` / ``proj`` are whatever modules it is given (Mesa or plain Linear)."""
-
-    def __init__(self, qkv: nn.Module, proj: nn.Module, num_heads: int, scale: float, attn_drop: nn.Module | None = None,
-                 proj_drop: nn.Module | None = None, *, matmul: bool = True, softmax: bool = True, **quant):
-        super().__init__()
-        self.num_heads, self.scale = num_heads, scale
-        self.qkv, self.proj = qkv, proj
-        self.attn_drop = attn_drop if attn_drop is not None else nn.Identity()
-        self.proj_drop = proj_drop if proj_drop is not None else nn.Identity()
-        self.matmul_qk = mnn.MatMul(quant_groups=num_heads, **quant) if matmul else None
-        self.matmul_av = mnn.MatMul(quant_groups=num_heads, **quant) if matmul else None
-        self.softmax = mnn.Softmax(-1, quant_groups=num_heads, **quant) if softmax else nn.Softmax(-1)
-
-    @classmethod
-    def from_timm(cls, attn: nn.Module, *, matmul: bool = True, softmax: bool = True, **quant) -> Attention:
-        return cls(attn.qkv, attn.proj, attn.num_heads, attn.scale, getattr(attn, "attn_drop", None),
-                   getattr(attn, "proj_drop", None), matmul=matmul, softmax=softmax, **quant)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        kt = k.transpose(-2, -1)
-        scores = self.matmul_qk(q, kt) if self.matmul_qk is not None else q @ kt
-        attn = self.attn_drop(self.softmax(scores * self.scale))  # [B, heads, N, N]
-        out = self.matmul_av(attn, v) if self.matmul_av is not None else attn @ v
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
-
-
-@ATTENTIONS.register("mesa", "softmax attention whose q k^T, softmax and attn v save 8-bit activations (Mesa)")
-def mesa_attention(dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                   proj_drop: float = 0.0) -> Attention:
-    """The ViT's attention (``pyfast.models.vit``, ``attention="mesa"``) with Mesa's quantized products and softmax;
-    its ``qkv`` / ``proj`` stay plain Linear layers (:func:`convert` swaps those too)."""
-    return Attention.from_timm(SoftmaxAttention(dim, num_heads, qkv_bias, attn_drop, proj_drop))
 
 
 def _groups_for(size: int, groups: int) -> int:
@@ -155,11 +116,11 @@ def _convert(module: nn.Module, kinds, groups, quant, device: torch.device) -> i
     swapped = 0
     for name, child in module.named_children():
         child_device = _device_of(child, device)
-        if isinstance(child, (mnn.Quantizer, Attention)) or type(child).__module__ == mnn.__name__:
+        if isinstance(child, (mnn.Quantizer, mnn.Attention)) or type(child).__module__ == mnn.__name__:
             continue
         if ({"matmul", "softmax"} & kinds) and is_timm_attention(child):
             swapped += _convert(child, kinds, groups, quant, child_device)  # its qkv / proj, by policy
-            new = Attention.from_timm(child, matmul="matmul" in kinds, softmax="softmax" in kinds,
+            new = mnn.Attention.from_timm(child, matmul="matmul" in kinds, softmax="softmax" in kinds,
                                       **quant).to(child_device)
             new.train(child.training)
             setattr(module, name, new)

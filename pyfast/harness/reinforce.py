@@ -36,8 +36,12 @@ from tqdm.auto import tqdm
 
 from pyfast.data import ImageData
 from pyfast.data import transforms as T
+from pyfast.harness.build import load_trained_model
+from pyfast.harness.checkpoints import load_checkpoint
+from pyfast.harness.config import ConfigError
+from pyfast.harness.files import atomic_write
+from pyfast.harness.rng import epoch_generator
 from pyfast.losses.dr import sparsify
-from pyfast.train import ConfigError, atomic_write, epoch_generator
 
 FORMAT = "pyfast-reinforced"
 VERSION = 1
@@ -123,8 +127,6 @@ def load_reinforced(path: str | os.PathLike, data: ImageData | None = None) -> R
 def teacher_info(path: str | os.PathLike) -> dict:
     """What identifies a teacher run in a reinforced file's metadata: its checkpoint's path, sha256, model and
     options."""
-    from pyfast.train import load_checkpoint
-
     path = Path(path).expanduser()
     ckpt_path = path / "last.pt" if path.is_dir() else path
     cfg = load_checkpoint(ckpt_path)["config"]
@@ -135,8 +137,6 @@ def teacher_info(path: str | os.PathLike) -> dict:
 def load_teachers(paths: Sequence[str | os.PathLike], data: ImageData) -> tuple[list[nn.Module], list[dict]]:
     """The teacher runs at ``paths`` (run directories or their ``last.pt``) as eval-mode models, and their
     metadata; a missing run or one trained on other data is a :class:`ReinforceError` naming ``--teacher``."""
-    from pyfast.train import load_trained_model
-
     if not paths:
         raise ReinforceError("--teacher: give at least one teacher run directory")
     models, infos = [], []
