@@ -11,7 +11,7 @@ export MAX_JOBS ?= 2
 
 .PHONY: setup build run test bench clean
 
-$(VENV)/.installed: requirements/dev.txt requirements/peers.txt pyproject.toml
+$(VENV)/.installed: requirements/dev.txt requirements/peers.txt pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements/dev.txt

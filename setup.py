@@ -63,13 +63,16 @@ def _cuda_wanted():
     return found
 
 
-def _write_build_info(with_cuda):
-    path = os.path.join(ROOT, "pyfast", "_build_info.py")
-    with open(path, "w") as f:
-        f.write("# Written by setup.py at build time; do not edit.\n")
-        f.write(f"TORCH_VERSION = {torch.__version__!r}\n")
-        f.write(f"WITH_CUDA = {with_cuda!r}\n")
-        f.write(f"CUDA_ARCH_LIST = {os.environ.get('TORCH_CUDA_ARCH_LIST') if with_cuda else None!r}\n")
+def _write_build_info(with_cuda, package_dirs):
+    """pyfast/_build_info.py in each of ``package_dirs`` (the source tree, and the build tree a wheel is made from)."""
+    text = ("# Written by setup.py at build time; do not edit.\n"
+            f"TORCH_VERSION = {torch.__version__!r}\n"
+            f"WITH_CUDA = {with_cuda!r}\n"
+            f"CUDA_ARCH_LIST = {os.environ.get('TORCH_CUDA_ARCH_LIST') if with_cuda else None!r}\n")
+    for package_dir in package_dirs:
+        os.makedirs(package_dir, exist_ok=True)
+        with open(os.path.join(package_dir, "_build_info.py"), "w") as f:
+            f.write(text)
 
 
 def _extension(with_cuda):
@@ -96,9 +99,11 @@ class BuildExt(cpp_extension.BuildExtension):
 
     def build_extension(self, ext):
         with_cuda = any(s.endswith(".cu") for s in ext.sources)
+        # build_py copied the package before _C was built: a wheel gets its build facts from the build tree.
+        info_dirs = [os.path.join(ROOT, "pyfast")] + ([] if self.inplace else [os.path.join(self.build_lib, "pyfast")])
         try:
             super().build_extension(ext)
-            _write_build_info(with_cuda)
+            _write_build_info(with_cuda, info_dirs)
         except Exception as err:  # re-raised unless the auto fallback applies
             if not with_cuda or BUILD_CUDA == "1":
                 raise
@@ -109,7 +114,7 @@ class BuildExt(cpp_extension.BuildExtension):
             ext.sources, ext.extra_compile_args = cpu.sources, cpu.extra_compile_args
             ext.include_dirs, ext.libraries, ext.library_dirs = cpu.include_dirs, cpu.libraries, cpu.library_dirs
             super().build_extension(ext)
-            _write_build_info(False)
+            _write_build_info(False, info_dirs)
 
 
 setup(

@@ -158,7 +158,7 @@ fi
 # --- memory bandwidth the benchmark's GB/s is judged against (measured, beside the spec sheet) ---------------------------
 stage bandwidth 60 0 "$PY" -c "
 import torch
-from bench import harness
+from pyfast.bench import harness
 print(f'device-to-device copy: {harness.copy_bandwidth_gb_s(torch.device(\"cuda\")):.0f} GB/s (bytes read + written)',
       torch.cuda.get_device_name(0))
 "
@@ -172,12 +172,12 @@ stage kernel_sweep 90 0 bash -c "bash bench/kernel_sweep.sh /tmp/pyfast_kernel_s
 # Every provider but reference+compile over all cases, then reference+compile (one inductor compilation per case,
 # tens of seconds each) on fwd+bwd of a subset. Each CSV is written case by case, so a timeout keeps the finished cases.
 # shellcheck disable=SC2086  (BENCH_LIF_T is a list of numbers)
-stage bench_lif 150 1 "$PY" bench/bench_lif.py --device cuda --T ${BENCH_LIF_T:-1 4 8 32} --dtype fp32 bf16 fp16 \
+stage bench_lif 150 1 "$PY" -m pyfast.bench.lif --device cuda --T ${BENCH_LIF_T:-1 4 8 32} --dtype fp32 bf16 fp16 \
     --neurons "$NEURONS" --providers reference cuda triton sj-cuda sj-triton --csv "$OUT/lif_cuda.csv"
 
 # Informational: kernel-level GPU time of one fwd+bwd at the issues' target shapes (where the milliseconds go).
 stage profile_lif 40 0 "$PY" bench/gpu_profile.py lif --providers cuda triton sj-triton
-stage bench_karat 90 0 "$PY" bench/bench_karat.py --device cuda --min-run-time 0.3 --csv "$OUT/karat_cuda.csv"
+stage bench_karat 90 0 "$PY" -m pyfast.bench.karat --device cuda --min-run-time 0.3 --csv "$OUT/karat_cuda.csv"
 stage profile_karat 60 0 "$PY" bench/gpu_profile.py karat --providers cuda triton sdpa
 
 # Informational: Nsight Compute on the hot kernels, where the machine has ncu and lets it read the counters: achieved
@@ -197,22 +197,22 @@ fi
 
 # The other ops: Mesa (block memory, gradient fidelity, time ratio, quantize microbenchmark) and weighted convolution
 # (WeightedConv2d vs nn.Conv2d on a few CIFAR layers at batch 128, and the density-weight op).
-stage bench_mesa 60 1 "$PY" bench/bench_mesa.py --device cuda --csv "$OUT/mesa_cuda.csv"
-stage bench_wconv 90 1 "$PY" bench/bench_wconv.py --device cuda --rounds 2 --min-run-time 0.3 \
+stage bench_mesa 60 1 "$PY" -m pyfast.bench.mesa --device cuda --csv "$OUT/mesa_cuda.csv"
+stage bench_wconv 90 1 "$PY" -m pyfast.bench.wconv --device cuda --rounds 2 --min-run-time 0.3 \
     --layers 64x64@32x32 128x256@16x16/s2 256x256@8x8 512x512@4x4 --csv "$OUT/wconv_cuda.csv"
 # Informational: the layer ops (CRReLU, ghost BN, multi-sample dropout) without reference+compile (an inductor
 # compilation per case would not fit the budget).
-stage bench_layers 60 0 "$PY" bench/bench_layers.py --device cuda --providers reference cuda triton peer \
+stage bench_layers 60 0 "$PY" -m pyfast.bench.layers --device cuda --providers reference cuda triton peer \
     --rounds 1 --min-run-time 0.2 --no-memory --csv "$OUT/layers_cuda.csv"
 # Informational, as far as the budget reaches: gated class-attention at its issue shapes.
-stage bench_gated 60 0 "$PY" bench/bench_gated.py --device cuda --min-run-time 0.3 --csv "$OUT/gated_cuda.csv"
+stage bench_gated 60 0 "$PY" -m pyfast.bench.gated --device cuda --min-run-time 0.3 --csv "$OUT/gated_cuda.csv"
 # Informational: Plackett-Luce distillation at B=256, C=100 and 1000 (fwd+bwd; one inductor compilation per case for
 # reference+compile).
-stage bench_pld 90 0 "$PY" bench/bench_pld.py --device cuda --modes fwd+bwd --rounds 2 --min-run-time 0.2 \
+stage bench_pld 90 0 "$PY" -m pyfast.bench.pld --device cuda --modes fwd+bwd --rounds 2 --min-run-time 0.2 \
     --no-memory --csv "$OUT/pld_cuda.csv"
 
 # Informational: inductor compiles once per case (tens of seconds), so only the largest fp32 case.
-stage bench_lif_compile 90 0 "$PY" bench/bench_lif.py --device cuda --T 32 --dtype fp32 --modes fwd+bwd \
+stage bench_lif_compile 90 0 "$PY" -m pyfast.bench.lif --device cuda --T 32 --dtype fp32 --modes fwd+bwd \
     --neurons "$NEURONS" --providers reference reference+compile cuda --csv "$OUT/lif_cuda_compile.csv"
 
 # --- summary ---------------------------------------------------------------------------------------------------------

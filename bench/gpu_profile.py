@@ -35,11 +35,11 @@ if REPO_ROOT not in sys.path:
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench import harness
+from pyfast.bench import harness
 
 
 def lif_calls(args, device):
-    from bench import bench_lif
+    from pyfast.bench import lif as bench_lif
 
     x = (torch.randn(args.T, args.neurons, device=device) + 1.0).to(harness.DTYPES[args.dtype])
     for name in args.providers:
@@ -52,7 +52,7 @@ def lif_calls(args, device):
 
 
 def karat_calls(args, device):
-    from bench import bench_karat
+    from pyfast.bench import karat as bench_karat
 
     compiled_ref = torch.compile(bench_karat.karat_attention_ref)
     for tokens in args.tokens:

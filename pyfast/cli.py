@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
+import importlib
 import inspect
 import math
+import pkgutil
 import sys
 from pathlib import Path
 
+import pyfast.bench
 from pyfast import info
 from pyfast.backends import BACKENDS, BackendUnavailableError
+from pyfast.bench import harness as bench_harness
 from pyfast.harness.config import (
     OPTIMIZERS,
     SCHEDULES,
@@ -35,9 +38,6 @@ from pyfast.harness.config import (
 from pyfast.harness.loop import train
 from pyfast.harness.reinforce import load_teachers, reinforce
 from pyfast.registry import DATASETS, METHODS, MODELS
-
-# The bench/ directory of a source checkout (present with an editable install, absent from a wheel).
-BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 
 
 def _int_at_least(minimum: int):
@@ -244,52 +244,27 @@ def _call_main(fn, argv: list[str], what: str) -> int:
 
 
 def available_benchmarks() -> list[str]:
-    return sorted(p.stem.removeprefix("bench_") for p in BENCH_DIR.glob("bench_*.py"))
-
-
-def _run_benchmark(op: str, argv: list[str]) -> int:
-    """Import bench/bench_OP.py as ``python bench/bench_OP.py`` would (bench/ first on sys.path) and call main."""
-    script = BENCH_DIR / f"bench_{op}.py"
-    name = f"bench_{op}"
-    spec = importlib.util.spec_from_file_location(name, script)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(BENCH_DIR))
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-        if not callable(getattr(module, "main", None)):
-            raise SystemExit(f"pyfast bench: {script} has no main(argv) function")
-        return _call_main(module.main, argv, f"bench {op}")
-    finally:
-        sys.path.remove(str(BENCH_DIR))
+    """The ops with a benchmark: the modules of :mod:`pyfast.bench` other than its harness."""
+    return sorted(m.name for m in pkgutil.iter_modules(pyfast.bench.__path__) if m.name != "harness")
 
 
 def _cmd_bench(args) -> int:
-    if not BENCH_DIR.is_dir():
-        args.parser.error(
-            f"the benchmarks live in the source checkout's bench/ directory, which is not at {BENCH_DIR} "
-            "(a non-editable install?); clone the repository and `pip install --no-build-isolation -e .`"
-        )
     found = available_benchmarks()
     ops = args.op or found
     for op in ops:
         if op not in found:
-            args.parser.error(f"argument --op: no benchmark bench/bench_{op}.py; available: {', '.join(found)}")
+            args.parser.error(f"argument --op: no benchmark of {op!r}; available: {', '.join(found)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     status = 0
     for op in ops:
         csv_path = out / f"{op}.csv"
         print(f"==== pyfast bench --op {op} {' '.join(args.args)}", flush=True)
-        status = max(status, _run_benchmark(op, [*args.args, "--csv", str(csv_path)]))
+        module = importlib.import_module(f"pyfast.bench.{op}")
+        status = max(status, _call_main(module.main, [*args.args, "--csv", str(csv_path)], f"bench {op}"))
         if csv_path.is_file():
-            sys.path.insert(0, str(BENCH_DIR))
-            try:
-                import harness
-            finally:
-                sys.path.remove(str(BENCH_DIR))
             png = out / f"{op}.png"
-            if harness.plot_ratio_bars(harness.read_csv(str(csv_path)), str(png), title=f"pyfast {op}"):
+            if bench_harness.plot_ratio_bars(bench_harness.read_csv(str(csv_path)), str(png), title=f"pyfast {op}"):
                 print(f"PNG: {png}")
     return status
 
@@ -303,8 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_reinforce(sub)
-    p = sub.add_parser("bench", help="run kernel benchmarks from bench/ (source checkout): ratio tables, CSV, PNG",
-                       description="Run bench/bench_OP.py for every op (or those named with --op); unknown "
+    p = sub.add_parser("bench", help="run the kernel benchmarks: ratio tables, CSV, PNG",
+                       description="Run the benchmark of every op (python -m pyfast.bench.OP), or of those named with "
+                                   "--op; unknown "
                                    "arguments go to each script (e.g. --quick, --T 8, --dtype fp32). Writes "
                                    "OUT/OP.csv and a bar chart OUT/OP.png of the speedups over the eager reference.")
     p.add_argument("--op", action="append", help="benchmark only this op (repeatable; default: all)")

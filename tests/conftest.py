@@ -16,15 +16,14 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def run_bench_quick(tmp_path):
-    """``run(script, *args, timeout=600) -> (stdout, csv rows)``: runs ``bench/<script>.py --quick --device cpu --csv
-    <tmp file> *args`` in a subprocess (as a user would) and checks that it exited 0 and wrote a CSV with the harness
+    """``run(op, *args, timeout=600) -> (stdout, csv rows)``: runs ``python -m pyfast.bench.<op> --quick --device cpu
+    --csv <tmp file> *args`` in a subprocess (as a user would) and checks that it exited 0 and wrote a CSV with the harness
     columns."""
-    from bench import harness  # bench/ is importable from the repository root, which the bench tests put on sys.path
+    from pyfast.bench import harness
 
-    def run(script: str, *args: str, timeout: float = 600):
-        csv_path = tmp_path / f"{script}.csv"
-        cmd = [sys.executable, os.path.join(REPO_ROOT, "bench", f"{script}.py"), "--quick", "--device", "cpu",
-               "--csv", str(csv_path), *args]
+    def run(op: str, *args: str, timeout: float = 600):
+        csv_path = tmp_path / f"{op}.csv"
+        cmd = [sys.executable, "-m", f"pyfast.bench.{op}", "--quick", "--device", "cpu", "--csv", str(csv_path), *args]
         proc = subprocess.run(cmd, check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         rows = harness.read_csv(str(csv_path))

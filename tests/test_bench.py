@@ -1,4 +1,4 @@
-"""The benchmark harness and bench/bench_lif.py: a --quick CPU run writes a complete, sane CSV."""
+"""The benchmark harness and pyfast/bench/lif.py: a --quick CPU run writes a complete, sane CSV."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from bench import harness
 from pyfast import _extension
+from pyfast.bench import harness
 
 
 def test_parse_list_accepts_spaces_and_commas():
@@ -72,7 +72,7 @@ def test_time_rounds_interleaves_and_paired_ratio_compares_round_by_round():
 
 def test_bench_lif_quick_cpu_csv(run_bench_quick):
     # 'cuda' cannot run on the CPU: it must be skipped with a printed reason, not silently.
-    out, rows = run_bench_quick("bench_lif", "--providers", "reference", "cpp", "cuda", "--threads", "1", timeout=300)
+    out, rows = run_bench_quick("lif", "--providers", "reference", "cpp", "cuda", "--threads", "1", timeout=300)
     assert "skip cuda:" in out
     assert "speedup over eager reference" in out
 
@@ -106,7 +106,7 @@ def test_time_rounds_on_cuda_rotates_and_drops_a_warm_up_round(monkeypatch):
 
 
 def test_bench_lif_target_table_judges_paired_round_ratios():
-    from bench import bench_lif
+    from pyfast.bench import lif as bench_lif
 
     def row(provider, ms):
         return harness.Row(op="lif", provider=provider, mode="fwd+bwd", shape="8x1024", T=8, dtype="fp32",
@@ -126,7 +126,7 @@ def test_bench_lif_target_table_judges_paired_round_ratios():
 
 
 def test_bench_mesa_quick_runs_and_meets_the_memory_targets():
-    from bench import bench_mesa
+    from pyfast.bench import mesa as bench_mesa
 
     threads = torch.get_num_threads()
     try:

@@ -1,4 +1,4 @@
-"""bench/bench_gated.py: a --quick CPU run prints the tables and writes a complete CSV; HAG on a CNN trains."""
+"""pyfast/bench/gated.py (python -m pyfast.bench.gated): a --quick CPU run prints the tables and writes a complete CSV; HAG on a CNN trains."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import torch
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from bench import bench_gated, harness
 from pyfast import _extension
+from pyfast.bench import gated as bench_gated
+from pyfast.bench import harness
 
 
 def test_bench_gated_quick_cpu_csv(tmp_path):

@@ -1,4 +1,4 @@
-"""bench/bench_karat.py: a --quick CPU run prints the tables and writes a complete, sane CSV."""
+"""pyfast/bench/karat.py (python -m pyfast.bench.karat): a --quick CPU run prints the tables and writes a complete, sane CSV."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from bench import bench_karat, harness
 from pyfast import _extension
+from pyfast.bench import harness
+from pyfast.bench import karat as bench_karat
 
 
 @pytest.mark.skipif(not _extension.has_cpp(), reason="needs pyfast._C")

@@ -1,4 +1,4 @@
-"""bench/bench_layers.py: a --quick CPU run prints the tables and writes a complete, sane CSV."""
+"""pyfast/bench/layers.py (python -m pyfast.bench.layers): a --quick CPU run prints the tables and writes a complete, sane CSV."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import sys
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from bench import bench_layers
 from pyfast import _extension
+from pyfast.bench import layers as bench_layers
 
 
 def test_bench_layers_quick_cpu_csv(run_bench_quick):
-    out, rows = run_bench_quick("bench_layers", "--min-run-time", "0.01", "--threads", "1", "--no-memory")
+    out, rows = run_bench_quick("layers", "--min-run-time", "0.01", "--threads", "1", "--no-memory")
     assert "skip cuda:" in out and "skip triton:" in out
     assert "vs reference + torch.compile" in out
     want_providers = {"reference", "reference+compile", "peer"} | ({"cpp"} if _extension.has_cpp() else set())

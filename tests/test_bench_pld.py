@@ -1,4 +1,4 @@
-"""bench/bench_pld.py: a --quick CPU run prints the tables and writes a complete, sane CSV."""
+"""pyfast/bench/pld.py (python -m pyfast.bench.pld): a --quick CPU run prints the tables and writes a complete, sane CSV."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import sys
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from bench import bench_pld
 from pyfast import _extension
+from pyfast.bench import pld as bench_pld
 
 
 def test_bench_pld_quick_cpu_csv(run_bench_quick):
-    out, rows = run_bench_quick("bench_pld", "--min-run-time", "0.01", "--threads", "1", "--no-memory")
+    out, rows = run_bench_quick("pld", "--min-run-time", "0.01", "--threads", "1", "--no-memory")
     assert "skip cuda:" in out and "skip triton:" in out
     assert "vs reference + torch.compile" in out
     want = {"reference", "reference+compile", "peer"} | ({"cpp"} if _extension.has_cpp() else set())

@@ -1,4 +1,4 @@
-"""bench/bench_wconv.py: a --quick CPU run prints both tables and writes a complete, sane CSV."""
+"""pyfast/bench/wconv.py (python -m pyfast.bench.wconv): a --quick CPU run prints both tables and writes a complete, sane CSV."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from bench import bench_wconv
 from pyfast import _extension
+from pyfast.bench import wconv as bench_wconv
 
 
 def test_layer_lists_are_the_cifar_networks():
@@ -23,7 +23,7 @@ def test_layer_lists_are_the_cifar_networks():
 
 
 def test_bench_wconv_quick_cpu_csv(run_bench_quick):
-    out, rows = run_bench_quick("bench_wconv", "--batch", "2", "--layers", "64x128@32x32/s2", "--min-run-time", "0.01",
+    out, rows = run_bench_quick("wconv", "--batch", "2", "--layers", "64x128@32x32/s2", "--min-run-time", "0.01",
                                 "--op-shapes", "16x8x3x3", "--op-providers", "reference", "cpp", "cuda", "triton",
                                 "--threads", "1", timeout=300)
     assert "time / nn.Conv2d time" in out and "skip cuda:" in out and "skip triton:" in out

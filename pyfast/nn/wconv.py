@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pyfast.ops.wconv import _weight, check_den_values, check_kernel_size, pack_den
-from pyfast.reference.wconv import DEFAULT_DEN
+from pyfast.reference.wconv import DEFAULT_DEN, acc_dtype, density_ref, split_den
 
 __all__ = ["WeightedConv1d", "WeightedConv2d", "WeightedConv3d", "default_den"]
 
@@ -55,14 +55,10 @@ class _WeightedConvMixin:
 
     def den_per_axis(self) -> list[torch.Tensor]:
         """den of each kernel axis (views of ``self.den``; the same tensor on every axis when it is shared)."""
-        from pyfast.reference.wconv import split_den
-
         return split_den(self.den, self.kernel_size)
 
     def density(self) -> torch.Tensor:
         """Phi, of shape ``kernel_size`` (float32, or float64 for float64 weights)."""
-        from pyfast.reference.wconv import acc_dtype, density_ref
-
         return density_ref(self.den.detach(), self.kernel_size, acc_dtype(self.weight.dtype))
 
     def weighted_weight(self) -> torch.Tensor:

@@ -154,30 +154,30 @@ def test_ctrl_c_leaves_the_last_checkpoint_intact_and_resume_continues(tmp_path)
 
 
 def test_cli_bench_runs_each_benchmark_with_csv_and_png(tmp_path, monkeypatch, capsys):
-    bench = tmp_path / "bench"
-    bench.mkdir()
-    (bench / "harness.py").write_text((REPO / "bench" / "harness.py").read_text())
-    (bench / "bench_fake.py").write_text(
-        "import sys\n"
-        "def main(argv=None):\n"
-        "    csv = argv[argv.index('--csv') + 1]\n"
-        "    open(csv, 'w').write('op,provider,mode,shape,T,dtype,device,median_ms,ratio_vs_reference\\n'\n"
-        "                         'fake,reference,fwd,4,1,fp32,cpu,2.0,1.0\\nfake,cpp,fwd,4,1,fp32,cpu,1.0,2.0\\n')\n"
-        "    print('fake bench got', argv[:-2])\n"
-        "    return 0\n"
-    )
-    monkeypatch.setattr(cli, "BENCH_DIR", bench)
+    fake = types.ModuleType("pyfast.bench.fake")
+
+    def main(argv=None):
+        csv = argv[argv.index("--csv") + 1]
+        with open(csv, "w") as f:
+            f.write("op,provider,mode,shape,T,dtype,device,median_ms,ratio_vs_reference\n"
+                    "fake,reference,fwd,4,1,fp32,cpu,2.0,1.0\nfake,cpp,fwd,4,1,fp32,cpu,1.0,2.0\n")
+        print("fake bench got", argv[:-2])
+        return 0
+
+    fake.main = main
+    monkeypatch.setitem(sys.modules, "pyfast.bench.fake", fake)
+    monkeypatch.setattr(cli, "available_benchmarks", lambda: ["fake"])
     assert cli.main(["bench", "--op", "fake", "--out", str(tmp_path / "res"), "--quick", "--T", "8"]) == 0
     out = capsys.readouterr().out
     assert "fake bench got ['--quick', '--T', '8']" in out
-    assert (tmp_path / "res" / "fake.png").read_bytes()[:4] == b"\x89PNG" and str(bench) not in sys.path
+    assert (tmp_path / "res" / "fake.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit) as exc:
         cli.main(["bench", "--op", "nope"])
     assert exc.value.code == 2 and "available: fake" in capsys.readouterr().err
-    monkeypatch.setattr(cli, "BENCH_DIR", tmp_path / "missing")
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["bench"])
-    assert exc.value.code == 2 and "bench/ directory" in capsys.readouterr().err
+
+
+def test_every_op_family_has_a_benchmark_module():
+    assert cli.available_benchmarks() == ["gated", "karat", "layers", "lif", "mesa", "pld", "wconv"]
 
 
 def test_cli_bench_lif_quick_for_real(tmp_path, capsys):

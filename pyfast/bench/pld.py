@@ -17,26 +17,22 @@ reference+compile (the bar: the kernel beats it). GB/s counts the logical traffi
 forward; student and teacher read and the gradient written in the backward.
 
 Examples:
-  python bench/bench_pld.py --quick
-  python bench/bench_pld.py --modes fwd+bwd --rounds 5
-  python bench/bench_pld.py --device cuda
+  python -m pyfast.bench.pld --quick
+  python -m pyfast.bench.pld --modes fwd+bwd --rounds 5
+  python -m pyfast.bench.pld --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 import torch
 import torch.nn.functional as F
 
-from bench import harness
-from bench.bench_layers import KERNELS, Unavailable, _check_kernel, _compiled, bench_op, compile_table
+from pyfast.bench import harness
+from pyfast.bench.layers import KERNELS, Unavailable, bench_op, check_kernel, compile_table, compiled
+from pyfast.losses import kd_loss, pld_loss
 
 PROVIDERS = ("reference", "reference+compile", "cpp", "cuda", "triton", "peer")
 PEER = "F.cross_entropy + KD (T = 4)"
@@ -47,8 +43,6 @@ QUICK_CASES = [(16, 10), (8, 40)]
 
 def _pld(provider, case, device, dtype):
     """(name of the case, inputs that need grad, function of those inputs, bytes of fwd traffic, of bwd traffic)."""
-    from pyfast.losses import kd_loss, pld_loss
-
     bsz, c = case
     g = torch.Generator().manual_seed(0)
     s = (torch.randn(bsz, c, generator=g) * 2).to(device=device, dtype=dtype)
@@ -57,11 +51,11 @@ def _pld(provider, case, device, dtype):
     if provider == "reference":
         fn = lambda s: pld_loss(s, t, y, TAU, backend="reference")
     elif provider == "reference+compile":
-        fn = _compiled(lambda s: pld_loss(s, t, y, TAU, backend="reference"))
+        fn = compiled(lambda s: pld_loss(s, t, y, TAU, backend="reference"))
     elif provider == "peer":
         fn = lambda s: F.cross_entropy(s, y) + kd_loss(s, t, 4.0)
     elif provider in KERNELS:
-        _check_kernel(provider, device)
+        check_kernel(provider, device)
         fn = lambda s: pld_loss(s, t, y, TAU, backend=provider)
     else:
         raise Unavailable(f"unknown provider {provider!r}")
@@ -79,7 +73,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    common = harness.resolve_common_args(args, "pld", PROVIDERS, 3, REPO_ROOT)
+    common = harness.resolve_common_args(args, "pld", PROVIDERS, 3)
     device, dtype, providers, modes = common.device, common.dtype, common.providers, common.modes
     classes = harness.parse_list(args.C, int)
     cases = QUICK_CASES if args.quick else ([(256, c) for c in classes] if classes else CASES)

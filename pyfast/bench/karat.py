@@ -17,27 +17,21 @@ issue's CPU targets: saved bytes <= 1/5 of the reference's and fwd+bwd >= 2x fas
 median of the per-round ratios).
 
 Examples:
-  python bench/bench_karat.py --quick
-  python bench/bench_karat.py --device cpu --csv bench/results/karat.csv
+  python -m pyfast.bench.karat --quick
+  python -m pyfast.bench.karat --device cpu --csv bench/results/karat.csv
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 import torch
 import torch.nn.functional as F
 
 import pyfast
-from bench import harness
 from pyfast import _extension
+from pyfast.bench import harness
 from pyfast.ops.karat import karat_attention
 from pyfast.reference.karat import karat_attention_ref
 

@@ -1,4 +1,4 @@
-"""Shared benchmark harness: every ``bench/bench_<op>.py`` times, measures and reports through this module.
+"""Shared benchmark harness: every op benchmark ``pyfast/bench/<op>.py`` times, measures and reports through this module.
 
 What it gives a benchmark script:
 
@@ -32,7 +32,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The directory above the pyfast package: the source checkout (whose git sha a CSV row records), or site-packages.
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DTYPES = {
     "fp32": torch.float32, "float32": torch.float32,
@@ -84,9 +85,9 @@ def log_once(msg: str) -> None:
 def git_sha() -> str:
     """Short sha of HEAD, with ``-dirty`` when the working tree has changes; ``unknown`` outside a git checkout."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=PACKAGE_PARENT, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PACKAGE_PARENT,
                                capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -477,7 +478,13 @@ def add_common_args(ap, name: str, providers: Sequence[str], rounds: int) -> Non
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
 
 
-def resolve_common_args(args, name: str, providers: Sequence[str], rounds: int, repo_root: str) -> CommonArgs:
+def default_csv(name: str, device_type: str) -> str:
+    """Where a benchmark writes its CSV unless ``--csv`` says otherwise: ``bench/results/<name>_<device>.csv`` under
+    the current directory."""
+    return os.path.join("bench", "results", f"{name}_{device_type}.csv")
+
+
+def resolve_common_args(args, name: str, providers: Sequence[str], rounds: int) -> CommonArgs:
     """Apply ``--threads`` and resolve the options of :func:`add_common_args`; unknown providers exit with a message."""
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -491,4 +498,4 @@ def resolve_common_args(args, name: str, providers: Sequence[str], rounds: int, 
     return CommonArgs(device, DTYPES[args.dtype], chosen, parse_list(args.modes) or ["fwd+bwd", "fwd"],
                       args.rounds or (1 if args.quick else rounds),
                       args.min_run_time or (0.02 if args.quick else 0.5),
-                      args.csv or os.path.join(repo_root, "bench", "results", f"{name}_{device.type}.csv"))
+                      args.csv or default_csv(name, device.type))

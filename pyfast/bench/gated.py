@@ -17,26 +17,20 @@ call over the gated parameters of a GCAB block (q, k, v, proj, fc1, fc2 weights 
 reference's per-tensor masks.
 
 Examples:
-  python bench/bench_gated.py --quick
-  python bench/bench_gated.py --csv bench/results/gated.csv
+  python -m pyfast.bench.gated --quick
+  python -m pyfast.bench.gated --csv bench/results/gated.csv
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 import torch
 import torch.nn.functional as F
 
 import pyfast
-from bench import harness
 from pyfast import _extension
+from pyfast.bench import harness
 from pyfast.ops.gated import gated_route_
 from pyfast.reference.gated import gated_class_attention_ref, gated_route_ref
 

@@ -32,8 +32,8 @@ differences near the threshold are expected. Then the providers of a case are ti
 case (CPU: T=8 fp32 fwd+bwd; GPU: T=32 fp16 fwd+bwd), a last table checks its targets (``target_table``).
 
 Examples:
-  python bench/bench_lif.py --quick --device cpu
-  python bench/bench_lif.py --device cuda --T 1 4 8 32 --dtype fp32 bf16 fp16 --neurons 4194304
+  python -m pyfast.bench.lif --quick --device cpu
+  python -m pyfast.bench.lif --device cuda --T 1 4 8 32 --dtype fp32 bf16 fp16 --neurons 4194304
 """
 
 from __future__ import annotations
@@ -41,18 +41,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import os
 import statistics
 import sys
 from collections.abc import Callable
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-
 import torch
 
-from bench import harness
+import pyfast
+from pyfast.backends import availability
+from pyfast.bench import harness
+from pyfast.reference.lif import lif_ref
 
 OP = "lif"
 ALL_PROVIDERS = ("reference", "reference+compile", "cpp", "cuda", "triton", "sj-torch", "sj-cuda", "sj-triton")
@@ -84,9 +82,6 @@ class Provider:
 
 
 def _pyfast_provider(name: str, device: torch.device) -> Provider:
-    import pyfast
-    from pyfast.backends import availability
-
     if name == "triton" and device.type == "cpu":
         raise Unavailable("Triton runs on the CPU only in its interpreter (TRITON_INTERPRET=1); not worth timing")
     reason = availability(name, device) if name != "reference" else ""
@@ -109,8 +104,6 @@ def _pyfast_provider(name: str, device: torch.device) -> Provider:
 
 
 def _compile_provider(device: torch.device) -> Provider:
-    from pyfast.reference.lif import lif_ref
-
     if device.type == "cuda":
         import importlib.util
 
@@ -391,7 +384,7 @@ def parse_args(argv=None):
         ap.error("--device cuda: no CUDA device is visible to torch")
     if args.min_run_time is None:
         args.min_run_time = 0.02 if args.quick else (0.1 if args.device == "cuda" else 0.5)
-    args.csv = args.csv or os.path.join(REPO_ROOT, "bench", "results", f"lif_{args.device}.csv")
+    args.csv = args.csv or harness.default_csv("lif", args.device)
     return args
 
 

@@ -17,28 +17,23 @@ activation of the block's [B, N, C] size, for every provider that can run here: 
 reference+compile (``torch.compile`` of the reference), cpp, cuda, triton; ratios are speedups over the reference.
 
 Examples:
-  python bench/bench_mesa.py --quick
-  python bench/bench_mesa.py --device cpu --csv bench/results/mesa.csv
+  python -m pyfast.bench.mesa --quick
+  python -m pyfast.bench.mesa --device cpu --csv bench/results/mesa.csv
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import os
-import sys
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 import torch
 
 import pyfast
 import pyfast.convert.mesa
-from bench import harness
 from pyfast import _extension
+from pyfast.bench import harness
 from pyfast.models.vit import Block
+from pyfast.ops.mesa import dequantize_fn, quantize_fn
 from pyfast.reference.mesa import mesa_dequantize_ref, mesa_quantize_ref
 
 # Targets of the issue, checked and printed with the figures.
@@ -131,8 +126,6 @@ def quantize_microbench(B, N, C, G, device, min_run_time, sha) -> list[harness.R
         elif provider == "reference+compile":
             qf, df = compiled_q, compiled_d
         else:
-            from pyfast.ops.mesa import dequantize_fn, quantize_fn
-
             qf, df = quantize_fn(provider), dequantize_fn(provider)
         q = qf(x, *state, seed, -1, 256, 0.9, True, True)[0]
         note = "" if torch.equal(q, q_ref) else "codes differ from the reference"

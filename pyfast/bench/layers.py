@@ -19,26 +19,29 @@ reference; the second puts each pyfast kernel next to reference+compile (the bar
 counts the logical traffic (x read and y written in the forward; dy, x read and dx written in the backward).
 
 Examples:
-  python bench/bench_layers.py --quick
-  python bench/bench_layers.py --ops crrelu ghost_bn --modes fwd+bwd
-  python bench/bench_layers.py --device cuda
+  python -m pyfast.bench.layers --quick
+  python -m pyfast.bench.layers --ops crrelu ghost_bn --modes fwd+bwd
+  python -m pyfast.bench.layers --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 import torch
 import torch.nn.functional as F
 
-from bench import harness
+from pyfast import _extension
+from pyfast.backends import availability
+from pyfast.bench import harness
+from pyfast.ops.crrelu import crrelu
+from pyfast.ops.ghost_bn import ghost_batch_norm
+from pyfast.ops.msdrop import multi_sample_dropout_loss
+from pyfast.reference.crrelu import crrelu_ref
+from pyfast.reference.ghost_bn import ghost_batch_norm_loop_ref, ghost_batch_norm_ref
+from pyfast.reference.msdrop import msdrop_loss_ref
 
 OPS = ("crrelu", "ghost_bn", "msdrop")
 PROVIDERS = ("reference", "reference+compile", "cpp", "cuda", "triton", "peer")
@@ -62,10 +65,7 @@ class Unavailable(Exception):
     """A provider cannot run here: skipped with this reason."""
 
 
-def _check_kernel(provider, device):
-    from pyfast import _extension
-    from pyfast.backends import availability
-
+def check_kernel(provider, device):
     if provider == "triton" and device.type == "cpu":
         raise Unavailable("the Triton interpreter on CPU is a correctness tool, not a timing target")
     reason = availability(provider, device)
@@ -75,7 +75,7 @@ def _check_kernel(provider, device):
         raise Unavailable(reason)
 
 
-def _compiled(fn):
+def compiled(fn):
     torch._dynamo.reset()
     return torch.compile(fn)
 
@@ -85,9 +85,6 @@ def _compiled(fn):
 
 
 def _crrelu(provider, case, device, dtype):
-    from pyfast.ops.crrelu import crrelu
-    from pyfast.reference.crrelu import crrelu_ref
-
     shape, dim = case
     x = torch.randn(shape, device=device, dtype=dtype) * 2
     c = 1 if dim is None else shape[dim]
@@ -96,11 +93,11 @@ def _crrelu(provider, case, device, dtype):
     if provider == "reference":
         fn = lambda x, e: crrelu_ref(x, e, d)
     elif provider == "reference+compile":
-        fn = _compiled(lambda x, e: crrelu_ref(x, e, d))
+        fn = compiled(lambda x, e: crrelu_ref(x, e, d))
     elif provider == "peer":
         fn = lambda x, e: F.gelu(x)
     else:
-        _check_kernel(provider, device)
+        check_kernel(provider, device)
         fn = lambda x, e: crrelu(x, e, d, backend=provider)
     name = "x".join(map(str, shape)) + ("" if dim is None else f"/C@{dim}")
     nbytes = x.numel() * x.element_size()
@@ -109,9 +106,6 @@ def _crrelu(provider, case, device, dtype):
 
 
 def _ghost_bn(provider, case, device, dtype):
-    from pyfast.ops.ghost_bn import ghost_batch_norm
-    from pyfast.reference.ghost_bn import ghost_batch_norm_loop_ref, ghost_batch_norm_ref
-
     shape, ghost = case
     c = shape[1]
     x = torch.randn(shape, device=device, dtype=dtype) + 0.5
@@ -130,20 +124,17 @@ def _ghost_bn(provider, case, device, dtype):
     if provider == "reference":
         fn = ref
     elif provider == "reference+compile":
-        fn = _compiled(ref)
+        fn = compiled(ref)
     elif provider == "peer":
         fn = lambda x, w, b: ghost_batch_norm_loop_ref(x, rm, rv, w, b, ghost, 0.1, 1e-5)
     else:
-        _check_kernel(provider, device)
+        check_kernel(provider, device)
         fn = lambda x, w, b: ghost_batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5, ghost, backend=provider)
     nbytes = x.numel() * x.element_size()
     return "x".join(map(str, shape)) + f"/B{ghost}", [x, w, b], fn, 2 * nbytes, 3 * nbytes
 
 
 def _msdrop(provider, case, device, dtype):
-    from pyfast.ops.msdrop import multi_sample_dropout_loss
-    from pyfast.reference.msdrop import msdrop_loss_ref
-
     bsz, d, c, m, p = case
     h = torch.randn(bsz, d, device=device, dtype=dtype)
     w = torch.randn(c, d, device=device, dtype=dtype) / d**0.5
@@ -153,11 +144,11 @@ def _msdrop(provider, case, device, dtype):
     if provider == "reference":
         fn = lambda h, w, b: msdrop_loss_ref(h, w, b, y, seed, m, p)[0]
     elif provider == "reference+compile":
-        fn = _compiled(lambda h, w, b: msdrop_loss_ref(h, w, b, y, seed, m, p)[0])
+        fn = compiled(lambda h, w, b: msdrop_loss_ref(h, w, b, y, seed, m, p)[0])
     elif provider == "peer":
         fn = lambda h, w, b: sum(F.cross_entropy(F.linear(F.dropout(h, p, True), w, b), y) for _ in range(m)) / m
     else:
-        _check_kernel(provider, device)
+        check_kernel(provider, device)
         fn = lambda h, w, b: multi_sample_dropout_loss(h, w, b, y, m, p, seed=seed, backend=provider)[0]
     nbytes = m * h.numel() * h.element_size()  # the M masked copies of h, written and read by the GEMM
     return f"B{bsz}xD{d}xC{c}/M{m}", [h, w, b], fn, 2 * nbytes, 3 * nbytes
@@ -247,7 +238,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    common = harness.resolve_common_args(args, "layers", PROVIDERS, 2, REPO_ROOT)
+    common = harness.resolve_common_args(args, "layers", PROVIDERS, 2)
     device, dtype, providers, modes = common.device, common.dtype, common.providers, common.modes
     ops = harness.parse_list(args.ops) or list(OPS)
     unknown = [o for o in ops if o not in OPS]

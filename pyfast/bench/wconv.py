@@ -25,26 +25,27 @@ fwd and fwd+bwd (dW and d(den)); ratios are speedups over the eager reference fr
 and W~ written (fwd), plus dW~ and W read and dW written (fwd+bwd).
 
 Examples:
-  python bench/bench_wconv.py --quick
-  python bench/bench_wconv.py --batch 128 --layers vgg-64x64@32 resnet-512x512@4
-  python bench/bench_wconv.py --device cuda
+  python -m pyfast.bench.wconv --quick
+  python -m pyfast.bench.wconv --batch 128 --layers vgg-64x64@32 resnet-512x512@4
+  python -m pyfast.bench.wconv --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import sys
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
-
 import torch
 
-from bench import harness
+import pyfast
+from pyfast import _extension
+from pyfast.backends import availability
+from pyfast.bench import harness
+from pyfast.nn.wconv import default_den
+from pyfast.ops.wconv import _weight, pack_den
+from pyfast.reference.wconv import wconv_ref, wconv_weight_ref
 
 # 3x3 conv layers of the CIFAR networks: (C_in, C_out, H, W, stride) -> how many layers of that shape.
 VGG16 = {  # cfg 64,64,M,128,128,M,256x3,M,512x3,M,512x3,M; padding 1
@@ -83,9 +84,6 @@ def all_layers() -> list[tuple]:
 
 
 def _layer(provider: str, shape, device, dtype, seed=0):
-    import pyfast
-    from pyfast.reference.wconv import wconv_ref
-
     cin, cout, _, _, stride = shape
     torch.manual_seed(seed)
     kw = {"stride": stride, "padding": 1, "device": device, "dtype": dtype}
@@ -195,11 +193,6 @@ class Unavailable(Exception):
 
 
 def _op_fn(provider, device):
-    from pyfast import _extension
-    from pyfast.backends import availability
-    from pyfast.ops.wconv import _weight
-    from pyfast.reference.wconv import wconv_weight_ref
-
     if provider == "reference":
         return wconv_weight_ref
     if provider == "reference+compile":
@@ -216,9 +209,6 @@ def _op_fn(provider, device):
 
 
 def bench_op(shapes, device, dtype, providers, min_run_time, sha, writer):
-    from pyfast.nn.wconv import default_den
-    from pyfast.ops.wconv import pack_den
-
     rows = []
     for shape in harness.progress(shapes, desc="weight op"):
         w = torch.randn(shape, device=device, dtype=dtype)
@@ -306,7 +296,7 @@ def main(argv=None) -> int:
     else:
         op_shapes = [tuple(int(v) for v in s.split("x")) for s in args.op_shapes]
     op_providers = harness.parse_list(args.op_providers) or list(OP_PROVIDERS)
-    csv_path = args.csv or os.path.join(REPO_ROOT, "bench", "results", f"wconv_{device.type}.csv")
+    csv_path = args.csv or harness.default_csv("wconv", device.type)
     sha = harness.git_sha()
     print(f"device: {harness.device_name(device)}, torch {torch.__version__}, git {sha}, dtype {args.dtype}")
     with harness.CsvWriter(csv_path) as writer:
