@@ -12,9 +12,10 @@ import torch
 import pyfast.harness.loop
 from pyfast.harness import ConfigError, TrainConfig, build_run, load_checkpoint, load_trained_model, train
 from pyfast.harness.distributed import World
+from pyfast.losses import nkd_loss
 from pyfast.methods.distill import OnlinePair
 from pyfast.models.resnet import resnet18
-from pyfast.registry import DATASETS, Entry
+from pyfast.registry import DATASETS, METHODS, Entry
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -164,3 +165,12 @@ def test_lsskd_ddp_ranks_share_one_bank(tmp_path):
     seen = bank["bank.seen"]
     assert int(seen.sum()) == 2 * 16  # 2 steps of a global batch of 16 (8 a rank): both ranks' samples
     torch.testing.assert_close(bank["bank.probs"][seen].sum(1), torch.ones(int(seen.sum())))
+
+
+def test_nkd_defaults_are_the_official_cifar100_config():
+    # specs/methods-2.md §11: ImageNet T=1, gamma=1.5; the CIFAR-100 config (res34 -> res18) T=3, gamma=3.5.
+    nkd = METHODS.get("nkd").builder(TrainConfig(method="nkd", method_args={"teacher": "runs/t"}))
+    assert nkd.args["temperature"] == 3.0 and nkd.args["gamma"] == 3.5
+    student, teacher, y = torch.randn(4, 10), torch.randn(4, 10), torch.tensor([0, 3, 9, 1])
+    expected = torch.nn.functional.cross_entropy(student, y) + nkd_loss(student, teacher, y, 3.0, 3.5)
+    torch.testing.assert_close(nkd.distill_loss(student, teacher, y), expected)
