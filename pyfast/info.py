@@ -1,4 +1,5 @@
-"""``python -m pyfast.info``: versions, build facts and which backend can serve which op on this machine.
+"""``pyfast info`` (``python -m pyfast.info``): versions, build facts and which backend can serve which op family on
+this machine; ``--names`` prints each family's names across the layers (:mod:`pyfast.families`).
 
 Each row of the table is one (op, backend, device): "yes", or the one-line reason it cannot run there and what to
 build or install. The reasons come from :func:`pyfast.backends.availability`, the same check that
@@ -7,6 +8,7 @@ build or install. The reasons come from :func:`pyfast.backends.availability`, th
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import importlib.util
 
@@ -15,8 +17,9 @@ import torch
 import pyfast
 from pyfast import _extension
 from pyfast.backends import availability
+from pyfast.families import FAMILIES, names_table
 
-OPS = ("crrelu", "gated", "ghost_bn", "karat", "lif", "mesa", "msdrop", "pld", "wconv")  # every op with kernels
+OPS = tuple(f.name for f in FAMILIES)  # every op family with kernels
 BACKEND_DEVICES = (  # (backend, device type) pairs a backend can serve
     ("cpp", "cpu"),
     ("cuda", "cuda"),
@@ -84,7 +87,13 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(line, widths)), line[3]]) for line in [header, *lines])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="pyfast info", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--names", action="store_true", help="each op family's names across the layers, then exit")
+    args = parser.parse_args(argv)
+    if args.names:
+        print(names_table())
+        return
     info = versions()
     width = max(map(len, info))
     for key, value in info.items():

@@ -190,11 +190,19 @@ def test_cli_bench_lif_quick_for_real(tmp_path, capsys):
 def test_cli_info_calls_pyfast_info_main(monkeypatch):
     called = []
     fake = types.ModuleType("pyfast.info")
-    fake.main = lambda: called.append(True)
+    fake.main = lambda argv: called.append(argv)
     monkeypatch.setattr(cli, "info", fake)
-    assert cli.main(["info"]) == 0 and called == [True]
-    with pytest.raises(SystemExit, match="takes no arguments"):  # never left to parse the `pyfast` argv
+    assert cli.main(["info"]) == 0 and called == [[]]  # never left to parse the `pyfast` argv
+    assert cli.main(["info", "--names"]) == 0 and called[-1] == ["--names"]
+
+
+def test_cli_info_names_and_bad_flag(capsys):
+    assert cli.main(["info", "--names"]) == 0
+    out = capsys.readouterr().out
+    assert "gated: " in out and "gated_cattn_fwd" in out and "gated_class_attention" in out and "--method gcab" in out
+    with pytest.raises(SystemExit) as exc:
         cli.main(["info", "--csv"])
+    assert exc.value.code == 2 and "--csv" in capsys.readouterr().err
 
 
 def test_python_m_pyfast_train_help_is_readable():
