@@ -6,11 +6,9 @@
 // touches 32 * V consecutive elements per time step. Forward: V = 16 bytes / sizeof(storage), or 1 when N or a
 // pointer does not allow the vector access. Backward, which keeps more live values per neuron (gradient carries,
 // surrogate): V = 1 for float32 and float64, V = 2 for the 16-bit types, so a warp's access of one step is a whole
-// 128-byte line in every dtype (on an H200 at T = 32 the half-precision backward at V = 8, loading step by step, ran
-// at 1.7 TB/s against the Triton backward's 2.6 TB/s at one neuron per thread). What limits the backward is the
-// bytes in flight: on an H100 (2026-11-26) loading step by step, one step in flight per thread, it ran at 1.6 TB/s
-// against the forward's 2.6, so it loads kBwdChunk steps at once before computing them (1.9 TB/s in half precision at
-// V = 1; V = 2 there is not timed yet: bench/kernel_sweep.cu times every width and chunk beside this choice).
+// 128-byte line in every dtype, and it loads kBwdChunk steps at once before computing them: what limits it is the
+// bytes in flight. The measurements behind these choices are in bench/RESULTS.md ("LIF CUDA kernel"), and
+// bench/kernel_sweep.cu times every width and chunk beside them.
 // Arithmetic is float32 (float64 for double).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
