@@ -27,6 +27,7 @@ from pyfast import info
 from pyfast.backends import BACKENDS, BackendUnavailableError
 from pyfast.bench import harness as bench_harness
 from pyfast.harness.config import (
+    ON_NONFINITE,
     OPTIMIZERS,
     SCHEDULES,
     ConfigError,
@@ -35,6 +36,7 @@ from pyfast.harness.config import (
     load_config_file,
     resolve_device,
 )
+from pyfast.harness.guard import NonFiniteLossError
 from pyfast.harness.loop import train
 from pyfast.harness.reinforce import load_teachers, reinforce
 from pyfast.registry import DATASETS, METHODS, MODELS
@@ -124,7 +126,12 @@ def _add_train(sub) -> None:
     p.add_argument("--label-smoothing", type=_nonnegative_float, help=f"(default {d.label_smoothing})")
     p.add_argument("--seed", type=_nonnegative_int, help=f"(default {d.seed})")
     p.add_argument("--out", help="run directory (default runs/METHOD-MODEL-DATA)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
+    p.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/last.pt if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an OUT that holds an earlier run (its run files are removed)")
+    p.add_argument("--on-nonfinite", choices=ON_NONFINITE,
+                   help=f"a step whose loss is NaN or infinite: stop the run there, or skip that step (default "
+                        f"{d.on_nonfinite})")
     p.add_argument("--amp", action="store_true", help="mixed precision (bf16 autocast on CPU, fp16 on CUDA)")
     p.add_argument("--device", type=_device, help=f"auto, cpu, cuda, cuda:N (default {d.device})")
     p.add_argument("--backend", choices=BACKENDS, help=f"kernel backend of pyfast ops (default {d.backend})")
@@ -220,6 +227,9 @@ def _cmd_train(args) -> int:
         history = train(cfg, log=lambda line: print(line, flush=True))
     except (ConfigError, BackendUnavailableError, FileNotFoundError) as err:
         args.parser.error(str(err))
+    except NonFiniteLossError as err:
+        print(f"pyfast train: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted; the last completed epoch's checkpoint (OUT/last.pt) is intact: continue with --resume",
               file=sys.stderr)

@@ -10,6 +10,8 @@ import dataclasses
 import json
 import math
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from pyfast.registry import DATASETS, METHODS, MODELS
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("cosine", "constant")
+ON_NONFINITE = ("stop", "skip")
 
 
 class ConfigError(ValueError):
@@ -36,6 +39,9 @@ class TrainConfig:
 
     ``batch_size`` is the global batch: with N processes each takes ``batch_size / N`` images a step.
     ``epochs`` counts per stage (only multi-stage methods such as iir-snn have more than one).
+    ``out`` that already holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (start over).
+    ``on_nonfinite``: a step whose loss is NaN or infinite stops the run (``"stop"``, naming the step; the last
+    checkpoint is kept) or is skipped without an optimiser step (``"skip"``, counted in the metrics).
     """
 
     method: str = "standard"
@@ -54,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     out: str | None = None
     resume: bool = False
+    overwrite: bool = False
     amp: bool = False
     device: str = "auto"
     backend: str = "auto"
@@ -61,6 +68,7 @@ class TrainConfig:
     method_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     max_steps_per_epoch: int | None = None
     eval_batch_size: int = 500
+    on_nonfinite: str = "stop"
     progress: bool = True
 
     def resolved(self) -> TrainConfig:
@@ -73,15 +81,51 @@ class TrainConfig:
 
 
 # Config fields that may change between a checkpoint and its resumption (epochs may also grow).
-RESUME_MAY_CHANGE = {"epochs", "out", "resume", "device", "backend", "progress", "eval_batch_size", "data_dir"}
+RESUME_MAY_CHANGE = {"epochs", "out", "resume", "overwrite", "device", "backend", "progress", "eval_batch_size",
+                     "data_dir", "on_nonfinite"}
+
+
+def _type_name(kind) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             dict: "a mapping of option names to values"}
+    return names[kind]
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> None:
+    """Raise :class:`ConfigError` unless ``value`` has the type ``annotation`` of field ``name`` (no coercion: the
+    string "no" is not a bool, 1.0 is not an int, a bool is not a number)."""
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (
+        annotation,)
+    allowed = [typing.get_origin(o) or o for o in options]
+    if value is None and type(None) in allowed:
+        return
+    for kind in allowed:
+        if kind is bool and isinstance(value, bool):
+            return
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if kind is str and isinstance(value, str):
+            return
+        if kind is dict and isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return
+    wanted = " or ".join(_type_name(k) if k is not type(None) else "null" for k in allowed)
+    raise ConfigError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__})")
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    """A :class:`TrainConfig` from a mapping (e.g. a parsed YAML/TOML file); unknown keys are an error."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - fields)
+    """A :class:`TrainConfig` from a mapping (a parsed YAML/TOML/JSON file, flags, or both): unknown keys and values
+    of the wrong type are a :class:`ConfigError` naming the key. The one typed schema is :class:`TrainConfig`'s
+    annotations, for flags and files alike."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping of option names to values, got {type(values).__name__}")
+    hints = typing.get_type_hints(TrainConfig)
+    unknown = sorted(set(values) - set(hints))
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+        raise ConfigError(f"unknown config key(s) {', '.join(map(str, unknown))}; known: {', '.join(sorted(hints))}")
+    for name, value in values.items():
+        _check_type(name, value, hints[name])
     return TrainConfig(**values)
 
 
@@ -150,7 +194,10 @@ def check_config(cfg: TrainConfig) -> None:
     number("weight_decay", 0.0)
     number("warmup_epochs", 0.0)
     number("label_smoothing", 0.0, 1.0)
-    for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("backend", BACKENDS)):
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("resume and overwrite exclude each other: continue the run in out, or start it over")
+    for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("backend", BACKENDS),
+                          ("on_nonfinite", ON_NONFINITE)):
         if getattr(cfg, name) not in choices:
             raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {getattr(cfg, name)!r}")
     for name in ("model_args", "method_args"):

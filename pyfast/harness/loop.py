@@ -10,12 +10,15 @@ stopped (same machine, backend and thread count). The last incomplete global bat
 step sees ``batch_size`` images however many processes share them.
 
 Files written to ``OUT`` (rank 0 only, each replaced atomically, so a crash or Ctrl-C leaves the previous complete
-file): ``config.json`` (the resolved config), ``last.pt`` (see :func:`~pyfast.harness.checkpoints.save_checkpoint`),
-``metrics.jsonl`` and ``metrics.csv`` (one record per epoch) and ``curves.png`` (loss and accuracy curves).
+file): ``config.json`` (the resolved config, written with the first checkpoint), ``last.pt`` and ``prev.pt`` (the
+newest checkpoint and the one before it, see :mod:`~pyfast.harness.checkpoints`), ``metrics.jsonl`` and
+``metrics.csv`` (one record per epoch) and ``curves.png`` (loss and accuracy curves). ``OUT`` is locked while a run
+uses it, and a directory that holds an earlier run is refused unless ``resume`` or ``overwrite`` says what to do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -27,19 +30,29 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from pyfast.backends import use_backend
+from pyfast.backends import availability, use_backend
 from pyfast.data import Augmentation
 from pyfast.harness.build import Run, build_run
-from pyfast.harness.checkpoints import check_resumable, load_checkpoint, save_checkpoint
+from pyfast.harness.checkpoints import (
+    LAST,
+    PREVIOUS,
+    check_resumable,
+    describe_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from pyfast.harness.config import ConfigError, TrainConfig, check_config, resolve_device
 from pyfast.harness.distributed import World, all_reduce_sum, init_distributed
-from pyfast.harness.files import atomic_write_text
+from pyfast.harness.files import OutputLock, atomic_write_text, check_output_dir, claim_output
+from pyfast.harness.guard import StepGuard
 from pyfast.harness.metrics import write_metrics
 from pyfast.harness.optim import make_optimizer, make_scheduler
 from pyfast.harness.rng import epoch_generator, set_rng_state
 from pyfast.harness.signals import GracefulInterrupt
 from pyfast.methods.base import Stage
 from pyfast.registry import RegistryError
+
+RUN_FILES = ("config.json", LAST, PREVIOUS, "metrics.jsonl", "metrics.csv", "curves.png")  # what --overwrite removes
 
 
 def steps_per_epoch(cfg: TrainConfig, num_train: int) -> int:
@@ -54,8 +67,9 @@ def autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=dtype, enabled=cfg.amp)
 
 
-def train_epoch(run: Run, optimizer, scheduler, scaler, epoch: int, desc: str) -> tuple[float, float]:
-    """One epoch over this rank's share of the training set. Returns (mean loss, accuracy) over all ranks."""
+def train_epoch(run: Run, optimizer, scheduler, scaler: StepGuard, epoch: int, desc: str) -> tuple[float, float]:
+    """One epoch over this rank's share of the training set. Returns (mean loss, accuracy) over all ranks, of the
+    batches that were trained on (a step skipped for a non-finite loss counts in ``scaler.skipped`` instead)."""
     cfg, data, world = run.cfg, run.data, run.world
     n = len(data.y_train)
     sampler = torch.utils.data.DistributedSampler(range(n), num_replicas=world.size, rank=world.rank, shuffle=True,
@@ -68,24 +82,29 @@ def train_epoch(run: Run, optimizer, scheduler, scaler, epoch: int, desc: str) -
     run.trainer.train()
     total_loss = torch.zeros((), dtype=torch.float64, device=run.device)
     correct = torch.zeros((), dtype=torch.int64, device=run.device)
+    counted = 0
     t0 = time.perf_counter()
     with tqdm(order.split(local_batch), desc=desc, leave=False, disable=not (cfg.progress and world.is_main),
               unit="batch", dynamic_ncols=True) as bar:
         for step, idx in enumerate(bar):
+            scaler.where = f"epoch {epoch + 1}, step {step + 1} of {steps}"
             x, y = run.method.batch(data, idx, augment, epoch)
             loss, logits = run.method.train_step(run.trainer, x, y, optimizer, scaler, (step, steps),
                                                  lambda: autocast(cfg, run.device))
             scheduler.step()
             run.interrupt.check()
+            if scaler.last_skipped:
+                continue
+            counted += len(idx)
             total_loss += loss.detach().double() * len(idx)
             correct += (logits.detach().argmax(1) == y).sum()
             if bar.disable:
                 continue
             seconds = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct.item() / ((step + 1) * len(idx)):.1%}",
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct.item() / counted:.1%}",
                             img_s=f"{(step + 1) * cfg.batch_size / seconds:.0f}", refresh=False)
-    loss_sum, correct_sum, count = all_reduce_sum([total_loss.item(), correct.item(), len(order)], run.device, world)
-    return loss_sum / count, correct_sum / count
+    loss_sum, correct_sum, count = all_reduce_sum([total_loss.item(), correct.item(), counted], run.device, world)
+    return (loss_sum / count, correct_sum / count) if count else (float("nan"), float("nan"))
 
 
 @torch.no_grad()
@@ -129,12 +148,19 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> list[dict]:
         raise ConfigError(str(err)) from err
     check_config(cfg)
     device = resolve_device(cfg.device)
+    if cfg.backend != "auto" and availability(cfg.backend, device):  # before any file is touched
+        raise ConfigError(f"backend {cfg.backend!r} cannot run on {device}: {availability(cfg.backend, device)}")
     world, device, owns_group = init_distributed(device)
     if cfg.batch_size % world.size:
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world.size})")
     say = log if world.is_main else (lambda line: None)
     try:
-        with use_backend(cfg.backend), GracefulInterrupt() as interrupt:
+        with contextlib.ExitStack() as hold, use_backend(cfg.backend), GracefulInterrupt() as interrupt:
+            if world.is_main:
+                out = check_output_dir(cfg.out)
+                hold.enter_context(OutputLock(out, "--out"))
+                claim_output(out, RUN_FILES, resume=cfg.resume, overwrite=cfg.overwrite,
+                             describe=lambda: _describe_run(out))
             history = _train(cfg, world, device, say, interrupt)
         if owns_group:
             # Every rank done (rank 0 writes the last checkpoint) before any rank tears the group down: a rank that
@@ -146,10 +172,16 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> list[dict]:
             dist.destroy_process_group()
 
 
+def _describe_run(out: Path) -> str:
+    if (out / LAST).exists():
+        return describe_checkpoint(out / LAST)
+    return "files of an earlier run (" + ", ".join(n for n in RUN_FILES if (out / n).exists()) + ")"
+
+
 def _train(cfg: TrainConfig, world: World, device: torch.device, say: Callable[[str], None],
            interrupt: GracefulInterrupt) -> list[dict]:
     out = Path(cfg.out)
-    ckpt_path = out / "last.pt"
+    ckpt_path = out / LAST
     run = build_run(cfg, world, device)
     run.interrupt = interrupt
     steps = steps_per_epoch(cfg, len(run.data.y_train))
@@ -163,9 +195,6 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, say: Callable[[
         say(f"resuming {ckpt_path} after epoch {start}")
     elif cfg.resume:
         say(f"no checkpoint at {ckpt_path}; starting from scratch")
-    if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     n_params = sum(p.numel() for p in run.model.parameters())
     say(f"{cfg.method} | {cfg.model} ({n_params / 1e6:.2f}M parameters) | {cfg.data} "
         f"({len(run.data.y_train)} train / {len(run.data.y_test)} test) | {device}"
@@ -176,7 +205,8 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, say: Callable[[
 
     stage_index, stage_first = stage_at(run.stages, start)
     optimizer = scheduler = None
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+    scaler = StepGuard(torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda"),
+                       cfg.on_nonfinite)
     for epoch in range(start, total_epochs):
         stage_index, stage_first = stage_at(run.stages, epoch)
         stage = run.stages[stage_index]
@@ -201,15 +231,19 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, say: Callable[[
         train_seconds = time.perf_counter() - t0
         test_loss, test_acc = evaluate(run)
         seconds = time.perf_counter() - t0
+        skipped, scaler.skipped = scaler.skipped, 0
         record = {"epoch": epoch + 1, "stage": stage.name, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                   "test_loss": test_loss, "test_acc": test_acc, "seconds": round(seconds, 3),
-                  "images_per_s": round(steps * cfg.batch_size / train_seconds, 1)}
+                  "images_per_s": round(steps * cfg.batch_size / train_seconds, 1), "skipped_steps": skipped}
         history.append(record)
         say(f"epoch {epoch + 1}/{total_epochs}{f' [{stage.name}]' if len(run.stages) > 1 else ''}  "
             f"train_loss {train_loss:.4f}  train_acc {train_acc:6.2%}  test_loss {test_loss:.4f}  "
-            f"test_acc {test_acc:6.2%}  {seconds:.1f}s ({record['images_per_s']:.0f} img/s)")
+            f"test_acc {test_acc:6.2%}  {seconds:.1f}s ({record['images_per_s']:.0f} img/s)"
+            f"{f'  [{skipped} steps skipped: non-finite loss]' if skipped else ''}")
         if world.is_main:
             save_checkpoint(ckpt_path, cfg, run.model, optimizer, scheduler, scaler, epoch + 1, history)
+            if epoch == start:  # the run has started: its config goes beside its first checkpoint
+                atomic_write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
             write_metrics(out, history)
         interrupt.check()  # a Ctrl-C during evaluation or the writes stops here, after them
     return history

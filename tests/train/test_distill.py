@@ -11,6 +11,7 @@ import torch
 
 import pyfast.harness.loop
 from pyfast.harness import ConfigError, TrainConfig, build_run, load_checkpoint, load_trained_model, train
+from pyfast.harness.checkpoints import checksum
 from pyfast.harness.distributed import World
 from pyfast.losses import nkd_loss
 from pyfast.methods.distill import OnlinePair
@@ -139,6 +140,7 @@ def test_lsskd_resume_is_exact_with_the_bank(tmp_path, monkeypatch):
     first = load_checkpoint(tmp_path / "b" / "last.pt")
     assert first["epoch"] == 1 and bool(first["model"]["bank.seen"].all())
     forgetful = dict(first, model={**first["model"], "bank.seen": torch.zeros(8, dtype=torch.bool)})
+    forgetful["checksum"] = checksum(forgetful)  # a deliberate edit, not a corruption
     (tmp_path / "c").mkdir()
     torch.save(forgetful, tmp_path / "c" / "last.pt")
     torch.manual_seed(1234)
