@@ -22,6 +22,8 @@ import pkgutil
 import sys
 from pathlib import Path
 
+import yaml
+
 import pyfast.bench
 from pyfast import info
 from pyfast.backends import BACKENDS, BackendUnavailableError
@@ -87,13 +89,17 @@ def _device(text: str) -> str:
     return text
 
 
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "+inf": math.inf, "-inf": -math.inf}
+
+
 def _key_value(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` with VALUE read as YAML (``3``, ``0.5``, ``true``, ``[5, 4]``, or a plain string)."""
+    """``KEY=VALUE`` with VALUE read as YAML (``3``, ``0.5``, ``true``, ``[5, 4]``, or a plain string); ``nan``,
+    ``inf`` and ``-inf`` are the floats (YAML spells them ``.nan`` / ``.inf``), so the option's check sees a number."""
     key, sep, value = text.partition("=")
     if not sep or not key.isidentifier():
         raise argparse.ArgumentTypeError(f"must look like KEY=VALUE with KEY a name, got {text!r}")
-    import yaml
-
+    if value.strip().lower() in _NON_FINITE:
+        return key, _NON_FINITE[value.strip().lower()]
     try:
         return key, yaml.safe_load(value)
     except yaml.YAMLError:
@@ -164,7 +170,11 @@ def config_from_args(args) -> TrainConfig:
     for name in fields & set(vars(args)):
         value = getattr(args, name)
         if name in ("model_args", "method_args"):
-            value = {**values.get(name, {}), **dict(value)}
+            from_file = values.get(name, {})
+            if not isinstance(from_file, dict):
+                raise ConfigError(f"{name} in {args.config} must be a mapping of option names to values, got "
+                                  f"{from_file!r}")
+            value = {**from_file, **dict(value)}
         values[name] = value
     return config_from_dict(values)
 

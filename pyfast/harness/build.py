@@ -41,7 +41,7 @@ def build_model(cfg: TrainConfig, method: Method, data: ImageData) -> nn.Module:
     options = {**method.model_options(), **cfg.model_args}
     try:
         model = MODELS.get(cfg.model).builder(data.num_classes, in_channels=channels, image_size=size, **options)
-    except TypeError as err:  # an option the builder does not take
+    except (TypeError, ValueError) as err:  # an option the builder does not take, or a value it refuses
         raise ConfigError(f"model {cfg.model!r} rejects model_args {options}: {err}") from err
     try:
         return method.prepare_model(model)
