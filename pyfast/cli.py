@@ -28,6 +28,7 @@ import pyfast.bench
 from pyfast import info
 from pyfast.backends import BACKENDS, BackendUnavailableError
 from pyfast.bench import harness as bench_harness
+from pyfast.harness.build import load_data
 from pyfast.harness.config import (
     ON_NONFINITE,
     OPTIMIZERS,
@@ -201,6 +202,8 @@ def _add_reinforce(sub) -> None:
                    help="RandAugment magnitude M in 0..30, torchvision's 31 bins (default %(default)s)")
     p.add_argument("--erase-p", type=_nonnegative_float, default=0.25, help="probability of RandomErasing (default %(default)s)")
     p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an OUT (and its OUT.partial) made with other arguments, starting over")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_cmd_reinforce, parser=p)
 
@@ -210,10 +213,11 @@ def _cmd_reinforce(args) -> int:
         args.parser.error(f"argument --data: must be one of {', '.join(DATASETS.names())}, got {args.data!r}")
     out = Path(args.out or f"runs/reinforced-{args.data}.pt")
     try:
-        data = DATASETS.get(args.data).builder(args.data_dir)
+        data = load_data(args.data, args.data_dir)
         teachers, infos = load_teachers(args.teacher, data)
         rd = reinforce(data, teachers, out, samples=args.samples, topk=args.topk, seed=args.seed,
                        batch_size=args.batch_size, magnitude=args.magnitude, erase_p=args.erase_p,
+                       overwrite=args.overwrite,
                        teacher_meta=infos, device=resolve_device(args.device), progress=args.progress,
                        log=lambda line: print(line, flush=True))
     except (ConfigError, FileNotFoundError) as err:

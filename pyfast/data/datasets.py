@@ -36,6 +36,10 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset file that is not where it should be; the message says what to download and where to put it."""
 
 
+class DatasetFormatError(ValueError):
+    """A dataset file that is there but does not hold what it should (keys, dtypes, shapes, labels)."""
+
+
 @DATASETS.register("digits", "scikit-learn's 8x8 digits (embedded, 1437 train / 360 test) as 32x32 RGB, 10 classes")
 def digits(data_dir: str | None = None) -> ImageData:
     """The embedded default: digits upsampled (bilinear) to 32x32 and repeated to 3 channels, crop augmentation only
@@ -76,23 +80,55 @@ def _unpickle(path: Path) -> dict:
             raise DatasetNotFoundError(f"{path} is not a readable CIFAR pickle ({err}); re-download it") from err
 
 
+def _cifar_part(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The images ``[N, 3, 32, 32]`` (uint8) and labels ``[N]`` (int64) of one CIFAR pickle, checked: a mapping with
+    ``data`` (uint8 rows of 3 * 32 * 32 values, as the archives hold them: float or other data would be cast
+    silently) and ``label_key`` (integers in ``0..num_classes-1``, one per row); else a :class:`DatasetFormatError`
+    naming the file and what is wrong."""
+    part = _unpickle(path)
+    redownload = "; re-download the archive"
+    if not isinstance(part, dict):
+        raise DatasetFormatError(f"{path} holds a {type(part).__name__}, not the mapping of a CIFAR batch{redownload}")
+    missing = [k.decode() for k in (b"data", label_key) if k not in part]
+    if missing:
+        raise DatasetFormatError(f"{path} lacks the key(s) {', '.join(missing)} of a CIFAR batch (it has "
+                                 f"{', '.join(repr(k) for k in part)}){redownload}")
+    data, labels = part[b"data"], part[label_key]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+        kind = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
+        raise DatasetFormatError(f"{path}: data must be a uint8 array (pixel values 0..255), got {kind}{redownload}")
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DatasetFormatError(f"{path}: data must have rows of 3 x 32 x 32 = 3072 values, got shape "
+                                 f"{data.shape}{redownload}")
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DatasetFormatError(f"{path}: {label_key.decode()} must be a list of integer class indices, got "
+                                 f"{labels.dtype} of shape {labels.shape}{redownload}")
+    if len(labels) != len(data):
+        raise DatasetFormatError(f"{path}: {len(labels)} labels for {len(data)} images{redownload}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DatasetFormatError(f"{path}: labels must be in 0..{num_classes - 1}, found {labels.min()}.."
+                                 f"{labels.max()}{redownload}")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
 def load_cifar(name: str, data_dir: str | None) -> ImageData:
-    """CIFAR-10 or CIFAR-100 (fine labels) from the python-pickle files under ``data_dir``."""
+    """CIFAR-10 or CIFAR-100 (fine labels) from the python-pickle files under ``data_dir``, checked as they load."""
     folder = _cifar_folder(name, data_dir)
     _, train_files, test_file, label_key, meta_file, names_key = _CIFAR_LAYOUT[name]
+    num_classes = 10 if name == "cifar10" else 100
 
     def read(files):
-        parts = [_unpickle(folder / f) for f in files]
-        x = np.concatenate([p[b"data"] for p in parts]).reshape(-1, 3, 32, 32)
-        y = np.concatenate([np.asarray(p[label_key], dtype=np.int64) for p in parts])
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8)), torch.from_numpy(y)
+        parts = [_cifar_part(folder / f, label_key, num_classes) for f in files]
+        x = np.concatenate([p[0] for p in parts])
+        y = np.concatenate([p[1] for p in parts])
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
 
     x_train, y_train = read(train_files)
     x_test, y_test = read([test_file])
     meta_path = folder / meta_file
     names = tuple(n.decode() for n in _unpickle(meta_path)[names_key]) if meta_path.is_file() else ()
     mean, std = _CIFAR_STATS[name]
-    num_classes = 10 if name == "cifar10" else 100
     return ImageData(name, x_train, y_train, x_test, y_test, num_classes, mean, std, class_names=names)
 
 

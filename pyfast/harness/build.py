@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pyfast.data import ImageData
+from pyfast.data import DatasetFormatError, ImageData
 from pyfast.harness.checkpoints import load_checkpoint
 from pyfast.harness.config import ConfigError, TrainConfig, config_from_dict
 from pyfast.harness.distributed import World
@@ -76,9 +76,18 @@ def load_trained_model(path: str | os.PathLike, data: ImageData) -> nn.Module:
     return model.eval()
 
 
+def load_data(name: str, data_dir: str | None) -> ImageData:
+    """The registered dataset ``name`` (files under ``data_dir``); a file that is there but malformed is a
+    :class:`ConfigError` naming it (a missing one stays a ``DatasetNotFoundError`` saying what to download)."""
+    try:
+        return DATASETS.get(name).builder(data_dir)
+    except DatasetFormatError as err:
+        raise ConfigError(f"--data {name}: {err}") from err
+
+
 def build_run(cfg: TrainConfig, world: World, device: torch.device) -> Run:
     """Data, method and model of a resolved, checked ``cfg`` (the model on ``device``, DDP-wrapped if distributed)."""
-    data = DATASETS.get(cfg.data).builder(cfg.data_dir)
+    data = load_data(cfg.data, cfg.data_dir)
     method = make_method(cfg, data)
     seed_everything(cfg.seed)
     model = build_model(cfg, method, data).to(device)

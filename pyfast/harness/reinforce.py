@@ -39,7 +39,7 @@ from pyfast.data import transforms as T
 from pyfast.harness.build import load_trained_model
 from pyfast.harness.checkpoints import load_checkpoint
 from pyfast.harness.config import ConfigError
-from pyfast.harness.files import atomic_write
+from pyfast.harness.files import OutputLock, atomic_write, check_output_dir
 from pyfast.harness.rng import epoch_generator
 from pyfast.losses.dr import sparsify
 
@@ -119,9 +119,30 @@ def load_reinforced(path: str | os.PathLike, data: ImageData | None = None) -> R
         if tuple(getattr(rd, name).shape) != shape:
             raise ReinforceError(f"{path}: {name} has shape {tuple(getattr(rd, name).shape)}, its metadata says "
                                  f"{shape}")
+    _check_targets(rd, path)
     if data is not None:
         rd.check_data(data, str(path))
     return rd
+
+
+def _check_targets(rd: ReinforcedData, path: Path) -> None:
+    """The stored targets must be top-k probabilities: finite, in [0, 1], summing to at most 1 per sample (up to
+    float32 rounding), with class indices in range. Checked when the file is opened, so a bad file is refused before
+    training starts rather than turning into NaN losses mid-epoch."""
+    probs, classes, num_classes = rd.probs, rd.indices, rd.meta["num_classes"]
+    bad = ~torch.isfinite(probs) | (probs < 0) | (probs > 1)
+    if bool(bad.any()):
+        image, sample, k = (int(i) for i in bad.nonzero()[0])
+        raise ReinforceError(f"{path}: probs[{image}, {sample}, {k}] is {probs[image, sample, k].item()}, not a "
+                             "probability; the file is damaged: make it again with `pyfast reinforce`")
+    over = probs.double().sum(-1) > 1 + 1e-4
+    if bool(over.any()):
+        image, sample = (int(i) for i in over.nonzero()[0])
+        raise ReinforceError(f"{path}: the top-{probs.shape[-1]} probabilities of image {image}, sample {sample} sum "
+                             f"to {probs[image, sample].double().sum().item():.6f} > 1; the file is damaged")
+    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
+        raise ReinforceError(f"{path}: class indices must be in 0..{num_classes - 1}, found {int(classes.min())}.."
+                             f"{int(classes.max())}; the file is damaged")
 
 
 def teacher_info(path: str | os.PathLike) -> dict:
@@ -158,7 +179,7 @@ def ensemble_probs(teachers: Sequence[nn.Module], x: torch.Tensor) -> torch.Tens
 def reinforce(data: ImageData, teachers: Sequence[nn.Module], out: str | os.PathLike, *, samples: int = 4,
               topk: int = 5, seed: int = 0, batch_size: int = 256, magnitude: int = 9, erase_p: float = 0.25,
               teacher_meta: Sequence[dict] | None = None, device: str | torch.device = "cpu",
-              save_interval: float = 60.0, progress: bool = True,
+              save_interval: float = 60.0, progress: bool = True, overwrite: bool = False,
               log: Callable[[str], None] = print) -> ReinforcedData:
     """Reinforce ``data``'s training set with the ensemble ``teachers`` (eval-mode models taking normalised images)
     and write it to ``out`` atomically (see the module docstring); returns it.
@@ -166,7 +187,9 @@ def reinforce(data: ImageData, teachers: Sequence[nn.Module], out: str | os.Path
     ``samples``: augmentations per image (NS); ``topk``: probabilities kept per augmentation (K);
     ``magnitude``: RandAugment's M (0..30); ``erase_p``: RandomErasing's probability; ``teacher_meta``: one dict per
     teacher identifying it in the metadata (default: its class name). ``OUT.partial`` holds the progress while it
-    runs: a run with the same arguments continues from it; one with other arguments is refused.
+    runs: a run with the same arguments continues from it; one with other arguments is refused, as is an existing
+    ``out`` made with other arguments, unless ``overwrite`` (which starts over). ``out`` is locked while this runs
+    (``OUT.lock``): a second process on it is refused.
     """
     out = Path(out).expanduser()
     for name, value, low in (("samples", samples, 1), ("topk", topk, 1), ("seed", seed, 0),
@@ -197,79 +220,86 @@ def reinforce(data: ImageData, teachers: Sequence[nn.Module], out: str | os.Path
         "augmentation": {"crop_padding": data.crop_padding, "hflip": data.hflip, "magnitude": magnitude,
                          "erase_p": float(erase_p)},
     }
-    index_dtype = torch.int16 if num_classes <= torch.iinfo(torch.int16).max else torch.int32
-    if out.exists():
-        existing = load_reinforced(out)
-        if existing.meta != meta:
-            raise ReinforceError(f"--out {out} already holds a reinforced file made with other arguments or data "
-                                 f"({_differences(existing.meta, meta)}); delete it or choose another --out")
-        log(f"{out} is already complete; nothing to do")
-        return existing
+    if out.is_dir():
+        raise ReinforceError(f"--out {out} is a directory; give the path of the file to write")
+    check_output_dir(out.parent, "--out's directory")
+    with OutputLock(out, "--out", directory=False):
+        index_dtype = torch.int16 if num_classes <= torch.iinfo(torch.int16).max else torch.int32
+        partial = out.with_name(out.name + ".partial")
+        if overwrite:
+            for stale in (out, partial):
+                stale.unlink(missing_ok=True)
+        if out.exists():
+            existing = load_reinforced(out)
+            if existing.meta != meta:
+                raise ReinforceError(f"--out {out} already holds a reinforced file made with other arguments or data "
+                                     f"({_differences(existing.meta, meta)}); pass --overwrite to replace it, or choose "
+                                     "another --out")
+            log(f"{out} is already complete; nothing to do")
+            return existing
 
-    partial = out.with_name(out.name + ".partial")
-    params = torch.zeros(n, samples, T.NUM_FIELDS, dtype=torch.int16)
-    indices = torch.zeros(n, samples, topk, dtype=index_dtype)
-    probs = torch.zeros(n, samples, topk, dtype=torch.float32)
-    start = 0
-    if partial.exists():
-        state = _load_partial(partial)
-        if state["meta"] != meta:
-            raise ReinforceError(f"cannot resume from {partial}: it was started with other arguments or data "
-                                 f"({_differences(state['meta'], meta)}); rerun with the same arguments, or delete "
-                                 f"{partial} to start over")
-        start = state["done"]
-        for name, full in (("params", params), ("indices", indices), ("probs", probs)):
-            full[:start] = state[name]
-        log(f"resuming {partial} after {start} of {n} images")
+        params = torch.zeros(n, samples, T.NUM_FIELDS, dtype=torch.int16)
+        indices = torch.zeros(n, samples, topk, dtype=index_dtype)
+        probs = torch.zeros(n, samples, topk, dtype=torch.float32)
+        start = 0
+        if partial.exists():
+            state = _load_partial(partial)
+            if state["meta"] != meta:
+                raise ReinforceError(f"cannot resume from {partial}: it was started with other arguments or data "
+                                     f"({_differences(state['meta'], meta)}); rerun with the same arguments, or pass "
+                                     "--overwrite to start over")
+            start = state["done"]
+            for name, full in (("params", params), ("indices", indices), ("probs", probs)):
+                full[:start] = state[name]
+            log(f"resuming {partial} after {start} of {n} images")
 
-    device = torch.device(device)
-    teachers = [t.to(device).eval() for t in teachers]
-    x_train = data.x_train.to(device)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    last_save = time.monotonic()
+        device = torch.device(device)
+        teachers = [t.to(device).eval() for t in teachers]
+        x_train = data.x_train.to(device)
+        last_save = time.monotonic()
 
-    def save_progress(done: int) -> None:
-        state = {"format": FORMAT + "-partial", "meta": meta, "done": done, "params": params[:done].clone(),
-                 "indices": indices[:done].clone(), "probs": probs[:done].clone()}
-        atomic_write(partial, lambda f: torch.save(state, f))
+        def save_progress(done: int) -> None:
+            state = {"format": FORMAT + "-partial", "meta": meta, "done": done, "params": params[:done].clone(),
+                     "indices": indices[:done].clone(), "probs": probs[:done].clone()}
+            atomic_write(partial, lambda f: torch.save(state, f))
 
-    done = start
-    with tqdm(total=n, initial=start, desc="reinforce", unit="img", disable=not progress, dynamic_ncols=True) as bar:
-        try:
-            for first in range(start, n, PARAM_BLOCK):
-                block = torch.arange(first, min(first + PARAM_BLOCK, n))
-                p = T.sample_params(len(block) * samples, data.image_shape, crop_padding=data.crop_padding,
-                                    hflip=data.hflip, magnitude=magnitude, erase_p=erase_p,
-                                    generator=epoch_generator(seed, first // PARAM_BLOCK, _PARAM_STREAM))
-                image = block.repeat_interleave(samples)  # image-major: (i, s) for s in range(samples)
-                values, classes = [], []
-                for rows in torch.arange(len(image)).split(batch_size):
-                    x = T.apply(x_train[image[rows].to(device)], p[rows].to(device))
-                    mean = ensemble_probs(teachers, data.normalize(x))
-                    if mean.shape != (len(rows), num_classes):
-                        raise ReinforceError(f"--teacher: the teachers give outputs of shape {tuple(mean.shape)} for "
-                                             f"{len(rows)} images of {data.name}, expected {num_classes} classes")
-                    top = sparsify(mean, topk)
-                    values.append(top.values.cpu())
-                    classes.append(top.indices.cpu())
-                params[block] = p.view(len(block), samples, -1)
-                probs[block] = torch.cat(values).view(len(block), samples, topk)
-                indices[block] = torch.cat(classes).to(index_dtype).view(len(block), samples, topk)
-                done = int(block[-1]) + 1
-                bar.update(len(block))
-                if done < n and time.monotonic() - last_save >= save_interval:
+        done = start
+        with tqdm(total=n, initial=start, desc="reinforce", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+            try:
+                for first in range(start, n, PARAM_BLOCK):
+                    block = torch.arange(first, min(first + PARAM_BLOCK, n))
+                    p = T.sample_params(len(block) * samples, data.image_shape, crop_padding=data.crop_padding,
+                                        hflip=data.hflip, magnitude=magnitude, erase_p=erase_p,
+                                        generator=epoch_generator(seed, first // PARAM_BLOCK, _PARAM_STREAM))
+                    image = block.repeat_interleave(samples)  # image-major: (i, s) for s in range(samples)
+                    values, classes = [], []
+                    for rows in torch.arange(len(image)).split(batch_size):
+                        x = T.apply(x_train[image[rows].to(device)], p[rows].to(device))
+                        mean = ensemble_probs(teachers, data.normalize(x))
+                        if mean.shape != (len(rows), num_classes):
+                            raise ReinforceError(f"--teacher: the teachers give outputs of shape {tuple(mean.shape)} for "
+                                                 f"{len(rows)} images of {data.name}, expected {num_classes} classes")
+                        top = sparsify(mean, topk)
+                        values.append(top.values.cpu())
+                        classes.append(top.indices.cpu())
+                    params[block] = p.view(len(block), samples, -1)
+                    probs[block] = torch.cat(values).view(len(block), samples, topk)
+                    indices[block] = torch.cat(classes).to(index_dtype).view(len(block), samples, topk)
+                    done = int(block[-1]) + 1
+                    bar.update(len(block))
+                    if done < n and time.monotonic() - last_save >= save_interval:
+                        save_progress(done)
+                        last_save = time.monotonic()
+            except KeyboardInterrupt:  # keep the completed blocks (a second Ctrl-C during the write leaves the old file)
+                if done > start:
                     save_progress(done)
-                    last_save = time.monotonic()
-        except KeyboardInterrupt:  # keep the completed blocks (a second Ctrl-C during the write leaves the old file)
-            if done > start:
-                save_progress(done)
-            raise
+                raise
 
-    result = ReinforcedData(meta, params, indices, probs)
-    obj = {"format": FORMAT, "meta": meta, "params": params, "indices": indices, "probs": probs}
-    atomic_write(out, lambda f: torch.save(obj, f))
-    partial.unlink(missing_ok=True)
-    return result
+        result = ReinforcedData(meta, params, indices, probs)
+        obj = {"format": FORMAT, "meta": meta, "params": params, "indices": indices, "probs": probs}
+        atomic_write(out, lambda f: torch.save(obj, f))
+        partial.unlink(missing_ok=True)
+        return result
 
 
 def _load_partial(path: Path) -> dict:

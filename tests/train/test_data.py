@@ -1,6 +1,7 @@
 """Datasets, augmentation and continual-learning splits of the training harness."""
 
 import pickle
+import subprocess
 import sys
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 
 from pyfast.data import (
     Augmentation,
+    DatasetFormatError,
     DatasetNotFoundError,
     class_incremental_tasks,
     class_order,
@@ -134,3 +136,36 @@ def test_missing_cifar_says_which_file_and_where_to_get_it(tmp_path):
     (folder / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(DatasetNotFoundError, match="not a readable CIFAR pickle"):
         load_cifar("cifar10", str(tmp_path / "c10"))
+
+
+def _rewrite(folder, name, change):
+    batch = pickle.loads((folder / name).read_bytes())
+    (folder / name).write_bytes(pickle.dumps(change(batch)))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda b: {**b, b"data": b[b"data"].astype(np.float32) / 255}, "data must be a uint8 array"),  # was cast to 0
+    (lambda b: {**b, b"labels": [float(v) + 0.7 for v in b[b"labels"]]}, "must be a list of integer class indices"),
+    (lambda b: {**b, b"labels": [10] + b[b"labels"][1:]}, r"labels must be in 0\.\.9, found"),
+    (lambda b: {**b, b"labels": [-1] + b[b"labels"][1:]}, r"labels must be in 0\.\.9, found -1"),
+    (lambda b: {**b, b"labels": b[b"labels"][:-1]}, "3 labels for 4 images"),
+    (lambda b: {b"data": b[b"data"]}, "lacks the key"),
+    (lambda b: {**b, b"data": b[b"data"][:, :1000]}, "rows of 3 x 32 x 32 = 3072 values"),
+    (lambda b: [b[b"data"], b[b"labels"]], "holds a list, not the mapping"),
+])
+def test_a_malformed_cifar_file_is_refused_at_load_naming_the_file(tmp_path, change, message):
+    folder = _write_fake_cifar10(tmp_path)
+    _rewrite(folder, "data_batch_2", change)
+    with pytest.raises(DatasetFormatError, match=message) as err:
+        load_cifar("cifar10", str(tmp_path))
+    assert "data_batch_2" in str(err.value)
+
+
+def test_cli_exits_2_on_a_malformed_cifar_file(tmp_path):
+    folder = _write_fake_cifar10(tmp_path / "data")
+    _rewrite(folder, "test_batch", lambda b: {**b, b"labels": b[b"labels"][:2]})
+    proc = subprocess.run([sys.executable, "-m", "pyfast", "train", "--data", "cifar10", "--data-dir",
+                           str(tmp_path / "data"), "--model", "snn-small", "--out", str(tmp_path / "run"),
+                           "--no-progress"], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "test_batch: 2 labels for 4 images" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "config.json").exists()

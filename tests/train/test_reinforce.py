@@ -14,6 +14,7 @@ from pyfast import cli
 from pyfast.data import Augmentation
 from pyfast.data import transforms as T
 from pyfast.harness import ConfigError, TrainConfig
+from pyfast.harness.files import OutputError, OutputLock
 from pyfast.harness.reinforce import PARAM_BLOCK, ReinforceError, fingerprint, load_reinforced, load_teachers, reinforce
 from pyfast.harness.rng import epoch_generator
 from pyfast.losses import DRLoss, densify, dr_loss, sparsify
@@ -340,6 +341,38 @@ def test_reinforce_resumes_after_an_interruption_to_the_same_file(tmp_path, smal
     assert reinforce(small, [Recorder(0), Recorder(1)], out, **kw).meta == whole.meta  # complete: nothing to do
     with pytest.raises(ReinforceError, match=r"--out .* already holds .*topk=3 \(now 2\)"):
         reinforce(small, [Recorder(0), Recorder(1)], out, **{**kw, "topk": 2})
+
+
+def test_reinforce_overwrite_starts_over_and_a_second_process_is_refused(tmp_path, small):
+    kw = dict(samples=2, topk=3, seed=1, batch_size=48, **_quiet())
+    out = tmp_path / "d.pt"
+    reinforce(small, [Recorder(0)], out, **kw)
+    replaced = reinforce(small, [Recorder(0)], out, **{**kw, "topk": 2, "overwrite": True})
+    assert replaced.meta["topk"] == 2 and load_reinforced(out).meta["topk"] == 2
+    with pytest.raises(KeyboardInterrupt):
+        reinforce(small, [Recorder(0, stop_after=4)], tmp_path / "p.pt", save_interval=0.0, **kw)
+    started_over = [Recorder(0)]
+    reinforce(small, started_over, tmp_path / "p.pt", **{**kw, "samples": 3, "overwrite": True})
+    assert sum(len(x) for x in started_over[0].inputs) == 150 * 3  # nothing reused from the other partial
+    with OutputLock(out, "--out", directory=False), pytest.raises(OutputError, match="in use by another"):
+        reinforce(small, [Recorder(0)], out, **kw)
+    with pytest.raises(ReinforceError, match="is a directory"):
+        reinforce(small, [Recorder(0)], tmp_path, **kw)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: f["probs"][3, 1].__setitem__(0, float("nan")), r"probs\[3, 1, 0\] is nan, not a probability"),
+    (lambda f: f["probs"][0, 0].__setitem__(1, -0.1), r"probs\[0, 0, 1\] is -0.1"),
+    (lambda f: f["probs"][2, 0].fill_(0.5), "image 2, sample 0 sum to 1.500000 > 1"),
+    (lambda f: f["indices"][1, 1].__setitem__(0, 10), r"class indices must be in 0\.\.9"),
+])
+def test_a_damaged_reinforced_file_is_refused_when_opened(tmp_path, small, damage, message):
+    reinforce(small, [Recorder(0)], tmp_path / "d.pt", samples=2, topk=3, **_quiet())
+    saved = torch.load(tmp_path / "d.pt", weights_only=True)
+    damage(saved)
+    torch.save(saved, tmp_path / "d.pt")
+    with pytest.raises(ReinforceError, match=message):
+        load_reinforced(tmp_path / "d.pt", small)
 
 
 def test_reinforce_bad_input_names_the_argument(tmp_path, small):
