@@ -147,6 +147,8 @@ def _add_train(sub) -> None:
     p.add_argument("--method-arg", dest="method_args", action="append", type=_key_value, metavar="KEY=VALUE",
                    help="method option, e.g. timesteps=[2,1] (repeatable)")
     p.add_argument("--max-steps-per-epoch", type=_positive_int, help="train on at most this many batches an epoch")
+    p.add_argument("--eval-batch-size", type=_positive_int, help=f"test images per forward (default "
+                                                                 f"{d.eval_batch_size})")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=_cmd_train, parser=p)
 

@@ -34,6 +34,9 @@ class Run:
     interrupt: GracefulInterrupt = dataclasses.field(default_factory=GracefulInterrupt)
 
 
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
 def build_model(cfg: TrainConfig, method: Method, data: ImageData) -> nn.Module:
     """The model of a resolved ``cfg`` for ``data``: the registry's builder with the method's and the config's
     options, then the method's :meth:`~pyfast.methods.Method.prepare_model` (on the CPU, freshly initialised)."""
@@ -91,6 +94,10 @@ def build_run(cfg: TrainConfig, world: World, device: torch.device) -> Run:
     method = make_method(cfg, data)
     seed_everything(cfg.seed)
     model = build_model(cfg, method, data).to(device)
+    local_batch = cfg.batch_size // world.size
+    if local_batch == 1 and any(isinstance(m, _BATCH_NORMS) for m in model.modules()):
+        raise ConfigError(f"batch_size {cfg.batch_size} leaves 1 image per process and step, and {cfg.model!r} has "
+                          "batch normalisation, which needs at least 2 to train; use a larger batch_size")
     trainer = model
     if world.size > 1:
         ids = [device.index] if device.type == "cuda" else None
