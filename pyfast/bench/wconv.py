@@ -44,7 +44,7 @@ from pyfast import _extension
 from pyfast.backends import availability
 from pyfast.bench import harness
 from pyfast.nn.wconv import default_den
-from pyfast.ops.wconv import _weight, pack_den
+from pyfast.ops.wconv import pack_den, weight_of_packed_den
 from pyfast.reference.wconv import wconv_ref, wconv_weight_ref
 
 # 3x3 conv layers of the CIFAR networks: (C_in, C_out, H, W, stride) -> how many layers of that shape.
@@ -205,7 +205,7 @@ def _op_fn(provider, device):
         reason = _extension.cuda_reason()
     if reason:
         raise Unavailable(reason)
-    return lambda w, d: _weight(w, d, provider)
+    return lambda w, d: weight_of_packed_den(w, d, provider)
 
 
 def bench_op(shapes, device, dtype, providers, min_run_time, sha, writer):

@@ -195,8 +195,9 @@ def check_den_values(den: torch.Tensor, allow_negative_den: bool = False) -> Non
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _weight(weight: torch.Tensor, den: torch.Tensor, backend: str) -> torch.Tensor:
-    """W * Phi for a validated weight and packed den (no value checks: the modules check den when it is set)."""
+def weight_of_packed_den(weight: torch.Tensor, den: torch.Tensor, backend: str) -> torch.Tensor:
+    """W * Phi for a validated weight and a den already packed by :func:`pack_den` (no value checks: the modules
+    check den when it is set); ``backend`` as in :func:`wconv_weight`. The modules' and the benchmark's entry."""
     chosen = resolve("wconv", backend, weight.device)
     if den.device != weight.device:
         raise ValueError(f"wconv: den is on {den.device} but weight is on {weight.device}")
@@ -233,7 +234,7 @@ def wconv_weight(weight: torch.Tensor, den, *, allow_negative_den: bool = False,
     kernel_size = _check_weight(weight)
     den = pack_den(den, kernel_size, device=weight.device, dtype=acc_dtype(weight.dtype))
     check_den_values(den, allow_negative_den)
-    return _weight(weight, den, backend)
+    return weight_of_packed_den(weight, den, backend)
 
 
 def wconv(x: torch.Tensor, weight: torch.Tensor, den, bias: torch.Tensor | None = None, stride=1, padding=0,

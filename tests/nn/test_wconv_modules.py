@@ -110,26 +110,34 @@ def test_state_dicts_load_both_ways():
         fresh.load_state_dict(sd)
 
 
-def test_eval_caches_the_weighted_weight_until_weight_or_den_change():
+def _ema_through_data(layer):
+    layer.weight.data.mul_(0.5).add_(1.0)  # .data: no version bump on the parameter
+
+
+@pytest.mark.parametrize("change", [
+    _ema_through_data,
+    lambda layer: setattr(layer.weight, "data", layer.weight.data * 3),
+    lambda layer: layer.weight.mul_(2),
+    lambda layer: layer.load_state_dict({**layer.state_dict(), "weight": torch.randn_like(layer.weight)}),
+    lambda layer: layer.den.fill_(0.1),
+    lambda layer: layer.den.data.copy_(torch.tensor([0.3])),
+    lambda layer: torch.optim.SGD(layer.parameters(), lr=1.0).step(),
+])
+def test_eval_output_follows_every_kind_of_weight_or_den_change(change):
+    # The reviewer's reproducer: a cached W * Phi went stale after an EMA update written with .data (off by 1.3).
     layer = pyfast.nn.WeightedConv2d(2, 3, 3, padding=1, learnable_den=True).eval()
     x = torch.randn(1, 2, 5, 5)
+    layer(x).sum().backward()  # gradients for the optimizer case
     with torch.no_grad():
-        y0 = layer(x)
-        first = layer.weighted_weight()
-        assert layer.weighted_weight() is first  # cached
-        layer.weight.mul_(2)  # in-place update bumps the version: recomputed
-        assert layer.weighted_weight() is not first
-        torch.testing.assert_close(layer(x), 2 * y0 - layer.bias.view(1, -1, 1, 1))
-        again = layer.weighted_weight()
-        layer.den.fill_(0.1)
-        assert layer.weighted_weight() is not again
+        layer(x)
+        layer(x)
+        change(layer)
+        torch.testing.assert_close(layer(x), wconv_ref(x, layer.weight, layer.den, layer.bias, padding=1))
     with torch.inference_mode():
         torch.testing.assert_close(layer(x), wconv_ref(x, layer.weight, layer.den, layer.bias, padding=1))
-    # Training: never cached, gradients flow.
-    layer.train()
-    assert layer._wt_cache is None
-    layer(x).sum().backward()
-    assert layer.weight.grad is not None and layer.den.grad is not None
+    layer = layer.double()
+    torch.testing.assert_close(layer(x.double()), wconv_ref(x.double(), layer.weight, layer.den, layer.bias,
+                                                            padding=1))
 
 
 def test_bad_constructor_arguments_name_the_argument():
