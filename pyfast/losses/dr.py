@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyfast.losses._checks import REDUCTIONS, check_logits, reduce
+from pyfast.losses.kd import float_logits
 
 DENSIFY_METHODS = ("smooth", "topk")
 
@@ -46,12 +47,14 @@ def densify(sparse: Sparse | tuple[torch.Tensor, torch.Tensor], num_classes: int
     - ``"smooth"``: the top-k classes keep their values, the other ``C - k`` share ``r`` equally. Where ``r < 0``
       (values that sum above 1), the row is ``softmax(values)`` on the top-k and 0 elsewhere, as ml-dr does. A
       ``r`` in ``[-k eps, 0)`` (eps of the values' dtype) is the rounding of a true probability vector and counts as
-      ``r = 0``, so ``densify(sparsify(p, C))`` gives ``p`` back. With ``k = C`` there is no other class and ``r``
-      (rounding) is dropped.
+      ``r = 0``, so ``densify(sparsify(p, C))`` gives ``p`` back. With ``k = C`` there is no other class to take
+      ``r``: values off 1 by more than rounding are renormalised to sum to 1 (uniform where they are all 0).
     - ``"topk"``: the top-k values renormalised to sum to 1, 0 elsewhere (ml-dr's ``"zeros"`` takes a softmax of the
       values instead, which flattens probabilities towards uniform; this keeps their ratios).
 
-    Rows sum to 1 (up to rounding); the top-k classes keep their values under ``"smooth"`` (r >= 0).
+    Every row is a distribution: non-negative, summing to 1 (up to rounding); the top-k classes keep their values
+    under ``"smooth"`` when ``r >= 0`` and ``k < C``. Values must be finite and non-negative and the classes of a
+    row distinct (a repeated class would be written twice and its mass lost): anything else is a ValueError.
     """
     values, indices = sparse
     if not isinstance(values, torch.Tensor) or not values.is_floating_point() or values.dim() < 1:
@@ -69,12 +72,22 @@ def densify(sparse: Sparse | tuple[torch.Tensor, torch.Tensor], num_classes: int
         raise ValueError(f"method must be one of {', '.join(DENSIFY_METHODS)}, got {method!r}")
     if values.numel() and not torch.isfinite(values).all():
         raise ValueError("sparse values must be finite")
+    if values.numel() and bool((values < 0).any()):
+        raise ValueError(f"sparse values must be probabilities >= 0, got a minimum of {values.min().item()}")
     indices = indices.long()
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= num_classes):
         raise ValueError(f"sparse indices must lie in [0, {num_classes}), got [{int(indices.min())}, "
                          f"{int(indices.max())}]")
+    ordered = indices.sort(-1).values
+    if k > 1 and bool((ordered[..., 1:] == ordered[..., :-1]).any()):
+        raise ValueError("sparse indices must name distinct classes in every row (a repeated class would lose mass)")
     v = values if values.dtype == torch.float64 else values.float()
     total = v.sum(-1, keepdim=True)
+    if k == num_classes:  # every class is in the top-k: nothing to give the leftover mass to
+        rounding = (total - 1).abs() <= k * torch.finfo(values.dtype).eps  # a probability vector: kept as it is
+        full = torch.where(rounding, v, torch.where(total > 0, v / total.clamp_min(torch.finfo(v.dtype).tiny),
+                                                    1.0 / k))
+        return torch.zeros_like(full).scatter(-1, indices, full)
     if method == "topk":
         if values.numel() and bool((total <= 0).any()):
             raise ValueError("sparse values must have a positive sum in every row for method='topk'")
@@ -82,7 +95,7 @@ def densify(sparse: Sparse | tuple[torch.Tensor, torch.Tensor], num_classes: int
             -1, indices, v / total)
     r = 1.0 - total
     r = torch.where((r < 0) & (r >= -k * torch.finfo(values.dtype).eps), 0.0, r)
-    rest = r / (num_classes - k) if num_classes > k else torch.zeros_like(r)
+    rest = r / (num_classes - k)
     smooth = rest.expand(*v.shape[:-1], num_classes).scatter(-1, indices, v)
     fallback = torch.zeros_like(smooth).scatter(-1, indices, torch.softmax(v, -1))
     return torch.where(r < 0, fallback, smooth)
@@ -102,13 +115,14 @@ def dr_loss(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean")
                          f"{getattr(target, 'dtype', type(target).__name__)} {tuple(getattr(target, 'shape', ()))}")
     if target.device != logits.device:
         raise ValueError(f"target is on {target.device} but the logits are on {logits.device}")
-    t = target.detach()
-    t = t if t.dtype == torch.float64 else t.float()
-    if t.numel():
+    t = float_logits(target.detach())
+    # The values are read back (one device sync), except while torch.compile traces, where a data-dependent check
+    # would break the graph: a compiled step trusts the targets it is given (densify's rows are valid).
+    if t.numel() and not torch.compiler.is_compiling():
         sums = t.sum(1)
         if not torch.isfinite(t).all() or bool((t < 0).any()) or bool(((sums - 1).abs() > 1e-3).any()):
             raise ValueError("target rows must be finite, non-negative probabilities summing to 1 (within 1e-3)")
-    s = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+    s = float_logits(logits)
     per = F.kl_div(F.log_softmax(s, 1), t.to(s.dtype), reduction="none").sum(1)
     return reduce(per, reduction)
 

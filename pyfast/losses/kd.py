@@ -4,6 +4,10 @@ Shapes: logits ``[B, C]`` (any floating dtype; computed in float32 or wider), la
 function returns the reduced loss (``reduction="mean"`` over the batch, ``"sum"``, or ``"none"`` for ``[B]``), and
 has an ``nn.Module`` twin holding its hyperparameters. Teacher logits are detached inside: no gradient reaches a
 teacher through a student's loss.
+
+Non-finite logits: a row of student or teacher logits holding a NaN or +inf gives a NaN loss for that row, in every
+loss (no error: a check would cost a device synchronisation per step; the training harness stops or skips a step
+whose loss is not finite). A -inf logit is a class of probability 0, which the maths handles.
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ from pyfast.losses._checks import check_labels, check_logits, check_nonnegative,
 from pyfast.ops.pld import pld_rows
 
 
-def _kl_rows(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) per row from log-probabilities [B, C] -> [B] (0 log 0 = 0)."""
+def kl_rows(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row from log-probabilities [B, C] -> [B], with 0 log 0 = 0 (a class p gives probability
+    exactly 0 adds nothing). A NaN in either row gives NaN: the row of logits that held a NaN or +inf has no
+    distribution, and the loss says so instead of dropping the class (every loss here propagates NaN alike)."""
     p = p_log.exp()
-    return torch.where(p > 0, p * (p_log - q_log), torch.zeros_like(p)).sum(1)
+    return torch.where(p == 0, torch.zeros_like(p), p * (p_log - q_log)).sum(1)
 
 
-def _float(z: torch.Tensor) -> torch.Tensor:
+def float_logits(z: torch.Tensor) -> torch.Tensor:
+    """Logits in float32, or float64 when they are (the losses are computed in float32 or wider)."""
     return z if z.dtype in (torch.float32, torch.float64) else z.float()
 
 
@@ -41,8 +48,8 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4
     check_logits("student", student)
     check_logits("teacher", teacher, student.shape[1], student.shape[0])
     T = check_positive("temperature", temperature)
-    s, t = _float(student), _float(teacher).detach()
-    per = _kl_rows(F.log_softmax(t / T, 1), F.log_softmax(s / T, 1)) * T * T
+    s, t = float_logits(student), float_logits(teacher).detach()
+    per = kl_rows(F.log_softmax(t / T, 1), F.log_softmax(s / T, 1)) * T * T
     return reduce(per, reduction)
 
 
@@ -80,7 +87,7 @@ def nkd_loss(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, temp
     check_logits("teacher", teacher, student.shape[1], student.shape[0])
     check_labels(y, student)
     T, g = check_positive("temperature", temperature), check_nonnegative("gamma", gamma)
-    s, t = _float(student), _float(teacher).detach()
+    s, t = float_logits(student), float_logits(teacher).detach()
     log_s = F.log_softmax(s, 1).gather(1, y[:, None]).squeeze(1)
     t_y = F.softmax(t, 1).gather(1, y[:, None]).squeeze(1)
     t_nt = F.softmax(non_target(t, y) / T, 1)
@@ -144,7 +151,7 @@ class USKDLoss(nn.Module):
         if features.dim() != 2 or features.shape != (z.shape[0], self.fc.in_features):
             raise ValueError(f"features must have shape [{z.shape[0]}, {self.fc.in_features}], got "
                              f"{tuple(features.shape)}")
-        z = _float(z)
+        z = float_logits(z)
         C = z.shape[1]
         log_s = F.log_softmax(z, 1)
         log_s_y = log_s.gather(1, y[:, None]).squeeze(1)
@@ -152,7 +159,7 @@ class USKDLoss(nn.Module):
         p_y = s_y2 + 1 - s_y2.mean()
         l_t = -p_y * log_s_y
 
-        weak = _float(self.fc(features.to(self.fc.weight.dtype)))
+        weak = float_logits(self.fc(features.to(self.fc.weight.dtype)))
         log_w = F.log_softmax(weak, 1)
         yhat = torch.full_like(log_w, 0.1 / C).scatter_add_(1, y[:, None], torch.full_like(log_w[:, :1], 0.9))
         l_w = -(yhat * log_w).sum(1)
@@ -210,9 +217,9 @@ class PLDLoss(nn.Module):
 
 
 def entropy(log_p: torch.Tensor) -> torch.Tensor:
-    """Entropy per row of log-probabilities [B, C] -> [B]."""
+    """Entropy per row of log-probabilities [B, C] -> [B] (0 log 0 = 0; NaN in, NaN out)."""
     p = log_p.exp()
-    return -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(1)
+    return -torch.where(p == 0, torch.zeros_like(p), p * log_p).sum(1)
 
 
 def bdkd_losses(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, temperature: float = 4.0,
@@ -235,14 +242,14 @@ def bdkd_losses(student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor, t
     check_labels(y, student)
     T = check_positive("temperature", temperature)
     hi, lo = check_nonnegative("w_high", w_high), check_nonnegative("w_low", w_low)
-    s, t = _float(student), _float(teacher)
+    s, t = float_logits(student), float_logits(teacher)
     log_ps, log_pt = F.log_softmax(s / T, 1), F.log_softmax(t / T, 1)
     over_confident = (entropy(log_pt.detach()) - entropy(log_ps.detach())) > 0
     w_f = torch.where(over_confident, hi, lo)
     w_r = torch.where(over_confident, lo, hi)
-    kd_s = w_f * _kl_rows(log_pt.detach(), log_ps) + w_r * _kl_rows(log_ps, log_pt.detach())
+    kd_s = w_f * kl_rows(log_pt.detach(), log_ps) + w_r * kl_rows(log_ps, log_pt.detach())
     loss_s = F.cross_entropy(s, y, reduction="none") + T * T * kd_s
-    loss_t = F.cross_entropy(t, y, reduction="none") + T * T * _kl_rows(log_ps.detach(), log_pt)
+    loss_t = F.cross_entropy(t, y, reduction="none") + T * T * kl_rows(log_ps.detach(), log_pt)
     return reduce(loss_s, reduction), reduce(loss_t, reduction)
 
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyfast.losses._checks import check_labels, check_logits, check_nonnegative, check_positive, reduce
-from pyfast.losses.kd import _float, _kl_rows
+from pyfast.losses.kd import float_logits, kl_rows
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -279,13 +279,13 @@ def lsskd_loss(logits: torch.Tensor, aux_logits: Sequence[torch.Tensor], prev_ta
                          f"{tuple(getattr(prev_targets, 'shape', ()))}")
     if prev_targets.device != logits.device:
         raise ValueError(f"prev_targets is on {prev_targets.device} but logits are on {logits.device}")
-    q = _float(prev_targets).detach()
+    q = float_logits(prev_targets).detach()
     if not torch.isfinite(q).all() or (q < 0).any() or not torch.allclose(q.sum(1), torch.ones_like(q[:, 0]),
                                                                             atol=1e-3):
         raise ValueError("prev_targets must hold probability rows (finite, >= 0, summing to 1)")
 
-    z = _float(logits)
-    aux = [_float(a) for a in aux_logits]
+    z = float_logits(logits)
+    aux = [float_logits(a) for a in aux_logits]
     per = -(q.to(z.dtype) * F.log_softmax(z, 1)).sum(1)
 
     joint_y = sad_labels(y[:, None], torch.arange(M, device=y.device)[None, :], M)  # [B, M]
@@ -293,14 +293,14 @@ def lsskd_loss(logits: torch.Tensor, aux_logits: Sequence[torch.Tensor], prev_ta
     per = per + w_sad * sad
 
     log_s = [F.log_softmax(a / tau, 2) for a in aux]  # [B, M, N M] each
-    layered = sum(_kl_rows(log_s[i + 1].detach().flatten(0, 1), log_s[i].flatten(0, 1)).view(B, M).mean(1)
+    layered = sum(kl_rows(log_s[i + 1].detach().flatten(0, 1), log_s[i].flatten(0, 1)).view(B, M).mean(1)
                   for i in range(len(aux) - 1)) if len(aux) > 1 else torch.zeros_like(per)
     pbar = torch.stack([marginal_classes(ls[:, 0].detach().exp(), M) for ls in log_s]).mean(0)  # [B, N]
-    ensemble = _kl_rows(pbar.clamp_min(torch.finfo(pbar.dtype).tiny).log(), F.log_softmax(z / tau, 1))
+    ensemble = kl_rows(pbar.clamp_min(torch.finfo(pbar.dtype).tiny).log(), F.log_softmax(z / tau, 1))
     per = per + tau * tau * (w_kd * layered + w_ens * ensemble)
 
     if w_feat > 0 and len(aux) > 1:
-        h = [_float(f) for f in aux_features]
+        h = [float_logits(f) for f in aux_features]
         per = per + w_feat * sum(((h[i] - h[i + 1].detach()) ** 2).mean((1, 2)) for i in range(len(h) - 1))
     return reduce(per, reduction)
 

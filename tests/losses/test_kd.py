@@ -8,11 +8,13 @@ import torch.nn.functional as F
 
 from pyfast.losses import (
     BDKDLoss,
+    DRLoss,
     KDLoss,
     NKDLoss,
     PLDLoss,
     USKDLoss,
     bdkd_losses,
+    dr_loss,
     kd_loss,
     nkd_loss,
     non_target,
@@ -193,3 +195,57 @@ def test_bad_hyperparameters_and_labels():
     with pytest.raises(ValueError, match="reduction must be one of"):
         kd_loss(s, t, reduction="avg")
     assert kd_loss(s, t, reduction="none").shape == (5,) and math.isfinite(kd_loss(s, t, reduction="sum").item())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Non-finite logits and compilation, across every loss
+# --------------------------------------------------------------------------------------------------------------
+
+LOSSES = {  # (student, teacher) -> per-sample losses [B] (each output of bdkd separately)
+    "kd": lambda s, t: kd_loss(s, t, reduction="none"),
+    "nkd": lambda s, t: nkd_loss(s, t, Y, reduction="none"),
+    "pld": lambda s, t: pld_loss(s, t, Y, reduction="none"),
+    "bdkd-student": lambda s, t: bdkd_losses(s, t, Y, reduction="none")[0],
+    "bdkd-teacher": lambda s, t: bdkd_losses(s, t, Y, reduction="none")[1],
+    # dr_loss has targets, not teacher logits (checked probabilities): the teacher side is its softmax
+    "dr": lambda s, t: dr_loss(s, torch.softmax(t, 1).nan_to_num(0.2), reduction="none"),
+}
+
+
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("side", ["student", "teacher"])
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_a_nan_or_inf_logit_gives_a_nan_loss_for_its_row_in_every_loss(name, side, value):
+    # kd_loss returned 0 for a row whose teacher logits held NaN or inf (its KL dropped the class as p > 0 failed),
+    # while nkd_loss and bdkd_losses returned NaN.
+    s, t = logits(seed=1), logits(seed=2)
+    (s if side == "student" else t)[1, 4] = value
+    if name == "dr" and side == "teacher":  # a damaged target row is refused, not turned into a loss
+        with pytest.raises(ValueError, match="target rows must be finite, non-negative probabilities"):
+            LOSSES[name](s, t)
+        return
+    per = LOSSES[name](s, t)
+    assert per.shape == (5,) and torch.isnan(per[1]), per
+    assert torch.isfinite(per[[0, 2, 3, 4]]).all(), per
+
+
+def test_a_minus_inf_logit_is_a_class_of_probability_zero():
+    s, t = logits(seed=1), logits(seed=2)
+    t[1, 4] = -math.inf  # the teacher rules class 4 out: KD is finite
+    assert torch.isfinite(kd_loss(s, t, reduction="none")).all()
+    s[1, 4] = -math.inf
+    assert torch.isfinite(kd_loss(s, t, reduction="none")).all()
+
+
+@pytest.mark.parametrize("module, args", [
+    (lambda: KDLoss(), lambda s, t: (s, t)),
+    (lambda: NKDLoss(), lambda s, t: (s, t, Y)),
+    (lambda: PLDLoss(), lambda s, t: (s, t, Y)),
+    (lambda: BDKDLoss(), lambda s, t: (s, t, Y)),
+    (lambda: DRLoss(), lambda s, t: (s, torch.softmax(t, 1))),
+])
+def test_every_loss_module_compiles_whole(module, args):
+    s, t = logits(seed=3, grad=True), logits(seed=4)
+    eager = module()(*args(s, t))
+    compiled = torch.compile(module(), fullgraph=True, backend="aot_eager")(*args(s, t))
+    torch.testing.assert_close(compiled, eager)

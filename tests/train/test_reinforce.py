@@ -59,6 +59,27 @@ def test_densify_of_values_summing_above_one_is_a_softmax_over_the_topk():
     torch.testing.assert_close(dense, expected)
 
 
+@pytest.mark.parametrize("method", ["smooth", "topk"])
+def test_densify_rows_are_distributions_or_refused(method):
+    # Reported: rows that did not sum to 1 and kept negative probabilities (negative values, repeated classes, and
+    # k = C with values summing below 1).
+    g = torch.Generator().manual_seed(0)
+    for k, c in ((1, 5), (3, 5), (5, 5), (4, 100)):
+        values = torch.rand(6, k, generator=g) * torch.tensor([0.1, 0.5, 1.0, 2.0, 5.0, 0.0])[:, None]
+        indices = torch.stack([torch.randperm(c, generator=g)[:k] for _ in range(6)])
+        if method == "topk":
+            values[-1] += 0.1  # topk needs a positive mass to renormalise
+        dense = densify((values, indices), c, method)
+        assert dense.shape == (6, c) and (dense >= 0).all(), dense
+        torch.testing.assert_close(dense.sum(-1), torch.ones(6))
+    with pytest.raises(ValueError, match="sparse values must be probabilities >= 0"):
+        densify((torch.tensor([[0.5, -0.2]]), torch.tensor([[0, 1]])), 4, method)
+    with pytest.raises(ValueError, match="must name distinct classes"):
+        densify((torch.tensor([[0.5, 0.3]]), torch.tensor([[2, 2]])), 4, method)
+    with pytest.raises(ValueError, match="sparse values must be finite"):
+        densify((torch.tensor([[0.5, math.nan]]), torch.tensor([[0, 1]])), 4, method)
+
+
 def test_sparse_targets_bad_input_names_the_argument():
     p = torch.softmax(torch.randn(2, 4), 1)
     with pytest.raises(ValueError, match=r"k must be an integer in \[1, 4\]"):
