@@ -2,7 +2,8 @@
 
 ``pyfast train --model NAME --model-arg KEY=VALUE`` hands the options to the builder, and the harness turns those two
 exception types (only) into exit status 2 with the message; anything else is a traceback. The table test tries each
-option of each model with values of the wrong type and out of range.
+option of each model with values of the wrong type and out of range; the property test draws one option and a value
+at a time and requires a working model or a clear error, never another exception.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import pyfast
 from pyfast.registry import MODELS
@@ -21,7 +24,7 @@ from pyfast.registry import MODELS
 NAN, INF = math.nan, math.inf
 PYFAST_DIR = Path(pyfast.__file__).resolve().parent
 
-# Valid options of every model, tiny: a model built on them runs its forward in a fraction of a second.
+# Valid options of every model, tiny: a model built in the property test runs its forward in a fraction of a second.
 BASE = {
     "vit-tiny": {"dim": 24, "depth": 1, "num_heads": 3},
     "vit-small": {"dim": 24, "depth": 1, "num_heads": 6},
@@ -150,3 +153,30 @@ def test_valid_options_at_their_limits_still_build():
     assert len(_build("astroformer", variant=1, embed_dims=[8, 16, 32, 32], depths=[1, 1, 1, 1]).stages) == 4
     assert _build("vgg16-snn", leak=0.0, threshold=2, alpha=1).T == 2
     assert _build("resnet18", width=1e-9).fc.in_features == 1  # every stage keeps one channel
+
+
+# A value of every kind an option file or --model-arg can produce, kept small: a valid draw builds a model and runs it.
+VALUES = st.one_of(
+    st.integers(-2, 6),
+    st.floats(-1.0, 1.0),
+    st.sampled_from([NAN, INF, -INF, True, False, None, "", "1", "softmax", "triangle", "auto"]),
+    st.lists(st.integers(-1, 3), max_size=5),
+)
+
+
+@pytest.mark.parametrize("name", sorted(BASE))
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_drawn_option_builds_a_working_model_or_is_refused_naming_it(name, data):
+    option = data.draw(st.sampled_from(sorted(OPTIONS[name])), label="option")
+    value = data.draw(VALUES, label="value")
+    try:
+        model = _build(name, **{option: value})
+    except (ValueError, TypeError) as err:
+        _assert_names(err, {option: value}, [option])
+        return
+    options = {"num_classes": NUM_CLASSES, "in_channels": 3, "image_size": 32, **BASE[name], option: value}
+    x = torch.randn(2, options["in_channels"], options["image_size"], options["image_size"])
+    with torch.no_grad():
+        logits = model.eval()(x)
+    assert logits.shape == (2, options["num_classes"]) and torch.isfinite(logits).all()
