@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyfast.models.options import choice, int_sequence, multiple_of, positive_int, probability
 from pyfast.nn.spectral import DropPath
 from pyfast.registry import MODELS
 
@@ -149,20 +150,30 @@ class TransformerBlock2d(nn.Module):
 
 
 class Astroformer(nn.Module):
-    """Astroformer classifier; see the module docstring. ``embed_dims`` / ``depths``: one entry per stage (the last
-    stage is the transformer stage)."""
+    """Astroformer classifier; see the module docstring. ``embed_dims`` / ``depths``: one entry per stage, integers
+    >= 1 (the last stage is the transformer stage: its width must be a multiple of ``dim_head``). ``stem_stride``:
+    None picks 1 up to 64 px, else 2; ``image_size`` must be a multiple of ``stem_stride x 2^stages``.
+    ``drop_rate`` (before the last linear layer) and ``drop_path_rate`` are in [0, 1)."""
 
     def __init__(self, num_classes: int, image_size: int = 32, in_channels: int = 3,
                  embed_dims: Sequence[int] = VARIANTS[0][0], depths: Sequence[int] = VARIANTS[0][1],
                  stem_width: int = VARIANTS[0][2], head_hidden: int = VARIANTS[0][3], stem_stride: int | None = None,
                  dim_head: int = 32, drop_rate: float = 0.0, drop_path_rate: float = 0.0):
         super().__init__()
-        embed_dims, depths = list(embed_dims), list(depths)
+        for name, value in (("num_classes", num_classes), ("image_size", image_size), ("in_channels", in_channels),
+                            ("stem_width", stem_width), ("head_hidden", head_hidden), ("dim_head", dim_head)):
+            positive_int("Astroformer", name, value)
+        embed_dims = int_sequence("Astroformer", "embed_dims", embed_dims)
+        depths = int_sequence("Astroformer", "depths", depths)
         if len(embed_dims) != len(depths) or len(depths) < 2:
             raise ValueError(f"Astroformer: embed_dims {embed_dims} and depths {depths} need one entry per stage "
                              f"(>= 2 stages) each")
+        multiple_of("Astroformer", "embed_dims[-1]", embed_dims[-1], "dim_head", dim_head)  # the attention stage
+        for name, value in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
+            probability("Astroformer", name, value)
         if stem_stride is None:
             stem_stride = 1 if image_size <= 64 else 2
+        positive_int("Astroformer", "stem_stride", stem_stride)
         final = image_size // stem_stride // 2 ** len(depths)
         if final < 1 or image_size % (stem_stride * 2 ** len(depths)):
             raise ValueError(f"Astroformer: image_size {image_size} with stem_stride {stem_stride} and {len(depths)} "
@@ -201,8 +212,7 @@ class Astroformer(nn.Module):
 
 @MODELS.register("astroformer", "Astroformer C-C-C-T hybrid (variant 0 by default; stem stride 1 at 32x32)")
 def astroformer(num_classes: int, in_channels: int = 3, image_size: int = 32, variant: int = 0, **kw) -> Astroformer:
-    if variant not in VARIANTS:
-        raise ValueError(f"astroformer: variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    choice("astroformer", "variant", variant, sorted(VARIANTS))
     embed, depths, stem, hidden = VARIANTS[variant]
     kw = {"embed_dims": embed, "depths": depths, "stem_width": stem, "head_hidden": hidden, **kw}
     return Astroformer(num_classes, image_size=image_size, in_channels=in_channels, **kw)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pyfast.models.options import int_sequence, mlp_width, multiple_of, positive_int, positive_number, probability
 from pyfast.models.vit import Mlp, init_vit_weights
 from pyfast.nn.spectral import DropPath
 from pyfast.registry import MODELS
@@ -144,18 +145,31 @@ class PatchMerging(nn.Module):
 
 
 class CoSwin(nn.Module):
-    """CoSwin classifier (module docstring). ``depths`` / ``heads``: one entry per stage; each stage after the
-    first halves the resolution (PatchMerging) and doubles the width."""
+    """CoSwin classifier (module docstring). ``depths`` / ``heads``: one entry per stage (integers >= 1); each stage
+    after the first halves the resolution (PatchMerging) and doubles the width, which must be a multiple of the
+    stage's heads. ``window`` must divide every stage resolution larger than it (a smaller stage uses its whole map
+    as the window)."""
 
     def __init__(self, num_classes: int, image_size: int = 32, in_channels: int = 3, patch: int = 2,
                  embed_dim: int = 96, depths: Sequence[int] = (2, 6, 4), heads: Sequence[int] = (3, 6, 12),
                  window: int = 4, mlp_ratio: float = 2.0, drop_path: float = 0.1):
         super().__init__()
-        depths, heads = list(depths), list(heads)
-        if len(depths) != len(heads) or not depths:
-            raise ValueError(f"CoSwin: depths {depths} and heads {heads} must be non-empty and of equal length")
+        for name, value in (("num_classes", num_classes), ("image_size", image_size), ("in_channels", in_channels),
+                            ("patch", patch), ("embed_dim", embed_dim), ("window", window)):
+            positive_int("CoSwin", name, value)
+        depths, heads = int_sequence("CoSwin", "depths", depths), int_sequence("CoSwin", "heads", heads)
+        if len(depths) != len(heads):
+            raise ValueError(f"CoSwin: depths {depths} and heads {heads} need one entry per stage each")
         if image_size % (patch * 2 ** (len(depths) - 1)):
             raise ValueError(f"CoSwin: image_size ({image_size}) must be divisible by patch x 2^(stages - 1)")
+        for s, nh in enumerate(heads):
+            multiple_of("CoSwin", f"embed_dim x 2^{s}", embed_dim * 2**s, f"heads[{s}]", nh)
+            res = image_size // patch // 2**s
+            if res > window and res % window:
+                raise ValueError(f"CoSwin: window ({window}) must divide the resolution of stage {s} (image_size / "
+                                 f"patch / 2^{s} = {res})")
+        mlp_width("CoSwin", "embed_dim", embed_dim, "mlp_ratio", positive_number("CoSwin", "mlp_ratio", mlp_ratio))
+        probability("CoSwin", "drop_path", drop_path)
         self.image_size, self.in_channels = image_size, in_channels
         self.patch_embed = nn.Conv2d(in_channels, embed_dim, patch, stride=patch)
         self.patch_norm = nn.LayerNorm(embed_dim)

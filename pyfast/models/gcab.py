@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyfast.models.vit import Block, init_vit_weights
+from pyfast.models.options import positive_int, positive_number
+from pyfast.models.vit import Block, check_vit_options, init_vit_weights
 from pyfast.nn.gated import GatedClassAttentionBlock
 from pyfast.registry import MODELS
 
@@ -26,10 +27,11 @@ class GCABViT(nn.Module):
                  in_channels: int = 3, dim: int = 384, depth: int = 6, num_heads: int = 12, mlp_ratio: float = 4.0,
                  s_max: float = 800.0):
         super().__init__()
-        if num_tasks < 1 or num_classes % num_tasks:
+        check_vit_options("GCABViT", num_classes=num_classes, image_size=image_size, patch=patch,
+                          in_channels=in_channels, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio)
+        if num_classes % positive_int("GCABViT", "num_tasks", num_tasks):
             raise ValueError(f"GCABViT: num_tasks ({num_tasks}) must divide num_classes ({num_classes})")
-        if image_size % patch or depth < 1:
-            raise ValueError(f"GCABViT: image_size ({image_size}) must be a multiple of patch ({patch}), depth >= 1")
+        positive_number("GCABViT", "s_max", s_max)
         self.num_tasks, self.classes_per_task = num_tasks, num_classes // num_tasks
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
         self.pos_embed = nn.Parameter(torch.zeros(1, (image_size // patch) ** 2, dim))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pyfast.models.options import int_sequence, positive_int, positive_number
 from pyfast.registry import MODELS
 
 
@@ -35,12 +36,15 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR-style ResNet of :class:`BasicBlock` stages. ``blocks``: blocks per stage; ``width``: channel multiplier."""
+    """CIFAR-style ResNet of :class:`BasicBlock` stages. ``blocks``: blocks per stage (4 integers >= 1); ``width``:
+    channel multiplier (a finite number > 0; every stage keeps at least one channel)."""
 
     def __init__(self, num_classes: int, blocks=(2, 2, 2, 2), in_channels: int = 3, width: float = 1.0):
         super().__init__()
-        if not width > 0:
-            raise ValueError(f"ResNet: width must be > 0, got {width}")
+        positive_int("ResNet", "num_classes", num_classes)
+        positive_int("ResNet", "in_channels", in_channels)
+        int_sequence("ResNet", "blocks", blocks, length=4)
+        positive_number("ResNet", "width", width)
         chans = [max(1, round(c * width)) for c in (64, 128, 256, 512)]
         self.stem = nn.Sequential(nn.Conv2d(in_channels, chans[0], 3, 1, 1, bias=False), nn.BatchNorm2d(chans[0]),
                                   nn.ReLU(inplace=True))
@@ -62,5 +66,5 @@ class ResNet(nn.Module):
 
 @MODELS.register("resnet18", "ResNet-18, CIFAR variant (3x3 stem, no max-pool; 11.2M parameters at width 1)")
 def resnet18(num_classes: int, in_channels: int = 3, image_size: int = 32, width: float = 1.0) -> ResNet:
-    del image_size  # global pooling: any size works
+    positive_int("resnet18", "image_size", image_size)  # checked, not used: global pooling takes any size
     return ResNet(num_classes, (2, 2, 2, 2), in_channels, width)

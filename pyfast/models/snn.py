@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pyfast.models.options import fraction, int_sequence, positive_int
 from pyfast.nn import LIF
 from pyfast.registry import MODELS
 
@@ -46,9 +47,10 @@ class ConvSNN(nn.Module):
         in_channels, image_size: input geometry (8x8 grey digits: 1, 8).
         channels: ``(c1, c2)`` of the two conv layers.
         hidden: width of the spiking fully-connected layer.
-        bn_momentum: BatchNorm running-statistics momentum. 0.3 rather than PyTorch's 0.1: digits gives ~23 steps an
-            epoch, and the running variance starts at 1 while the first conv's true variance is ~0.02, so with 0.1
-            the eval-mode network is still silent (chance accuracy) after the first epoch.
+        bn_momentum: BatchNorm running-statistics momentum in (0, 1], or None for a cumulative average. 0.3 rather
+            than PyTorch's 0.1: digits gives ~23 steps an epoch, and the running variance starts at 1 while the first
+            conv's true variance is ~0.02, so with 0.1 the eval-mode network is still silent (chance accuracy) after
+            the first epoch.
         **neuron: keyword arguments of every :class:`pyfast.nn.LIF` layer (``tau``, ``surrogate``, ``alpha``,
             ``learnable_tau``, ``detach_reset``, ``v_reset``, ``backend``, ...).
     """
@@ -65,11 +67,14 @@ class ConvSNN(nn.Module):
         **neuron,
     ):
         super().__init__()
-        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-            raise ValueError(f"ConvSNN: T must be an int >= 1, got {T!r}")
+        for name, value in (("T", T), ("num_classes", num_classes), ("in_channels", in_channels),
+                            ("image_size", image_size), ("hidden", hidden)):
+            positive_int("ConvSNN", name, value)
         if image_size % 4:
             raise ValueError(f"ConvSNN: image_size must be a multiple of 4, got {image_size}")
-        c1, c2 = channels
+        c1, c2 = int_sequence("ConvSNN", "channels", channels, length=2)
+        if bn_momentum is not None:
+            fraction("ConvSNN", "bn_momentum", bn_momentum, include_zero=False, include_one=True)
         self.T, self.in_shape = T, (in_channels, image_size, image_size)
         self.features = nn.Sequential(
             MultiStep(nn.Conv2d(in_channels, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1, momentum=bn_momentum)),

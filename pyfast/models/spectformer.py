@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyfast.models.vit import Block, Mlp, init_vit_weights
+from pyfast.models.options import int_at_least, multiple_of, probability
+from pyfast.models.vit import Block, Mlp, check_vit_options, init_vit_weights
 from pyfast.nn.spectral import DropPath, SpectralGating
 from pyfast.registry import MODELS
 
@@ -42,24 +43,29 @@ class SpectFormer(nn.Module):
 
     Args:
         num_classes, image_size, patch, in_channels: as :class:`pyfast.models.vit.VisionTransformer`.
-        dim, depth, num_heads, mlp_ratio, drop: sizes; ``num_heads`` applies to the attention blocks.
+        dim, depth, num_heads, mlp_ratio, drop: sizes as there; ``num_heads`` applies to the attention blocks (``dim``
+            must be a multiple of it only if there are any).
         alpha: how many initial blocks are spectral (0 <= alpha <= depth).
-        drop_path: stochastic-depth rate, increasing linearly over the blocks.
+        drop_path: stochastic-depth rate, increasing linearly over the blocks, in [0, 1).
     """
 
     def __init__(self, num_classes: int, image_size: int = 32, patch: int = 4, in_channels: int = 3, dim: int = 192,
                  depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0, alpha: int = 4, drop: float = 0.0,
                  drop_path: float = 0.0):
         super().__init__()
-        if image_size % patch:
-            raise ValueError(f"SpectFormer: image_size ({image_size}) must be a multiple of patch ({patch})")
-        if not 0 <= alpha <= depth:
+        check_vit_options("SpectFormer", num_classes=num_classes, image_size=image_size, patch=patch,
+                          in_channels=in_channels, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                          drop=drop, heads_used=False)
+        if int_at_least("SpectFormer", "alpha", alpha, 0) > depth:
             raise ValueError(f"SpectFormer: alpha must be in [0, depth={depth}], got {alpha}")
+        if alpha < depth:  # attention blocks follow the spectral ones
+            multiple_of("SpectFormer", "dim", dim, "num_heads", num_heads)
+        probability("SpectFormer", "drop_path", drop_path)
         self.image_size, self.in_channels = image_size, in_channels
         grid = image_size // patch
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, dim))
-        rates = torch.linspace(0, drop_path, depth).tolist() if depth else []
+        rates = torch.linspace(0, drop_path, depth).tolist()
         blocks = [SpectralBlock(dim, grid, grid, mlp_ratio, drop, rates[i]) for i in range(alpha)]
         blocks += [Block(dim, num_heads, mlp_ratio, drop) for _ in range(alpha, depth)]
         self.blocks = nn.Sequential(*blocks)

@@ -20,10 +20,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pyfast.backends import BACKENDS
+from pyfast.models.options import choice, fraction, positive_int, positive_number, probability
 from pyfast.nn import LIF
+from pyfast.reference.lif import SURROGATES
 from pyfast.registry import MODELS
 
 VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def _check_options(owner: str, num_classes: int, in_channels: int, width: float, hidden: int, dropout: float) -> None:
+    """The options VGG16 and SpikingVGG16 share: sizes >= 1, ``width`` a finite number > 0, ``dropout`` in [0, 1)."""
+    for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("hidden", hidden)):
+        positive_int(owner, name, value)
+    positive_number(owner, "width", width)
+    probability(owner, "dropout", dropout)
 
 
 def _features(width: float, in_channels: int, activation, pool) -> nn.Sequential:
@@ -44,8 +55,7 @@ class VGG16(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0, hidden: int = 512,
                  dropout: float = 0.2):
         super().__init__()
-        if not width > 0:
-            raise ValueError(f"VGG16: width must be > 0, got {width}")
+        _check_options("VGG16", num_classes, in_channels, width, hidden, dropout)
         self.features = _features(width, in_channels, lambda: nn.ReLU(inplace=True), lambda: nn.MaxPool2d(2))
         c, h = max(1, round(512 * width)), max(1, round(hidden * width))
         self.classifier = nn.Sequential(
@@ -61,7 +71,16 @@ class VGG16(nn.Module):
 def iir_neuron(threshold: float = 0.4, leak: float = 1.0, surrogate: str = "triangle", alpha: float = 0.3,
                backend: str = "auto") -> LIF:
     """The IIR-SNN neuron: U_t = leak U_{t-1} + I_t, spike when U_t > threshold, soft reset U_t -= threshold S_t,
-    with leak and threshold learnable scalars of the layer (``decay_input=False``, k = 1 - leak)."""
+    with leak and threshold learnable scalars of the layer (``decay_input=False``, k = 1 - leak).
+
+    ``threshold`` and ``alpha`` (the surrogate's sharpness) are finite numbers > 0, ``leak`` is in [0, 1] (1: no
+    leak), ``surrogate`` one of :data:`pyfast.reference.lif.SURROGATES`, ``backend`` one of
+    :data:`pyfast.backends.BACKENDS`; checked here, when the layer is built, rather than at its first forward."""
+    positive_number("iir_neuron", "threshold", threshold)
+    fraction("iir_neuron", "leak", leak, include_one=True)
+    choice("iir_neuron", "surrogate", surrogate, SURROGATES)
+    positive_number("iir_neuron", "alpha", alpha)
+    choice("iir_neuron", "backend", backend, BACKENDS)
     return LIF(tau=1.0 / (1.0 - leak) if leak < 1 else float("inf"), v_threshold=threshold, v_reset=None,
                decay_input=False, surrogate=surrogate, alpha=alpha, backend=backend, learnable_leak=True,
                learnable_threshold=True)
@@ -77,11 +96,8 @@ class SpikingVGG16(nn.Module):
     def __init__(self, num_classes: int, in_channels: int = 3, T: int = 5, width: float = 1.0, hidden: int = 512,
                  dropout: float = 0.2, **neuron):
         super().__init__()
-        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-            raise ValueError(f"SpikingVGG16: T must be an int >= 1, got {T!r}")
-        if not width > 0:
-            raise ValueError(f"SpikingVGG16: width must be > 0, got {width}")
-        self.T = T
+        _check_options("SpikingVGG16", num_classes, in_channels, width, hidden, dropout)
+        self.T = positive_int("SpikingVGG16", "T", T)
         self.features = _features(width, in_channels, lambda: iir_neuron(**neuron), lambda: nn.AvgPool2d(2))
         c, h = max(1, round(512 * width)), max(1, round(hidden * width))
         self.classifier = nn.Sequential(
@@ -131,16 +147,20 @@ def fuse_bn(model: nn.Module) -> nn.Module:
     return model
 
 
+def _check_image_size(builder: str, image_size: int) -> None:
+    """The VGG builders take 32x32 input only: five 2x2 pools leave the classifier a 1x1 map."""
+    if positive_int(builder, "image_size", image_size) != 32:
+        raise ValueError(f"{builder}: built for 32x32 input (5 pools to 1x1), got image_size {image_size}")
+
+
 @MODELS.register("vgg16", "VGG-16 with BatchNorm, CIFAR variant (512-wide classifier)")
 def vgg16(num_classes: int, in_channels: int = 3, image_size: int = 32, width: float = 1.0, **kw) -> VGG16:
-    if image_size != 32:
-        raise ValueError(f"vgg16: built for 32x32 input (5 pools to 1x1), got image_size {image_size}")
+    _check_image_size("vgg16", image_size)
     return VGG16(num_classes, in_channels, width, **kw)
 
 
 @MODELS.register("vgg16-snn", "spiking VGG-16 (IIR-SNN neurons: learnable leak and threshold, triangle surrogate)")
 def vgg16_snn(num_classes: int, in_channels: int = 3, image_size: int = 32, width: float = 1.0, T: int = 5,
               **kw) -> SpikingVGG16:
-    if image_size != 32:
-        raise ValueError(f"vgg16-snn: built for 32x32 input (5 pools to 1x1), got image_size {image_size}")
+    _check_image_size("vgg16-snn", image_size)
     return SpikingVGG16(num_classes, in_channels, T, width, **kw)

@@ -21,6 +21,7 @@ import inspect
 import torch
 from torch import nn
 
+from pyfast.models.options import mlp_width, multiple_of, positive_int, positive_number, probability
 from pyfast.nn import mesa as mesa_nn
 from pyfast.nn.karat import FourierKArAtAttention
 from pyfast.registry import ATTENTIONS, MODELS
@@ -33,8 +34,11 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"Attention: dim ({dim}) must be divisible by num_heads ({num_heads})")
+        for name, value in (("dim", dim), ("num_heads", num_heads)):
+            positive_int("Attention", name, value)
+        multiple_of("Attention", "dim", dim, "num_heads", num_heads)
+        for name, value in (("attn_drop", attn_drop), ("proj_drop", proj_drop)):
+            probability("Attention", name, value)
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
@@ -98,8 +102,10 @@ class VisionTransformer(nn.Module):
     Args:
         num_classes: outputs of the head.
         image_size, patch, in_channels: input geometry; ``image_size`` must be a multiple of ``patch``.
-        dim, depth, num_heads, mlp_ratio: the usual ViT sizes (ViT-Tiny: 192, 12, 3; ViT-Small: 384, 12, 6).
-        drop: dropout after the attention projection and in the MLP.
+        dim, depth, num_heads, mlp_ratio: the usual ViT sizes (ViT-Tiny: 192, 12, 3; ViT-Small: 384, 12, 6); integers
+            >= 1 (a ViT has at least one block) with ``dim`` a multiple of ``num_heads``, and ``mlp_ratio`` a finite
+            number > 0 with ``int(dim * mlp_ratio) >= 1``.
+        drop: dropout after the attention projection and in the MLP, in [0, 1).
         attention: name in :data:`ATTENTIONS`.
         attention_args: extra keyword arguments of the attention class (e.g. ``{"G": 1, "mode": "universal"}`` for
             ``"karat"``). An attention class whose constructor takes ``n_tokens`` gets the model's token count
@@ -111,17 +117,20 @@ class VisionTransformer(nn.Module):
                  depth: int = 12, num_heads: int = 3, mlp_ratio: float = 4.0, drop: float = 0.0,
                  attention: str = "softmax", attention_args: dict | None = None):
         super().__init__()
-        if image_size % patch:
-            raise ValueError(f"VisionTransformer: image_size ({image_size}) must be a multiple of patch ({patch})")
+        check_vit_options("VisionTransformer", num_classes=num_classes, image_size=image_size, patch=patch,
+                          in_channels=in_channels, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                          drop=drop)
+        if not isinstance(attention, str):
+            raise TypeError(f"VisionTransformer: attention must be a name (str), got {attention!r}")
+        takes = inspect.signature(ATTENTIONS.get(attention).builder).parameters
+        if attention_args is not None and not isinstance(attention_args, dict):
+            raise TypeError(f"VisionTransformer: attention_args must be a dict, got {attention_args!r}")
         self.image_size, self.in_channels = image_size, in_channels
         num_patches = (image_size // patch) ** 2
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim))
-        if attention_args is not None and not isinstance(attention_args, dict):
-            raise TypeError(f"VisionTransformer: attention_args must be a dict, got {attention_args!r}")
         attn_kw = dict(attention_args or {})
-        takes = inspect.signature(ATTENTIONS.get(attention).builder).parameters
         if "n_tokens" in takes:
             attn_kw.setdefault("n_tokens", num_patches + 1)
         if "shared" in takes:
@@ -145,6 +154,21 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x)[:, 0])
+
+
+def check_vit_options(owner: str, *, num_classes: int, image_size: int, patch: int, in_channels: int, dim: int,
+                      depth: int, num_heads: int, mlp_ratio: float, drop: float = 0.0, heads_used: bool = True) -> None:
+    """The options the ViT-style models share (ViT, SpectFormer, GCAB): sizes >= 1, ``image_size`` a multiple of
+    ``patch``, ``dim`` a multiple of ``num_heads`` (when ``heads_used``: the model has attention blocks), an MLP of at
+    least one hidden unit, ``drop`` in [0, 1)."""
+    for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size),
+                        ("patch", patch), ("dim", dim), ("depth", depth), ("num_heads", num_heads)):
+        positive_int(owner, name, value)
+    multiple_of(owner, "image_size", image_size, "patch", patch)
+    if heads_used:
+        multiple_of(owner, "dim", dim, "num_heads", num_heads)
+    mlp_width(owner, "dim", dim, "mlp_ratio", positive_number(owner, "mlp_ratio", mlp_ratio))
+    probability(owner, "drop", drop)
 
 
 def init_vit_weights(m: nn.Module) -> None:
