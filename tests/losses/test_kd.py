@@ -10,6 +10,7 @@ from pyfast.losses import (
     BDKDLoss,
     DRLoss,
     KDLoss,
+    LSSKDLoss,
     NKDLoss,
     PLDLoss,
     USKDLoss,
@@ -302,6 +303,7 @@ def test_a_minus_inf_logit_is_a_class_of_probability_zero():
     (lambda: BDKDLoss(), lambda s, t: (s, t, Y)),
     (lambda: DRLoss(), lambda s, t: (s, torch.softmax(t, 1))),
     (lambda: _USKD, lambda s, t: (s, t, Y)),  # one instance: its weak head is initialised at random
+    (lambda: LSSKDLoss(ens_weight=1.0), lambda s, t: (s, _lsskd_heads(t), _PREV, Y)),
 ])
 def test_every_loss_module_compiles_whole(module, args):
     s, t = logits(seed=3, grad=True), logits(seed=4)
