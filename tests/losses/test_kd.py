@@ -305,8 +305,9 @@ def test_a_minus_inf_logit_is_a_class_of_probability_zero():
     (lambda: _USKD, lambda s, t: (s, t, Y)),  # one instance: its weak head is initialised at random
     (lambda: LSSKDLoss(ens_weight=1.0), lambda s, t: (s, _lsskd_heads(t), _PREV, Y)),
 ])
-def test_every_loss_module_compiles_whole(module, args):
+@pytest.mark.parametrize("dynamic", [False, True])  # True: symbolic batch and hyperparameters, as tests/nn's modules
+def test_every_loss_module_compiles_whole(module, args, dynamic):
     s, t = logits(seed=3, grad=True), logits(seed=4)
     eager = module()(*args(s, t))
-    compiled = torch.compile(module(), fullgraph=True, backend="aot_eager")(*args(s, t))
+    compiled = torch.compile(module(), fullgraph=True, dynamic=dynamic, backend="aot_eager")(*args(s, t))
     torch.testing.assert_close(compiled, eager)
