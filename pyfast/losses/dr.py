@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyfast.losses._checks import REDUCTIONS, check_logits, reduce
+from pyfast.losses._checks import REDUCTIONS, check_logits, check_probability_rows, reduce
 from pyfast.losses.kd import float_logits
 
 DENSIFY_METHODS = ("smooth", "topk")
@@ -116,12 +116,7 @@ def dr_loss(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean")
     if target.device != logits.device:
         raise ValueError(f"target is on {target.device} but the logits are on {logits.device}")
     t = float_logits(target.detach())
-    # The values are read back (one device sync), except while torch.compile traces, where a data-dependent check
-    # would break the graph: a compiled step trusts the targets it is given (densify's rows are valid).
-    if t.numel() and not torch.compiler.is_compiling():
-        sums = t.sum(1)
-        if not torch.isfinite(t).all() or bool((t < 0).any()) or bool(((sums - 1).abs() > 1e-3).any()):
-            raise ValueError("target rows must be finite, non-negative probabilities summing to 1 (within 1e-3)")
+    check_probability_rows("target", t)
     s = float_logits(logits)
     per = F.kl_div(F.log_softmax(s, 1), t.to(s.dtype), reduction="none").sum(1)
     return reduce(per, reduction)

@@ -5,9 +5,11 @@ function returns the reduced loss (``reduction="mean"`` over the batch, ``"sum"`
 has an ``nn.Module`` twin holding its hyperparameters. Teacher logits are detached inside: no gradient reaches a
 teacher through a student's loss.
 
-Non-finite logits: a row of student or teacher logits holding a NaN or +inf gives a NaN loss for that row, in every
-loss (no error: a check would cost a device synchronisation per step; the training harness stops or skips a step
-whose loss is not finite). A -inf logit is a class of probability 0, which the maths handles.
+Non-finite logits: a row of student or teacher logits holding a NaN or +inf gives a NaN loss for that row, and only
+that row, in every loss (no error: a check would cost a device synchronisation per step; the training harness stops
+or skips a step whose loss is not finite). A -inf logit is a class of probability 0, which the maths handles: never
+NaN, the loss is +inf where the student gives probability 0 to a class its target (teacher, label or soft label)
+gives mass, and finite otherwise.
 """
 
 from __future__ import annotations
@@ -156,7 +158,8 @@ class USKDLoss(nn.Module):
         log_s = F.log_softmax(z, 1)
         log_s_y = log_s.gather(1, y[:, None]).squeeze(1)
         s_y2 = log_s_y.detach().exp() ** 2
-        p_y = s_y2 + 1 - s_y2.mean()
+        # The batch mean skips rows whose logits held a NaN or +inf: their own loss is NaN, the others' stay finite.
+        p_y = s_y2 + 1 - s_y2.nanmean()
         l_t = -p_y * log_s_y
 
         weak = float_logits(self.fc(features.to(self.fc.weight.dtype)))

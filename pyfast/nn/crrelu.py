@@ -7,12 +7,10 @@ and eps).
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 from torch import nn
 
+from pyfast.nn._checks import check_backend, check_bool, check_int, check_number
 from pyfast.ops.crrelu import crrelu
 
 __all__ = ["CRReLU"]
@@ -34,20 +32,23 @@ class CRReLU(nn.Module):
     def __init__(self, eps_init: float = 0.01, per_channel: bool = False, num_channels: int | None = None,
                  dim: int = 1, *, backend: str = "auto", device=None, dtype=None):
         super().__init__()
-        if not isinstance(eps_init, numbers.Real) or isinstance(eps_init, bool) or not math.isfinite(eps_init):
-            raise ValueError(f"CRReLU: eps_init must be a finite number, got {eps_init!r}")
-        if per_channel:
-            if not isinstance(num_channels, int) or isinstance(num_channels, bool) or num_channels < 1:
-                raise ValueError(f"CRReLU: per_channel=True needs num_channels >= 1, got {num_channels!r}")
-            size = num_channels
+        eps_init = check_number("CRReLU", "eps_init", eps_init)
+        if check_bool("CRReLU", "per_channel", per_channel):
+            if num_channels is None:
+                raise ValueError("CRReLU: per_channel=True needs num_channels (the size of axis dim), got None")
+            size = check_int("CRReLU", "num_channels", num_channels)
+        elif num_channels is not None:  # one eps would be learnt where the caller asked for C of them
+            raise ValueError(f"CRReLU: num_channels={num_channels!r} is used only with per_channel=True; pass "
+                             "per_channel=True for one eps per channel, or drop num_channels")
         else:
             size = 1
-        if not isinstance(dim, int) or isinstance(dim, bool):
+        if isinstance(dim, bool) or not isinstance(dim, int):
             raise TypeError(f"CRReLU: dim must be an int, got {type(dim).__name__}")
+        check_backend("CRReLU", backend)
         self.per_channel = per_channel
         self.dim = dim
         self.backend = backend
-        self.eps = nn.Parameter(torch.full((size,), float(eps_init), device=device, dtype=dtype))
+        self.eps = nn.Parameter(torch.full((size,), eps_init, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return crrelu(x, self.eps, self.dim, backend=self.backend)

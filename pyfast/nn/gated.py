@@ -15,18 +15,21 @@ trained by their own optimiser in a first forward/backward pass (:class:`Gradien
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from pyfast.nn._checks import check_backend, check_bool, check_heads, check_int, check_number
 from pyfast.ops.gated import gated_class_attention, gated_route_
 
 __all__ = ["GatedClassAttention", "GatedClassAttentionBlock", "GradientRouting", "HardAttentionGate", "anneal_s"]
 
 
+MAX_CHANNEL_DIM = 4  # HardAttentionGate: inputs up to 5-D, [B, C, D, H, W]
+
+
 def anneal_s(batch: int, batches: int, s_max: float = 800.0) -> float:
     """GCAB's per-batch gate scale ``s = 1/s_max + (s_max - 1/s_max) b / B`` for batch b of B in an epoch."""
+    check_number("anneal_s", "s_max", s_max, low=0.0, low_open=True)
     if batches < 1 or not 0 <= batch <= batches:
         raise ValueError(f"anneal_s: need 0 <= batch <= batches and batches >= 1, got batch={batch}, batches={batches}")
     return 1 / s_max + (s_max - 1 / s_max) * batch / batches
@@ -41,9 +44,9 @@ class GatedClassAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend: str = "auto"):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"GatedClassAttention: dim ({dim}) must be divisible by num_heads ({num_heads})")
-        self.num_heads, self.backend = num_heads, backend
+        check_heads("GatedClassAttention", dim, num_heads)
+        check_bool("GatedClassAttention", "qkv_bias", qkv_bias)
+        self.num_heads, self.backend = num_heads, check_backend("GatedClassAttention", backend)
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.k = nn.Linear(dim, dim, bias=False)
         self.v = nn.Linear(dim, dim, bias=qkv_bias)
@@ -73,12 +76,15 @@ class GatedClassAttentionBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, num_tasks: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  s_max: float = 800.0, thres_emb: float = 6.0, backend: str = "auto"):
         super().__init__()
-        if num_tasks < 1:
-            raise ValueError(f"GatedClassAttentionBlock: num_tasks must be >= 1, got {num_tasks}")
-        if not (math.isfinite(s_max) and s_max > 0 and math.isfinite(thres_emb) and thres_emb > 0):
-            raise ValueError(f"GatedClassAttentionBlock: s_max and thres_emb must be finite and > 0, got {s_max}, "
-                             f"{thres_emb}")
-        hidden = int(dim * mlp_ratio)
+        owner = "GatedClassAttentionBlock"
+        check_heads(owner, dim, num_heads)
+        check_int(owner, "num_tasks", num_tasks)
+        hidden = int(dim * check_number(owner, "mlp_ratio", mlp_ratio, low=0.0, low_open=True))
+        if hidden < 1:
+            raise ValueError(f"{owner}: mlp_ratio must give an MLP of at least 1 unit, got int(dim * mlp_ratio) = "
+                             f"int({dim} * {mlp_ratio}) = {hidden}")
+        s_max = check_number(owner, "s_max", s_max, low=0.0, low_open=True)
+        thres_emb = check_number(owner, "thres_emb", thres_emb, low=0.0, low_open=True)
         self.num_tasks, self.s_max, self.thres_emb, self.backend = num_tasks, s_max, thres_emb, backend
         self.register_buffer("task_index", torch.zeros((), dtype=torch.int64))  # current_task, kept in checkpoints
         self.norm1 = nn.LayerNorm(dim)
@@ -173,15 +179,24 @@ class HardAttentionGate(nn.Module):
 
     def __init__(self, channels: int, channel_dim: int = -1):
         super().__init__()
+        check_int("HardAttentionGate", "channels", channels)
+        if isinstance(channel_dim, bool) or not isinstance(channel_dim, int):
+            raise TypeError(f"HardAttentionGate: channel_dim must be an int, got {type(channel_dim).__name__} "
+                            f"{channel_dim!r}")
+        if not 1 <= abs(channel_dim) <= MAX_CHANNEL_DIM:
+            raise ValueError(f"HardAttentionGate: channel_dim must be in [-{MAX_CHANNEL_DIM}, -1] or "
+                             f"[1, {MAX_CHANNEL_DIM}] (axis 0 is the batch; inputs have at most "
+                             f"{MAX_CHANNEL_DIM + 1} dims), got {channel_dim}")
         self.channel_dim = channel_dim
         self.gate = nn.Parameter(torch.empty(1, channels))
         nn.init.xavier_normal_(self.gate, gain=nn.init.calculate_gain("sigmoid"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.gate.shape[1]
-        if x.shape[self.channel_dim] != c:
-            raise ValueError(f"HardAttentionGate: x must have {c} channels on dim {self.channel_dim}, got shape "
-                             f"{tuple(x.shape)}")
+        axis = self.channel_dim if self.channel_dim > 0 else x.dim() + self.channel_dim
+        if not 1 <= axis < x.dim() or x.shape[axis] != c:  # axis 0 is the batch
+            raise ValueError(f"HardAttentionGate: x must have {c} channels on dim {self.channel_dim} (after the batch "
+                             f"axis), got shape {tuple(x.shape)}")
         shape = [1] * x.dim()
         shape[self.channel_dim] = c
         return x * torch.sigmoid(self.gate).reshape(shape)
@@ -200,6 +215,18 @@ class GradientRouting:
 
     def __init__(self, model: nn.Module, gate_optimizer: torch.optim.Optimizer,
                  main_optimizer: torch.optim.Optimizer, accumulate: bool = True):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"GradientRouting: model must be an nn.Module, got {type(model).__name__}")
+        for name, opt in (("gate_optimizer", gate_optimizer), ("main_optimizer", main_optimizer)):
+            if not isinstance(opt, torch.optim.Optimizer):
+                raise TypeError(f"GradientRouting: {name} must be a torch.optim.Optimizer, got {type(opt).__name__}")
+        check_bool("GradientRouting", "accumulate", accumulate)
+        # A parameter in both optimisers would move in the gate pass as well: the two passes would not be separate.
+        gate_params = {id(p) for group in gate_optimizer.param_groups for p in group["params"]}
+        shared = sum(id(p) in gate_params for group in main_optimizer.param_groups for p in group["params"])
+        if shared:
+            raise ValueError(f"GradientRouting: gate_optimizer and main_optimizer must hold disjoint parameters (the "
+                             f"gates, everything else), got {shared} parameter(s) in both")
         self.model, self.gate_optimizer, self.main_optimizer, self.accumulate = (model, gate_optimizer,
                                                                                  main_optimizer, accumulate)
 

@@ -12,14 +12,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pyfast.nn._checks import check_backend, check_int
 from pyfast.ops.ghost_bn import check_hyperparameters, ghost_batch_norm, ghost_count
 
 __all__ = ["GhostBatchNorm1d", "GhostBatchNorm2d", "convert_to_ghost_bn"]
 
 
 class _GhostMixin:
-    def _init_ghost(self, ghost_batch_size: int, backend: str) -> None:
-        check_hyperparameters(ghost_batch_size, self.momentum, self.eps)
+    """The ghost part shared by GhostBatchNorm1d/2d (placed before nn.BatchNorm*d in the bases): ``nn.BatchNorm*d``'s
+    constructor plus ``ghost_batch_size`` and ``backend``, checked before nn.BatchNorm*d allocates anything."""
+
+    def __init__(self, num_features: int, ghost_batch_size: int = 128, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None, *,
+                 backend: str = "auto"):
+        owner = type(self).__name__
+        check_int(owner, "num_features", num_features)
+        check_hyperparameters(ghost_batch_size, momentum, eps)
+        check_backend(owner, backend)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         self.ghost_batch_size = ghost_batch_size
         self.backend = backend
 
@@ -46,26 +56,16 @@ class _GhostMixin:
 class GhostBatchNorm1d(_GhostMixin, nn.BatchNorm1d):
     """Ghost batch norm over [N, C] or [N, C, L]; ``nn.BatchNorm1d``'s arguments plus ``ghost_batch_size``."""
 
-    def __init__(self, num_features: int, ghost_batch_size: int = 128, eps: float = 1e-5, momentum: float = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None, *,
-                 backend: str = "auto"):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
-        self._init_ghost(ghost_batch_size, backend)
-
 
 class GhostBatchNorm2d(_GhostMixin, nn.BatchNorm2d):
     """Ghost batch norm over [N, C, H, W]; ``nn.BatchNorm2d``'s arguments plus ``ghost_batch_size``."""
-
-    def __init__(self, num_features: int, ghost_batch_size: int = 128, eps: float = 1e-5, momentum: float = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, device=None, dtype=None, *,
-                 backend: str = "auto"):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
-        self._init_ghost(ghost_batch_size, backend)
 
 
 def convert_to_ghost_bn(module: nn.Module, ghost_batch_size: int, backend: str = "auto") -> nn.Module:
     """Replace every ``nn.BatchNorm1d/2d`` in ``module`` (recursively, in place; the module itself too) by the ghost
     version with the same hyperparameters, parameters and buffers. Returns the converted module."""
+    check_int("convert_to_ghost_bn", "ghost_batch_size", ghost_batch_size)  # also where module has no batch norm
+    check_backend("convert_to_ghost_bn", backend)
     kinds = {nn.BatchNorm1d: GhostBatchNorm1d, nn.BatchNorm2d: GhostBatchNorm2d}
     cls = kinds.get(type(module))
     if cls is not None:

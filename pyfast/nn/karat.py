@@ -13,6 +13,15 @@ import math
 import torch
 from torch import nn
 
+from pyfast.nn._checks import (
+    check_backend,
+    check_bool,
+    check_choice,
+    check_heads,
+    check_int,
+    check_number,
+    check_tokens,
+)
 from pyfast.ops.karat import karat_attention
 from pyfast.reference.karat import BASE_ACTIVATIONS
 
@@ -35,10 +44,8 @@ class KArAtCoefficients(nn.Module):
                  base_activation: str | None = None):
         super().__init__()
         for name, v in (("num_heads", num_heads), ("n_tokens", n_tokens), ("G", G), ("r", r)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"FourierKArAtAttention: {name} must be an integer >= 1, got {v!r}")
-        if not isinstance(constant_term, bool):
-            raise TypeError(f"FourierKArAtAttention: constant_term must be a bool, got {constant_term!r}")
+            check_int("FourierKArAtAttention", name, v)
+        check_bool("FourierKArAtAttention", "constant_term", constant_term)
         if base_activation is not None and base_activation not in BASE_ACTIVATIONS:
             raise ValueError(f"FourierKArAtAttention: base_activation must be None or one of "
                              f"{sorted(BASE_ACTIVATIONS)}, got {base_activation!r}")
@@ -83,10 +90,14 @@ class FourierKArAtAttention(nn.Module):
                  n_tokens: int | None = None, constant_term: bool = True, base_activation: str | None = None,
                  shared: dict | None = None, backend: str = "auto"):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"FourierKArAtAttention: dim ({dim}) must be divisible by num_heads ({num_heads})")
-        if mode not in MODES:
-            raise ValueError(f"FourierKArAtAttention: mode must be one of {MODES}, got {mode!r}")
+        owner = "FourierKArAtAttention"
+        check_heads(owner, dim, num_heads)
+        check_bool(owner, "qkv_bias", qkv_bias)
+        check_number(owner, "proj_drop", proj_drop, low=0.0, high=1.0)
+        check_choice(owner, "mode", mode, MODES)
+        check_backend(owner, backend)
+        if shared is not None and not isinstance(shared, dict):
+            raise TypeError(f"{owner}: shared must be a dict (one per model) or None, got {type(shared).__name__}")
         if n_tokens is None:
             raise ValueError("FourierKArAtAttention: n_tokens (the sequence length N the coefficients are sized for) "
                              "is required; pyfast.models.vit passes it")
@@ -109,6 +120,7 @@ class FourierKArAtAttention(nn.Module):
             self.coef = make()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tokens("FourierKArAtAttention", x, c=self.qkv.in_features)
         B, N, C = x.shape
         if N != self.coef.n_tokens:
             raise ValueError(f"FourierKArAtAttention: the sequence length N = {N} does not match the coefficients' "

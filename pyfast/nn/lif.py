@@ -7,7 +7,9 @@ import math
 import torch
 from torch import nn
 
+from pyfast.nn._checks import check_backend, check_bool, check_choice, check_number, check_shape
 from pyfast.ops.lif import _lif_decay
+from pyfast.reference.lif import SURROGATES
 
 
 class LIF(nn.Module):
@@ -44,19 +46,31 @@ class LIF(nn.Module):
         param_shape: tuple[int, ...] = (),
     ):
         super().__init__()
-        tau, v_threshold = float(tau), float(v_threshold)
-        if math.isnan(tau) or tau < 1:
-            raise ValueError(f"LIF: tau must be >= 1 (k = 1/tau in [0, 1]), got {tau}")
-        if not math.isfinite(v_threshold) or v_threshold <= 0:
-            raise ValueError(f"LIF: v_threshold must be finite and > 0, got {v_threshold}")
+        owner = type(self).__name__
+        tau = check_number(owner, "tau", tau, low=1.0, allow_inf=True)  # k = 1/tau in [0, 1]
+        v_threshold = check_number(owner, "v_threshold", v_threshold, low=0.0, low_open=True)
+        if v_reset is not None:
+            v_reset = check_number(owner, "v_reset", v_reset)
+        surrogate = check_choice(owner, "surrogate", surrogate, SURROGATES)
+        if alpha is not None:
+            alpha = check_number(owner, "alpha", alpha, low=0.0, low_open=True)
+        for name, flag in (("decay_input", decay_input), ("detach_reset", detach_reset), ("return_v", return_v),
+                           ("learnable_tau", learnable_tau), ("learnable_threshold", learnable_threshold),
+                           ("learnable_leak", learnable_leak)):
+            check_bool(owner, name, flag)
+        backend = check_backend(owner, backend)
+        param_shape = check_shape(owner, "param_shape", param_shape)
+        if tau == math.inf and decay_input and not learnable_leak:
+            raise ValueError(f"{owner}: tau=inf (k = 0) with decay_input=True multiplies the input by 0; an IF neuron "
+                             "needs decay_input=False")
         # Fixed hyperparameters stay Python numbers: the op makes them on the input's device without a host sync.
         if learnable_tau and learnable_leak:
-            raise ValueError("LIF: learnable_tau and learnable_leak are two parametrisations of k; choose one")
+            raise ValueError(f"{owner}: learnable_tau and learnable_leak are two parametrisations of k; choose one")
         if learnable_leak:
             self.leak = nn.Parameter(torch.full(param_shape, 1.0 - 1.0 / tau))
         elif learnable_tau:
             if not 1 < tau < math.inf:
-                raise ValueError(f"LIF: learnable_tau needs a finite tau > 1 (k = sigmoid(w) in (0, 1)), got {tau}")
+                raise ValueError(f"{owner}: learnable_tau needs a finite tau > 1 (k = sigmoid(w) in (0, 1)), got {tau}")
             self.w = nn.Parameter(torch.full(param_shape, -math.log(tau - 1.0)))
         else:
             self.k = 1.0 / tau

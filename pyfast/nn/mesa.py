@@ -19,14 +19,27 @@ G = H: one group per head).
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pyfast.backends import resolve
+from pyfast.nn._checks import (
+    check_backend,
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    check_shape,
+    check_tokens,
+)
 from pyfast.ops import mesa as ops
 
 __all__ = ["GELU", "Attention", "Conv2d", "LayerNorm", "Linear", "MatMul", "Quantizer", "Softmax"]
+
+GELU_APPROXIMATIONS = ("none", "tanh")  # nn.GELU's, which it checks only at the first forward
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -45,8 +58,8 @@ class Quantizer(nn.Module):
         self.groups = ops.check_groups(groups)
         self.levels = ops.check_levels(levels)
         self.ema_decay = ops.check_ema_decay(ema_decay)
-        self.stochastic = bool(stochastic)
-        self.backend = backend
+        self.stochastic = check_bool("mesa", "stochastic", stochastic)
+        self.backend = check_backend("mesa", backend)
         self.register_buffer("clip_val", torch.ones(self.groups, dtype=torch.float32, device=device))
         self.register_buffer("shift", torch.zeros(self.groups, dtype=torch.float32, device=device))
         self.register_buffer("initialized", torch.zeros(1, dtype=torch.bool, device=device))
@@ -103,6 +116,8 @@ class Linear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *,
                  quant_groups: int = 1, levels: int = 256, ema_decay: float = 0.9, stochastic: bool = True,
                  backend: str = "auto"):
+        check_int("mesa.Linear", "in_features", in_features)
+        check_int("mesa.Linear", "out_features", out_features)
         super().__init__(in_features, out_features, bias, device, dtype)
         ops.check_groups(quant_groups, in_features, "in_features")
         self.quant = Quantizer(quant_groups, levels=levels, ema_decay=ema_decay, stochastic=stochastic,
@@ -126,6 +141,8 @@ class Conv2d(nn.Conv2d):
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
                  quant_groups: int = 1, levels: int = 256, ema_decay: float = 0.9, stochastic: bool = True,
                  backend: str = "auto"):
+        check_int("mesa.Conv2d", "in_channels", in_channels)
+        check_int("mesa.Conv2d", "out_channels", out_channels)
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device, dtype)
         ops.check_groups(quant_groups, in_channels, "in_channels")
@@ -154,7 +171,7 @@ class GELU(nn.GELU):
 
     def __init__(self, approximate: str = "none", *, quant_groups: int = 1, levels: int = 256,
                  ema_decay: float = 0.9, stochastic: bool = True, backend: str = "auto"):
-        super().__init__(approximate)
+        super().__init__(check_choice("mesa.GELU", "approximate", approximate, GELU_APPROXIMATIONS))
         self.quant = Quantizer(quant_groups, levels=levels, ema_decay=ema_decay, stochastic=stochastic,
                                backend=backend)
 
@@ -193,6 +210,9 @@ class LayerNorm(nn.LayerNorm):
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
                  device=None, dtype=None, *, quant_groups: int = 1, levels: int = 256, ema_decay: float = 0.9,
                  stochastic: bool = True, backend: str = "auto"):
+        shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else normalized_shape
+        if not check_shape("mesa.LayerNorm", "normalized_shape", shape):
+            raise ValueError("mesa.LayerNorm: normalized_shape must name at least one axis, got ()")
         super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype)
         ops.check_groups(quant_groups, self.normalized_shape[-1], "normalized_shape[-1]")
         self.quant = Quantizer(quant_groups, levels=levels, ema_decay=ema_decay, stochastic=stochastic,
@@ -242,7 +262,13 @@ class Attention(nn.Module):
     def __init__(self, qkv: nn.Module, proj: nn.Module, num_heads: int, scale: float, attn_drop: nn.Module | None = None,
                  proj_drop: nn.Module | None = None, *, matmul: bool = True, softmax: bool = True, **quant):
         super().__init__()
-        self.num_heads, self.scale = num_heads, scale
+        for name, module in (("qkv", qkv), ("proj", proj)):
+            if not isinstance(module, nn.Module):
+                raise TypeError(f"mesa.Attention: {name} must be an nn.Module, got {type(module).__name__}")
+        check_bool("mesa.Attention", "matmul", matmul)
+        check_bool("mesa.Attention", "softmax", softmax)
+        self.num_heads = check_int("mesa.Attention", "num_heads", num_heads)
+        self.scale = check_number("mesa.Attention", "scale", scale, low=0.0, low_open=True)
         self.qkv, self.proj = qkv, proj
         self.attn_drop = attn_drop if attn_drop is not None else nn.Identity()
         self.proj_drop = proj_drop if proj_drop is not None else nn.Identity()
@@ -256,7 +282,11 @@ class Attention(nn.Module):
                    getattr(attn, "proj_drop", None), matmul=matmul, softmax=softmax, **quant)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tokens("mesa.Attention", x, c=getattr(self.qkv, "in_features", None))  # qkv may be any module
         B, N, C = x.shape
+        if C % self.num_heads:
+            raise ValueError(f"mesa.Attention: the channels C = {C} of x {tuple(x.shape)} must be divisible by "
+                             f"num_heads ({self.num_heads})")
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         kt = k.transpose(-2, -1)
         scores = self.matmul_qk(q, kt) if self.matmul_qk is not None else q @ kt

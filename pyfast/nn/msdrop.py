@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyfast.nn._checks import check_backend, check_int
 from pyfast.ops.msdrop import check_hyperparameters, multi_sample_dropout_loss, new_seed
 from pyfast.reference.msdrop import msdrop_logits_ref
 
@@ -33,8 +34,11 @@ class MultiSampleDropoutHead(nn.Linear):
 
     def __init__(self, in_features: int, num_classes: int, num_samples: int = 8, p: float = 0.5, bias: bool = True,
                  device=None, dtype=None, *, backend: str = "auto"):
-        super().__init__(in_features, num_classes, bias, device, dtype)
+        check_int("MultiSampleDropoutHead", "in_features", in_features)
+        check_int("MultiSampleDropoutHead", "num_classes", num_classes)
         check_hyperparameters(num_samples, p)
+        check_backend("MultiSampleDropoutHead", backend)
+        super().__init__(in_features, num_classes, bias, device, dtype)
         self.num_samples = num_samples
         self.p = p
         self.backend = backend

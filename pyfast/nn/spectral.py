@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pyfast.nn._checks import check_int, check_number, check_tokens
+
 __all__ = ["DropPath", "SpectralGating"]
 
 
@@ -25,17 +27,15 @@ class SpectralGating(nn.Module):
 
     def __init__(self, dim: int, h: int, w: int, init_std: float = 0.02):
         super().__init__()
-        for name, v in (("dim", dim), ("h", h), ("w", w)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"SpectralGating: {name} must be an int >= 1, got {v!r}")
-        self.dim, self.h, self.w = dim, h, w
+        self.dim = check_int("SpectralGating", "dim", dim)
+        self.h = check_int("SpectralGating", "h", h)
+        self.w = check_int("SpectralGating", "w", w)
+        init_std = check_number("SpectralGating", "init_std", init_std, low=0.0)
         self.complex_weight = nn.Parameter(torch.randn(h, w // 2 + 1, dim, 2) * init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tokens("SpectralGating", x, n=self.h * self.w, c=self.dim, note=f" (a token grid of {self.h}x{self.w})")
         B, N, C = x.shape
-        if N != self.h * self.w or C != self.dim:
-            raise ValueError(f"SpectralGating: x must be [B, {self.h * self.w}, {self.dim}] (an {self.h}x{self.w} "
-                             f"token grid), got {tuple(x.shape)}")
         dtype = x.dtype
         v = x.to(torch.float32).reshape(B, self.h, self.w, C)
         spec = torch.fft.rfft2(v, dim=(1, 2), norm="ortho")
@@ -53,9 +53,7 @@ class DropPath(nn.Module):
 
     def __init__(self, p: float = 0.0):
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"DropPath: p must be in [0, 1), got {p!r}")
-        self.p = p
+        self.p = check_number("DropPath", "p", p, low=0.0, high=1.0, high_open=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:

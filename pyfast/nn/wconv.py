@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pyfast.nn._checks import check_backend, check_bool, check_int
 from pyfast.ops.wconv import check_den_values, check_kernel_size, pack_den, weight_of_packed_den
 from pyfast.reference.wconv import DEFAULT_DEN, acc_dtype, density_ref, split_den
 
@@ -35,6 +36,10 @@ class _WeightedConvMixin:
     """The density part shared by WeightedConv1d/2d/3d (placed before nn.Conv*d in the bases)."""
 
     def _init_density(self, den, learnable_den: bool, allow_negative_den: bool, backend: str) -> None:
+        owner = type(self).__name__
+        check_bool(owner, "learnable_den", learnable_den)
+        check_bool(owner, "allow_negative_den", allow_negative_den)
+        check_backend(owner, backend)
         check_kernel_size(self.kernel_size)
         if den is None:
             den = default_den(self.kernel_size)
@@ -117,6 +122,8 @@ def _make_init(base: type):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
                  padding_mode="zeros", device=None, dtype=None, *, den=None, learnable_den=False,
                  allow_negative_den=False, backend="auto"):
+        check_int(type(self).__name__, "in_channels", in_channels)  # before nn.Conv*d allocates the weight
+        check_int(type(self).__name__, "out_channels", out_channels)
         base.__init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                       padding_mode, device, dtype)
         self._init_density(den, learnable_den, allow_negative_den, backend)

@@ -10,12 +10,14 @@ from pyfast.losses import (
     BDKDLoss,
     DRLoss,
     KDLoss,
+    LSSKDLoss,
     NKDLoss,
     PLDLoss,
     USKDLoss,
     bdkd_losses,
     dr_loss,
     kd_loss,
+    lsskd_loss,
     nkd_loss,
     non_target,
     pld_loss,
@@ -201,6 +203,23 @@ def test_bad_hyperparameters_and_labels():
 # Non-finite logits and compilation, across every loss
 # --------------------------------------------------------------------------------------------------------------
 
+with torch.random.fork_rng():
+    torch.manual_seed(0)
+    _USKD = USKDLoss(7, 7, reduction="none").double()
+_AUX = logits(b=10, c=14, seed=5).view(5, 2, 14)  # LSSKD's shallower head [B, M = 2, N M = 14]
+_PREV = torch.softmax(logits(seed=6), 1)  # LSSKD's PS-KD soft targets
+
+
+def _lsskd_heads(t):
+    """LSSKD's auxiliary heads: a fixed shallower one, and t (on every rotation) as the deepest [B, M = 2, N M = 14],
+    which teaches the shallower head and, through the heads' ensemble (ens_weight > 0), the final classifier."""
+    return [_AUX, t.repeat(1, 2)[:, None].expand(-1, 2, -1)]
+
+
+def _lsskd(s, t):
+    return lsskd_loss(s, _lsskd_heads(t), _PREV, Y, ens_weight=1.0, reduction="none")
+
+
 LOSSES = {  # (student, teacher) -> per-sample losses [B] (each output of bdkd separately)
     "kd": lambda s, t: kd_loss(s, t, reduction="none"),
     "nkd": lambda s, t: nkd_loss(s, t, Y, reduction="none"),
@@ -209,6 +228,9 @@ LOSSES = {  # (student, teacher) -> per-sample losses [B] (each output of bdkd s
     "bdkd-teacher": lambda s, t: bdkd_losses(s, t, Y, reduction="none")[1],
     # dr_loss has targets, not teacher logits (checked probabilities): the teacher side is its softmax
     "dr": lambda s, t: dr_loss(s, torch.softmax(t, 1).nan_to_num(0.2), reduction="none"),
+    # USKD has no teacher: its weak classifier's input features take the teacher's place
+    "uskd": lambda s, t: _USKD(s, t, Y),
+    "lsskd": _lsskd,
 }
 
 
@@ -229,6 +251,43 @@ def test_a_nan_or_inf_logit_gives_a_nan_loss_for_its_row_in_every_loss(name, sid
     assert torch.isfinite(per[[0, 2, 3, 4]]).all(), per
 
 
+def test_one_non_finite_row_leaves_the_other_rows_of_uskd_finite():
+    # USKD's target weight p_y = s_y^2 + 1 - mean_B(s_y^2) averaged over the batch: one NaN row made every row NaN.
+    z, f, others = logits(seed=1), logits(seed=2), [0, 2, 3, 4]
+    z[1, 4] = math.nan
+    per = _USKD(z, f, Y)
+    assert torch.isnan(per[1]), per
+    torch.testing.assert_close(per[others], _USKD(z[others], f[others], Y[others]))  # as if the row were not there
+
+
+# What a -inf logit of row 1 (class 4, not its label 3) gives that row: +inf where the student gives probability 0 to a
+# class its target gives mass, finite where only the target rules the class out.
+MINUS_INF = {
+    ("kd", "student"): "inf", ("kd", "teacher"): "finite",
+    ("nkd", "student"): "inf", ("nkd", "teacher"): "finite",
+    ("pld", "student"): "inf", ("pld", "teacher"): "finite",
+    # BD-KD: each network is the other's student (both KL directions in the student's loss)
+    ("bdkd-student", "student"): "inf", ("bdkd-student", "teacher"): "inf",
+    ("bdkd-teacher", "student"): "finite", ("bdkd-teacher", "teacher"): "inf",
+    ("dr", "student"): "inf", ("dr", "teacher"): "finite",
+    ("uskd", "student"): "inf",  # the Zipf soft labels give every non-target class mass
+    ("uskd", "teacher"): "nan",  # features, not logits: a -inf feature through the weak head is a NaN logit
+    ("lsskd", "student"): "inf", ("lsskd", "teacher"): "finite",
+}
+
+
+@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("side", ["student", "teacher"])
+def test_a_minus_inf_logit_follows_the_maths_in_every_loss(name, side):
+    s, t = logits(seed=1), logits(seed=2)
+    (s if side == "student" else t)[1, 4] = -math.inf
+    per = LOSSES[name](s, t)
+    expected = MINUS_INF[name, side]
+    row = per[1]
+    assert {"inf": row == math.inf, "finite": torch.isfinite(row), "nan": torch.isnan(row)}[expected], per
+    assert torch.isfinite(per[[0, 2, 3, 4]]).all(), per
+
+
 def test_a_minus_inf_logit_is_a_class_of_probability_zero():
     s, t = logits(seed=1), logits(seed=2)
     t[1, 4] = -math.inf  # the teacher rules class 4 out: KD is finite
@@ -243,9 +302,12 @@ def test_a_minus_inf_logit_is_a_class_of_probability_zero():
     (lambda: PLDLoss(), lambda s, t: (s, t, Y)),
     (lambda: BDKDLoss(), lambda s, t: (s, t, Y)),
     (lambda: DRLoss(), lambda s, t: (s, torch.softmax(t, 1))),
+    (lambda: _USKD, lambda s, t: (s, t, Y)),  # one instance: its weak head is initialised at random
+    (lambda: LSSKDLoss(ens_weight=1.0), lambda s, t: (s, _lsskd_heads(t), _PREV, Y)),
 ])
-def test_every_loss_module_compiles_whole(module, args):
+@pytest.mark.parametrize("dynamic", [False, True])  # True: symbolic batch and hyperparameters, as tests/nn's modules
+def test_every_loss_module_compiles_whole(module, args, dynamic):
     s, t = logits(seed=3, grad=True), logits(seed=4)
     eager = module()(*args(s, t))
-    compiled = torch.compile(module(), fullgraph=True, backend="aot_eager")(*args(s, t))
+    compiled = torch.compile(module(), fullgraph=True, dynamic=dynamic, backend="aot_eager")(*args(s, t))
     torch.testing.assert_close(compiled, eager)

@@ -161,7 +161,7 @@ def test_teachers_get_no_gradient():
     (lambda a: {"y": torch.tensor([0, 1, 2, 3, 0])}, r"y must hold class indices in \[0, 3\)"),
     (lambda a: {"y": Y.int()}, "y must be an int64 tensor"),
     (lambda a: {"prev_targets": a["prev_targets"][:, :2]}, r"prev_targets must be a floating tensor \[5, 3\]"),
-    (lambda a: {"prev_targets": a["prev_targets"] * 2}, "prev_targets must hold probability rows"),
+    (lambda a: {"prev_targets": a["prev_targets"] * 2}, "prev_targets rows must be finite, non-negative probabilities"),
     (lambda a: {"feat_weight": 1.0, "aux_features": None}, "aux_features must be a list of 3 tensors"),
     (lambda a: {"feat_weight": 1.0, "aux_features": [f[..., :2] if i else f for i, f in enumerate(a["aux_features"])]},
      r"aux_features\[1\] must be a floating tensor \[5, 4, D\]"),

@@ -26,6 +26,9 @@ MODULES = {
     "GhostBatchNorm2d": (lambda: pnn.GhostBatchNorm2d(4, ghost_batch_size=2), (4, 4, 3, 3)),
     "WeightedConv2d": (lambda: pnn.WeightedConv2d(4, 4, 3, padding=1), (2, 4, 5, 5)),
     "FourierKArAtAttention": (lambda: pnn.FourierKArAtAttention(24, num_heads=3, n_tokens=7), (2, 7, 24)),
+    # their forwards' shape checks (the expected [B, N, C], the channel axis) trace without a graph break
+    "SpectralGating": (lambda: pnn.SpectralGating(8, 2, 3), (2, 6, 8)),
+    "HardAttentionGate": (lambda: pnn.HardAttentionGate(4, channel_dim=1), (2, 4, 3, 3)),
 }
 
 

@@ -74,8 +74,8 @@ def test_vit_small_karat_builds():
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"G": 0}, "G must be an integer >= 1"),
-    ({"r": 0}, "r must be an integer >= 1"),
+    ({"G": 0}, "G must be an int >= 1"),
+    ({"r": 0}, "r must be an int >= 1"),
     ({"mode": "shared"}, "mode must be one of"),
     ({"n_tokens": None}, "n_tokens"),
     ({"attn_drop": 0.1}, "attn_drop must be 0"),

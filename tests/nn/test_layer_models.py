@@ -39,7 +39,7 @@ def test_spectral_gating_upcasts_half_and_checks_shape():
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), sg(x.bfloat16().float()), rtol=1e-2, atol=1e-2)
     assert sg.complex_weight.shape == (4, 3, 4, 2) and abs(sg.complex_weight.std().item() - 0.02) < 0.01
-    with pytest.raises(ValueError, match=r"x must be \[B, 16, 4\]"):
+    with pytest.raises(ValueError, match=r"x must have shape \[B, N, C\] with N=16, C=4 \(a token grid of 4x4\)"):
         sg(torch.randn(2, 15, 4))
     with pytest.raises(ValueError, match="h must be an int >= 1"):
         pyfast.nn.SpectralGating(4, 0, 4)

@@ -118,6 +118,8 @@ def _ema_through_data(layer):
     _ema_through_data,
     lambda layer: setattr(layer.weight, "data", layer.weight.data * 3),
     lambda layer: layer.weight.mul_(2),
+    lambda layer: layer.weight.copy_(torch.randn_like(layer.weight)),  # under no_grad, as the test applies each change
+    lambda layer: layer.weight.data.copy_(torch.randn_like(layer.weight)),
     lambda layer: layer.load_state_dict({**layer.state_dict(), "weight": torch.randn_like(layer.weight)}),
     lambda layer: layer.den.fill_(0.1),
     lambda layer: layer.den.data.copy_(torch.tensor([0.3])),
