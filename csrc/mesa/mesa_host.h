@@ -89,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_host(const at::Tensor& x
   a.cfg.lm1 = static_cast<float>(levels - 1);
   a.cfg.update = update;
   a.cfg.stochastic = stochastic;
-  launch(a, dtype);  // also with no elements: the estimates are still written (batch range and min are 0)
+  launch(a, dtype);  // also with no elements: the estimates are still written (kept: no finite value)
   return {q, clip_out, shift_out};
 }
 

@@ -119,7 +119,7 @@ cudaError_t quantize_typed(const QuantArgs& a, float* partials, cudaStream_t str
     minmax_kernel<T><<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(a.groups)), kThreads, 0, stream>>>(
         static_cast<const T*>(a.x), mins, maxs, a.groups, a.inner, M);
   } else {
-    // No elements: every group's partials are empty (min > max), so the estimates fold to range 0 and minimum 0.
+    // No elements: every group's partials are empty (min > max), so every group keeps its estimates.
     finalize_kernel<<<static_cast<unsigned>((a.groups + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
         mins, maxs, 0, a);
     return cudaGetLastError();

@@ -161,7 +161,8 @@ def mesa_quantize(x: Tensor, clip_val: Tensor, shift: Tensor, initialized: Tenso
 
     ``x`` is viewed as ``[outer, G, inner]`` around axis ``dim`` with ``G = clip_val.numel()``: ``dim=1`` and
     ``G = H`` quantizes a ``[B, H, N, D]`` tensor head by head; ``dim=-1`` splits the channels of ``[..., C]`` into
-    ``G`` contiguous chunks. Per group, with r / m the range / minimum of this batch's finite values::
+    ``G`` contiguous chunks. Per group, with r / m the range / minimum of this batch's finite values (a group
+    without any keeps its alpha and beta)::
 
         alpha' = r, beta' = m                                       (initialized is False)
         alpha' = lam alpha + (1-lam) r, beta' = lam beta + (1-lam) m  (update; lam = ema_decay)

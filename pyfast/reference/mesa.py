@@ -6,12 +6,16 @@ group per head; with ``dim=-1`` a ``[..., C]`` tensor gets ``G`` contiguous chun
 owns the elements of ``[:, g, :]``.
 
 Running estimates (float32, one per group). With the finite values of the current batch (non-finite values are left
-out of the statistics; a group without any gives range 0 and minimum 0)::
+out of the statistics)::
 
     r = max - min,  m = min
+    no finite value:         alpha' = alpha,                        beta' = beta
     not initialized:         alpha' = r,                            beta' = m
     initialized, update:     alpha' = lam alpha + (1 - lam) r,      beta' = lam beta + (1 - lam) m
     initialized, no update:  alpha' = alpha,                        beta' = beta
+
+A group without finite values (all NaN / inf, or no elements) says nothing about the range and keeps its estimates
+(with range 0 instead, such a first batch left alpha' = 0, and every later batch quantized to a single code).
 
 with ``lam = float32(ema_decay)`` and ``1 - lam`` rounded as ``float32(1 - ema_decay)``; each product is rounded to
 float32 before the sum (no fused multiply-add), so every backend gets the same bits.
@@ -103,8 +107,7 @@ def mesa_stats_ref(x: torch.Tensor, clip_val, shift, initialized, dim: int, ema_
         mn = torch.where(finite, xg, inf).amin(dim=(0, 2))
         mx = torch.where(finite, xg, -inf).amax(dim=(0, 2))
     empty = ~(mn <= mx)
-    batch_min = torch.where(empty, 0.0, mn)
-    batch_range = torch.where(empty, 0.0, mx - mn)
+    batch_min, batch_range = mn, mx - mn
     clip_val, shift = clip_val.reshape(-1).float(), shift.reshape(-1).float()
     if update:
         lam = torch.tensor(ema_decay, dtype=torch.float32, device=x.device)
@@ -113,7 +116,8 @@ def mesa_stats_ref(x: torch.Tensor, clip_val, shift, initialized, dim: int, ema_
     else:
         ema_clip, ema_shift = clip_val, shift
     init = initialized.reshape(1).bool()
-    return torch.where(init, ema_clip, batch_range), torch.where(init, ema_shift, batch_min)
+    new_clip, new_shift = torch.where(init, ema_clip, batch_range), torch.where(init, ema_shift, batch_min)
+    return torch.where(empty, clip_val, new_clip), torch.where(empty, shift, new_shift)
 
 
 def _scale(clip_val: torch.Tensor, levels: int) -> torch.Tensor:
