@@ -7,7 +7,8 @@ values of the batch (r = max - min, m = min), float32, no FMA:
 Quantize: s = (L-1) / alpha', t = (x - beta') s [+ (u - 1/2)], q = round_half_even(min(max(t, 0), L-1)) with
 max(t, 0) written t > 0 ? t : 0 (NaN -> 0). u is the counter-based hash of (seed, linear index) defined in
 pyfast/reference/mesa.py, so the codes equal the C++ kernels' and the reference's bit for bit.
-Dequantize: x_hat = q / s + beta.
+Dequantize: x_hat = q / s + beta; a code above L-1 decodes to NaN (the kernel cannot raise; pyfast.ops.mesa's
+mesa_dequantize checks the codes first).
 
 Three launches per quantize: partial min / max per (chunk, group) over a 2-D grid, one program that folds the partials
 into the new estimates, and the element-wise codes (coalesced over the linear index). No full-size temporary.
@@ -138,7 +139,7 @@ def _dequantize_kernel(q_ptr, out_ptr, clip_ptr, shift_ptr, numel, G, inner, lm1
     beta = tl.load(shift_ptr + g, mask=mask, other=0.0)
     s = _div(tl.full([BLOCK], lm1, tl.float32), tl.load(clip_ptr + g, mask=mask, other=1.0), INTERPRET)
     q = tl.load(q_ptr + i, mask=mask, other=0).to(tl.float32)
-    x = _div(q, s, INTERPRET) + beta
+    x = tl.where(q > lm1, float("nan"), _div(q, s, INTERPRET) + beta)
     tl.store(out_ptr + i, _to_storage(x, DTYPE, INTERPRET), mask=mask)
 
 

@@ -19,7 +19,9 @@
 // where max(t, 0) is written t > 0 ? t : 0 (NaN -> 0), and u in [0, 1) is a counter-based hash of (seed, linear
 // index of the element), so CPU, CUDA and Triton draw the same bits. Upper values clamp to L-1: the original Mesa
 // kernel has no upper clamp and wraps modulo 256. Dequantize: x_hat = q / s + beta (alpha = 0: s = inf, x_hat =
-// beta).
+// beta). A code q > L-1 (q quantized with more levels, or not by Mesa) is an error: the CPU kernel raises one after
+// its loop (a max of the codes kept alongside, no second pass); the CUDA kernel, which cannot raise without a host
+// sync, writes NaN there.
 #pragma once
 
 #include "common/dtype.h"
@@ -142,6 +144,7 @@ struct DequantArgs {
   int64_t groups;
   int64_t inner;
   float lm1;
+  uint8_t max_code;  // L - 1: larger codes are invalid
 };
 
 }  // namespace mesa

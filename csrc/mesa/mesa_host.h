@@ -116,6 +116,7 @@ at::Tensor dequantize_host(const at::Tensor& q_in, const at::Tensor& clip_in, co
   a.groups = groups;
   a.inner = inner;
   a.lm1 = static_cast<float>(levels - 1);
+  a.max_code = static_cast<uint8_t>(levels - 1);
   if (q.numel() > 0) launch(a, dtype);
   return out;
 }

@@ -27,7 +27,7 @@ Quantize with the new estimates, per element (float32, each operation rounded)::
     q = round_half_even(min(max(t, 0), L - 1))   (NaN -> 0: the max is written t > 0 ? t : 0)
 
 Dequantize: ``x_hat = q / s + beta`` (float32), rounded to the requested dtype. ``alpha = 0`` gives ``s = inf`` and
-``x_hat = beta``.
+``x_hat = beta``. A code ``q > L - 1`` (quantized with more levels, or not by Mesa) is a ValueError.
 
 Random numbers are counter-based, so CPU, CUDA and Triton draw the same ``u`` for the same seed and element: with
 ``h32`` the 32-bit integer hash below (xor-shift / multiply rounds), the element's linear index ``i`` (row-major in x)
@@ -42,6 +42,7 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "check_codes",
     "group_shape",
     "hash_uniform",
     "mesa_dequantize_ref",
@@ -120,6 +121,14 @@ def mesa_stats_ref(x: torch.Tensor, clip_val, shift, initialized, dim: int, ema_
     return torch.where(empty, clip_val, new_clip), torch.where(empty, shift, new_shift)
 
 
+def check_codes(q: torch.Tensor, levels: int) -> None:
+    """ValueError unless every code of ``q`` is below ``levels`` (one device sync on a GPU)."""
+    largest = int(q.max()) if q.numel() else 0
+    if largest >= levels:
+        raise ValueError(f"mesa_dequantize: q holds code {largest}, but codes of levels = {levels} are "
+                         f"0..{levels - 1} (was q quantized with more levels?)")
+
+
 def _scale(clip_val: torch.Tensor, levels: int) -> torch.Tensor:
     return torch.tensor(float(levels - 1), dtype=torch.float32, device=clip_val.device) / clip_val.float()
 
@@ -144,7 +153,10 @@ def mesa_quantize_ref(x: torch.Tensor, clip_val: torch.Tensor, shift: torch.Tens
 
 def mesa_dequantize_ref(q: torch.Tensor, clip_val: torch.Tensor, shift: torch.Tensor, dim: int, levels: int,
                         dtype: torch.dtype) -> torch.Tensor:
-    """``x_hat = q / s + beta`` with ``s = (levels - 1) / alpha`` per group, in ``dtype`` (q's shape)."""
+    """``x_hat = q / s + beta`` with ``s = (levels - 1) / alpha`` per group, in ``dtype`` (q's shape). A code
+    ``>= levels`` raises a ValueError (checked eagerly, not while torch.compile traces)."""
+    if not torch.compiler.is_compiling():
+        check_codes(q, levels)
     groups = clip_val.numel()
     s = _scale(clip_val.reshape(-1), levels)
     qg = _grouped(q, dim, groups).float()

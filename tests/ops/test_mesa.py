@@ -179,7 +179,7 @@ def test_public_functions_and_backends():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# A batch without finite values
+# A batch without finite values; codes past the levels
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -216,6 +216,26 @@ def test_a_first_batch_of_nans_does_not_collapse_later_codes(backend):
     q, _, _ = mesa_quantize(x, c, s, torch.tensor([True]), _seed(), update=False, stochastic=False, backend=backend)
     assert c.tolist() == [1.0] and s.tolist() == [0.0]
     assert len(q.unique()) > 1  # with clip 0 (s = inf) every code was 255
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
+def test_dequantize_rejects_codes_past_the_levels(backend):
+    """A code >= levels (quantized with more levels, or not by Mesa) decoded past the range without a word; now a
+    ValueError naming q and levels. [2, 40] in 2 groups: the bad code sits inside a row and at its end."""
+    clip, shift, _ = _state(2, clip=[1.0, 2.0], shift=[0.0, -1.0])
+    q = torch.randint(0, 7, (2, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    direct = torch.ops.pyfast.mesa_dequantize if backend == "cpp" else mesa_dequantize_ref
+    for decode in (lambda t: mesa_dequantize(t, clip, shift, levels=7, dtype=torch.float64, backend=backend),
+                   lambda t: direct(t, clip, shift, -1, 7, torch.float64)):
+        good = decode(q)
+        assert good.shape == q.shape and bool(torch.isfinite(good).all())
+        for where in [(1, 3), (0, 39)]:
+            bad = q.clone()
+            bad[where] = 200
+            with pytest.raises(ValueError, match=r"q holds code 200, but codes of levels = 7 are 0\.\.6"):
+                decode(bad)
+    # 255 is a valid code at the default 256 levels.
+    assert mesa_dequantize(torch.full((2, 4), 255, dtype=torch.uint8), clip, shift, backend=backend)[0, 0] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -357,6 +377,18 @@ def test_cuda_matches_reference(dtype, layout):
             assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) <= 1e-4
             d = torch.ops.pyfast.mesa_dequantize(q_ref, c, s, dim, 256, dtype)
             assert torch.equal(d, mesa_dequantize_ref(q_ref, c, s, dim, 256, dtype))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _extension.has_cuda(), reason=_extension.cuda_reason() or "no CUDA")
+def test_cuda_dequantize_codes_past_the_levels():
+    """The CUDA kernel writes NaN for a code >= levels (raising would need a sync); the public function raises."""
+    clip, shift, _ = _state(2, device="cuda")
+    q = torch.tensor([[0, 6, 7, 200], [1, 2, 3, 4]], dtype=torch.uint8, device="cuda")
+    out = torch.ops.pyfast.mesa_dequantize(q, clip, shift, -1, 7, torch.float32)
+    assert torch.isnan(out).tolist() == [[False, False, True, True], [False] * 4]
+    with pytest.raises(ValueError, match=r"q holds code 200, but codes of levels = 7 are 0\.\.6"):
+        mesa_dequantize(q, clip, shift, levels=7)
 
 
 @pytest.mark.cuda

@@ -69,6 +69,16 @@ def test_batch_without_finite_values_keeps_the_estimates():
             assert (got[1][0].item(), got[2][0].item()) == (2.5, -1.0)
 
 
+def test_dequantize_codes_past_the_levels():
+    """The kernel writes NaN for a code >= levels (it cannot raise); the public function raises first."""
+    clip, shift = torch.ones(2, device=DEVICE), torch.zeros(2, device=DEVICE)
+    q = torch.tensor([[0, 6, 7, 200], [1, 2, 3, 4]], dtype=torch.uint8, device=DEVICE)
+    out = torch.ops.pyfast.mesa_dequantize_triton(q, clip, shift, -1, 7, torch.float32)
+    assert torch.isnan(out).tolist() == [[False, False, True, True], [False] * 4]
+    with pytest.raises(ValueError, match=r"q holds code 200, but codes of levels = 7 are 0\.\.6"):
+        mesa_dequantize(q, clip, shift, levels=7, backend="triton")
+
+
 @pytest.mark.skipif(not _extension.has_cpp(), reason="needs the C++ extension pyfast._C (the C++ schemas)")
 @pytest.mark.parametrize("name", ["mesa_quantize", "mesa_dequantize"])
 def test_schema_matches_cpp_op(name):
