@@ -41,7 +41,7 @@ from pyfast.reference.mesa import mesa_dequantize_ref, mesa_quantize_ref
 from pyfast.reference.msdrop import msdrop_loss_ref
 from pyfast.reference.pld import pld_ref
 from pyfast.reference.wconv import wconv_weight_ref
-from tests.markers import needs_cpp
+from tests.markers import needs_cpp, needs_cuda
 
 pytestmark = needs_cpp
 
@@ -65,7 +65,7 @@ def check_fwd_bwd(cpp_fn, ref_fn, inputs, name, seed=0):
     ours, theirs = leaves(*inputs), leaves(*inputs)
     y, y_ref = cpp_fn(*ours), ref_fn(*theirs)
     assert_float64_close(y, y_ref, f"{name} forward")
-    g = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    g = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(seed), dtype=F64).to(y_ref.device)
     grads = torch.autograd.grad(y, ours, g)
     grads_ref = torch.autograd.grad(y_ref, theirs, g)
     for i, (a, b) in enumerate(zip(grads, grads_ref)):
@@ -135,6 +135,18 @@ def test_lif_tensor_hyperparameters(surrogate, decay_input):
         return torch.cat([s.flatten(), v])
 
     check_fwd_bwd(ours, theirs, [x, tau, v_th], f"lif {surrogate} tensor tau / v_th")
+
+
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("surrogate", SURROGATES)
+def test_lif_cuda(surrogate):
+    """The CUDA kernels share lif.h with the CPU ones: float64 there too, number and tensor hyperparameters."""
+    x = lif_input(seed=6).cuda()
+    tau = (1.5 + torch.rand(257, generator=torch.Generator().manual_seed(7), dtype=F64) * 3).cuda()
+    kw = dict(v_threshold=0.7, v_reset=0.1, surrogate=surrogate, alpha=2.3)
+    check_fwd_bwd(lambda x, tau: lif(x, tau=tau, return_v=True, backend="cuda", **kw)[1],
+                  lambda x, tau: lif_ref(x, tau=tau, **kw)[1], [x, tau], f"lif cuda {surrogate}")
 
 
 def test_lif_shared_decay_tensor():

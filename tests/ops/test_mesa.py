@@ -183,7 +183,7 @@ def test_public_functions_and_backends():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _batches_without_finite_values(device="cpu"):
+def _batches_without_finite_values():
     """[4, 6] in two groups of 3 along dim -1: all NaN; group 0 NaN / +-inf and group 1 finite; no elements."""
     mixed = _x((4, 6))
     mixed[:, :3] = float("nan")
@@ -377,6 +377,19 @@ def test_cuda_matches_reference(dtype, layout):
             assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) <= 1e-4
             d = torch.ops.pyfast.mesa_dequantize(q_ref, c, s, dim, 256, dtype)
             assert torch.equal(d, mesa_dequantize_ref(q_ref, c, s, dim, 256, dtype))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _extension.has_cuda(), reason=_extension.cuda_reason() or "no CUDA")
+def test_cuda_batch_without_finite_values_keeps_the_estimates():
+    for x, empty_groups in zip(*_batches_without_finite_values()):
+        for init, update in [(False, True), (True, True), (True, False)]:
+            state = _state(2, init=init, clip=[2.5, 0.75], shift=[-1.0, 0.25], device="cuda")
+            args = (x.cuda(), *state, _seed(device="cuda"), -1, 256, 0.9, update, True)
+            _, c, s = torch.ops.pyfast.mesa_quantize(*args)
+            _, c_ref, s_ref = mesa_quantize_ref(*args)
+            assert torch.equal(c, c_ref) and torch.equal(s, s_ref), (x.shape, init, update)
+            assert all((c[g].item(), s[g].item()) == (state[0][g].item(), state[1][g].item()) for g in empty_groups)
 
 
 @pytest.mark.cuda
