@@ -53,7 +53,8 @@ def _bwd_kernel(g_ptr, x_ptr, eps_ptr, gx_ptr, geps_ptr, partial_ptr, n, C, INNE
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(eps.dtype)
     e = tl.exp(-0.5 * x * x)
     if GRAD_X:
-        gx = g * (tl.where(x > 0, 1.0, 0.0) + eps * (1.0 - x * x) * e)
+        # (1 - x^2) e as e - x (x e): no (1 - inf) * 0 = NaN where x^2 overflows (csrc/crrelu/crrelu.h, grad_x).
+        gx = g * (tl.where(x > 0, 1.0, 0.0) + eps * (e - x * (x * e)))
         tl.store(gx_ptr + offs, _to_storage(gx, DTYPE, BF16_BY_HAND), mask=mask)
     if GRAD_EPS:
         term = tl.where(mask, g * x * e, 0.0)

@@ -24,8 +24,9 @@ Backward (BPTT, reverse t), gV = dL/dV_t from step t+1 (dL/dV_{T-1} = grad of th
 
 Storage: the forward writes H_t rounded to the input dtype and fires and resets on that rounded value, so the backward,
 which recomputes S_t (and V_{t-1}, for gk) from the saved H, sees exactly the forward's spikes. Arithmetic is float32
-(float64 for float64 inputs). One program owns BLOCK neighbouring neurons for all T steps: the recurrence is sequential
-in t only, so every input is read once and every output written once, coalesced.
+(float64 for float64 inputs, k and v_th included; v_reset and alpha are float64 kernel arguments, a Python float being
+float32 otherwise, converted once to the arithmetic type). One program owns BLOCK neighbouring neurons for all T steps:
+the recurrence is sequential in t only, so every input is read once and every output written once, coalesced.
 
 Every mode (surrogate, reset, decay_input, detach_reset, store_h, which gradients) is a tl.constexpr: each compiled
 kernel is branch-free in them.
@@ -34,7 +35,6 @@ kernel is branch-free in them.
 from __future__ import annotations
 
 import os
-import struct
 
 import torch
 import triton
@@ -168,7 +168,7 @@ def _neuron_params(k_ptr, v_th_ptr, offs, mask, v_reset, K_SHARED: tl.constexpr,
 @triton.jit(do_not_specialize=["T", "N"])
 def lif_fwd_kernel(
     x_ptr, v0_ptr, k_ptr, v_th_ptr, spikes_ptr, h_ptr, v_last_ptr,
-    T, N, v_reset,
+    T, N, v_reset: tl.float64,
     HAS_V0: tl.constexpr, K_SHARED: tl.constexpr, VTH_SHARED: tl.constexpr, HARD_RESET: tl.constexpr,
     DECAY_INPUT: tl.constexpr, STORE_H: tl.constexpr, ACC: tl.constexpr, BF16_BY_HAND: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -206,7 +206,7 @@ def lif_fwd_kernel(
 def lif_bwd_kernel(
     grad_s_ptr, grad_v_last_ptr, h_ptr, x_ptr, v0_ptr, k_ptr, v_th_ptr, grad_x_ptr, grad_v0_ptr, grad_k_ptr,
     grad_v_th_ptr,
-    T, N, v_reset, alpha,
+    T, N, v_reset: tl.float64, alpha: tl.float64,
     HAS_GRAD_V_LAST: tl.constexpr, LOAD_X: tl.constexpr, HAS_V0: tl.constexpr, K_SHARED: tl.constexpr,
     VTH_SHARED: tl.constexpr, HARD_RESET: tl.constexpr, DECAY_INPUT: tl.constexpr, DETACH_RESET: tl.constexpr,
     SURROGATE: tl.constexpr, NEED_GRAD_K: tl.constexpr, NEED_GRAD_VTH: tl.constexpr, ACC: tl.constexpr,
@@ -263,9 +263,9 @@ def lif_bwd_kernel(
         gx_ptrs -= N
     tl.store(grad_v0_ptr + offs, _to_storage(gv, DTYPE, BF16_BY_HAND), mask=mask)
     if NEED_GRAD_K:
-        tl.store(grad_k_ptr + offs, gk.to(tl.float32), mask=mask)
+        tl.store(grad_k_ptr + offs, gk, mask=mask)
     if NEED_GRAD_VTH:
-        tl.store(grad_v_th_ptr + offs, gth.to(tl.float32), mask=mask)
+        tl.store(grad_v_th_ptr + offs, gth, mask=mask)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -290,16 +290,15 @@ def _launch_config(kernel, n: int, device: torch.device) -> tuple[int, int]:
     return _FWD_CONFIG if kernel is lif_fwd_kernel else _BWD_CONFIG
 
 
-def _f32(v) -> float:
-    # v_reset and alpha are float32 in the C++ kernels (lif::Config) and in Triton's scalar arguments on a GPU; round
-    # them here so the interpreter and float64 inputs see the same values.
-    return struct.unpack("f", struct.pack("f", float(v)))[0]
-
-
 def _acc(dtype: torch.dtype):
     if dtype not in _TL_DTYPES:
         raise TypeError(f"lif (triton): x must be float32/float64/float16/bfloat16, got {dtype}")
     return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _param_dtype(dtype: torch.dtype) -> torch.dtype:
+    # k, v_th and their gradients are in the arithmetic dtype: float64 for float64 inputs, else float32.
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _surrogate_id(surrogate: str) -> int:
@@ -308,8 +307,8 @@ def _surrogate_id(surrogate: str) -> int:
     return SURROGATE_IDS[surrogate]
 
 
-def _shared(p: torch.Tensor, n: int, name: str, device: torch.device) -> bool:
-    _expect(name, p, p.numel() if p.numel() == 1 else n, torch.float32, device, "1 or N = ")
+def _shared(p: torch.Tensor, n: int, name: str, dtype: torch.dtype, device: torch.device) -> bool:
+    _expect(name, p, p.numel() if p.numel() == 1 else n, dtype, device, "1 or N = ")
     return p.numel() == 1
 
 
@@ -340,10 +339,11 @@ def lif_fwd(x, v0, k, v_th, v_reset, decay_input, surrogate, alpha, detach_reset
     """Forward of the LIF neuron into preallocated outputs.
 
     x: [T, *] contiguous (float32/float64/float16/bfloat16), treated as [T, N] with N = x[0].numel(); v0: [*] of
-    x's dtype or None (start from v_reset, or 0 for soft reset); k, v_th: float32 with 1 (shared) or N (per neuron)
-    elements; v_reset: float, or None for soft reset. Writes spikes [T, *] and, unless h_seq is None, the charged
-    membrane h_seq [T, *] (both x's dtype), and the final membrane v_last [*]. surrogate, alpha and detach_reset
-    only matter for the backward; they are taken so the two launchers share one signature family.
+    x's dtype or None (start from v_reset, or 0 for soft reset); k, v_th: 1 (shared) or N (per neuron) elements in the
+    arithmetic dtype (float64 for float64 x, else float32); v_reset: float, or None for soft reset. Writes spikes
+    [T, *] and, unless h_seq is None, the charged membrane h_seq [T, *] (both x's dtype), and the final membrane
+    v_last [*]. surrogate, alpha and detach_reset only matter for the backward; they are taken so the two launchers
+    share one signature family.
     """
     _surrogate_id(surrogate)
     acc = _acc(x.dtype)
@@ -355,10 +355,11 @@ def lif_fwd(x, v0, k, v_th, v_reset, decay_input, surrogate, alpha, detach_reset
         _expect(name, tensor, numel, x.dtype, dev)
     if n == 0 or t == 0:
         return
-    k_shared, vth_shared = _shared(k, n, "k", dev), _shared(v_th, n, "v_th", dev)
+    param_dtype = _param_dtype(x.dtype)
+    k_shared, vth_shared = _shared(k, n, "k", param_dtype, dev), _shared(v_th, n, "v_th", param_dtype, dev)
     args = (
         x, x if v0 is None else v0, k, v_th, spikes, spikes if h_seq is None else h_seq, v_last,
-        t, n, _f32(0.0 if v_reset is None else v_reset),
+        t, n, 0.0 if v_reset is None else float(v_reset),
     )
     _launch(
         lif_fwd_kernel, x.device, n, args,
@@ -373,7 +374,8 @@ def lif_bwd(grad_spikes, grad_v_last, h_seq, x, v0, k, v_th, v_reset, decay_inpu
 
     grad_spikes, h_seq: [T, *]; grad_v_last: [*] or None (zero); x: [T, *], read only for grad_k with decay_input
     (None otherwise allowed); v0: [*] or None. Writes grad_x [T, *] and grad_v0 [*] (x's dtype) and, where
-    not None, the per-neuron float32 [N] buffers grad_k and grad_v_th (the caller sums them for a shared k / v_th).
+    not None, the per-neuron [N] buffers grad_k and grad_v_th, in k's and v_th's arithmetic dtype (the caller sums
+    them for a shared k / v_th).
     """
     acc = _acc(h_seq.dtype)
     t = h_seq.shape[0]
@@ -383,11 +385,12 @@ def lif_bwd(grad_spikes, grad_v_last, h_seq, x, v0, k, v_th, v_reset, decay_inpu
                                 ("h_seq", h_seq, t * n), ("x", x, t * n), ("v0", v0, n), ("grad_x", grad_x, t * n),
                                 ("grad_v0", grad_v0, n)):
         _expect(name, tensor, numel, h_seq.dtype, dev)
-    _expect("grad_k", grad_k, n, torch.float32, dev)
-    _expect("grad_v_th", grad_v_th, n, torch.float32, dev)
+    param_dtype = _param_dtype(h_seq.dtype)
+    _expect("grad_k", grad_k, n, param_dtype, dev)
+    _expect("grad_v_th", grad_v_th, n, param_dtype, dev)
     if n == 0 or t == 0:
         return
-    k_shared, vth_shared = _shared(k, n, "k", dev), _shared(v_th, n, "v_th", dev)
+    k_shared, vth_shared = _shared(k, n, "k", param_dtype, dev), _shared(v_th, n, "v_th", param_dtype, dev)
     need_k, need_vth = grad_k is not None, grad_v_th is not None
     load_x = need_k and bool(decay_input)
     if load_x and x is None:
@@ -395,7 +398,7 @@ def lif_bwd(grad_spikes, grad_v_last, h_seq, x, v0, k, v_th, v_reset, decay_inpu
     args = (
         grad_spikes, grad_spikes if grad_v_last is None else grad_v_last, h_seq, x if load_x else h_seq,
         h_seq if v0 is None else v0, k, v_th, grad_x, grad_v0, grad_k if need_k else k, grad_v_th if need_vth else k,
-        t, n, _f32(0.0 if v_reset is None else v_reset), _f32(alpha),
+        t, n, 0.0 if v_reset is None else float(v_reset), float(alpha),
     )
     _launch(
         lif_bwd_kernel, h_seq.device, n, args,

@@ -1,13 +1,14 @@
 """Mesa group-wise 8-bit activation storage, Triton kernels (the Triton twin of csrc/mesa/mesa_kernel.cu).
 
 Grouping: x is viewed as [outer, G, inner] around its group axis; group g owns x[:, g, :]. Per group, from the finite
-values of the batch (r = max - min, m = min; none finite: r = m = 0), float32, no FMA:
+values of the batch (r = max - min, m = min), float32, no FMA:
   not initialized: alpha' = r, beta' = m;  update: alpha' = lam alpha + (1-lam) r, beta' = lam beta + (1-lam) m;
-  otherwise the estimates stay.
+  otherwise, and for a group without finite values, the estimates stay.
 Quantize: s = (L-1) / alpha', t = (x - beta') s [+ (u - 1/2)], q = round_half_even(min(max(t, 0), L-1)) with
 max(t, 0) written t > 0 ? t : 0 (NaN -> 0). u is the counter-based hash of (seed, linear index) defined in
 pyfast/reference/mesa.py, so the codes equal the C++ kernels' and the reference's bit for bit.
-Dequantize: x_hat = q / s + beta.
+Dequantize: x_hat = q / s + beta; a code above L-1 decodes to NaN (the kernel cannot raise; pyfast.ops.mesa's
+mesa_dequantize checks the codes first).
 
 Three launches per quantize: partial min / max per (chunk, group) over a 2-D grid, one program that folds the partials
 into the new estimates, and the element-wise codes (coalesced over the linear index). No full-size temporary.
@@ -86,8 +87,8 @@ def _finalize_kernel(mins_ptr, maxs_ptr, n_chunks, clip_ptr, shift_ptr, init_ptr
     lo = tl.min(mn, axis=0)
     hi = tl.max(mx, axis=0)
     empty = ~(lo <= hi)
-    m = tl.where(empty, 0.0, lo)
-    r = tl.where(empty, 0.0, hi - lo)
+    m = lo
+    r = hi - lo
     clip = tl.load(clip_ptr + g)
     shift = tl.load(shift_ptr + g)
     if UPDATE:
@@ -99,8 +100,9 @@ def _finalize_kernel(mins_ptr, maxs_ptr, n_chunks, clip_ptr, shift_ptr, init_ptr
         new_clip = clip
         new_shift = shift
     init = tl.load(init_ptr) != 0
-    tl.store(clip_out_ptr + g, tl.where(init, new_clip, r))
-    tl.store(shift_out_ptr + g, tl.where(init, new_shift, m))
+    # A group without finite values keeps its estimates (see csrc/mesa/mesa.h).
+    tl.store(clip_out_ptr + g, tl.where(empty, clip, tl.where(init, new_clip, r)))
+    tl.store(shift_out_ptr + g, tl.where(empty, shift, tl.where(init, new_shift, m)))
 
 
 @triton.jit
@@ -137,7 +139,7 @@ def _dequantize_kernel(q_ptr, out_ptr, clip_ptr, shift_ptr, numel, G, inner, lm1
     beta = tl.load(shift_ptr + g, mask=mask, other=0.0)
     s = _div(tl.full([BLOCK], lm1, tl.float32), tl.load(clip_ptr + g, mask=mask, other=1.0), INTERPRET)
     q = tl.load(q_ptr + i, mask=mask, other=0).to(tl.float32)
-    x = _div(q, s, INTERPRET) + beta
+    x = tl.where(q > lm1, float("nan"), _div(q, s, INTERPRET) + beta)
     tl.store(out_ptr + i, _to_storage(x, DTYPE, INTERPRET), mask=mask)
 
 

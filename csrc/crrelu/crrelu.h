@@ -2,7 +2,7 @@
 //
 //   e(x)      = exp(-x^2 / 2)
 //   forward   y      = max(0, x) + eps * x * e(x)
-//   backward  dL/dx  = g * (1[x > 0] + eps * (1 - x^2) * e(x))
+//   backward  dL/dx  = g * (1[x > 0] + eps * (1 - x^2) * e(x))      (evaluated as e - x (x e): see grad_x)
 //             dL/deps = sum over the elements that share eps of g * x * e(x)
 //
 // eps is one learnable scalar or one per channel. x is viewed as [outer, C, inner] around the channel axis with
@@ -58,9 +58,12 @@ PYFAST_HD A forward(A x, A eps, A e) {
   return (x > A(0) ? x : A(0)) + eps * x * e;
 }
 
+// (1 - x^2) e(x) as e - x (x e): where x^2 overflows (|x| > 1.8e19 in float32, 1.3e154 in float64) e = 0 and x e = 0,
+// so the correction takes its limit 0 (grad 1 for x > 0, 0 for x < 0) instead of (1 - inf) * 0 = NaN. These are the
+// products autograd of the reference forms; at x = +-inf both give NaN (inf * 0), as in the forward.
 template <class A>
 PYFAST_HD A grad_x(A g, A x, A eps, A e) {
-  return g * ((x > A(0) ? A(1) : A(0)) + eps * (A(1) - x * x) * e);
+  return g * ((x > A(0) ? A(1) : A(0)) + eps * (e - x * (x * e)));
 }
 
 template <class A>

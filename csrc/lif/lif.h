@@ -55,7 +55,23 @@ struct Config {
   bool detach_reset;
   Surrogate surrogate;
   float alpha;
+  // v_reset and alpha unrounded, for the float64 kernels. The float32 ones keep reading the float fields: converting
+  // a double in them instead cost the CUDA backward up to 53 more registers in some instantiations (nvcc 13, sm_90).
+  double v_reset_f64;
+  double alpha_f64;
 };
+
+// v_reset and alpha in the arithmetic type A.
+template <typename A>
+PYFAST_HD A v_reset_of(const Config& c) {
+  if constexpr (std::is_same_v<A, double>) return c.v_reset_f64;
+  else return c.v_reset;
+}
+template <typename A>
+PYFAST_HD A alpha_of(const Config& c) {
+  if constexpr (std::is_same_v<A, double>) return c.alpha_f64;
+  else return c.alpha;
+}
 
 // Arithmetic runs in A: float for float/half/bfloat16 storage, double for double.
 #if defined(__CUDACC__)
@@ -89,7 +105,7 @@ PYFAST_HD double math_exp(double v) { return exp(v); }
 
 template <typename A>
 PYFAST_HD A charge(A v_prev, A x, A k, const Config& c) {
-  const A v_r = c.hard_reset ? A(c.v_reset) : A(0);
+  const A v_r = c.hard_reset ? v_reset_of<A>(c) : A(0);
   return c.decay_input ? v_prev + k * (x - (v_prev - v_r)) : v_prev - k * (v_prev - v_r) + x;
 }
 
@@ -100,13 +116,13 @@ PYFAST_HD A fire(A h, A v_th) {
 
 template <typename A>
 PYFAST_HD A reset(A h, A s, A v_th, const Config& c) {
-  return c.hard_reset ? h * (A(1) - s) + A(c.v_reset) * s : h - v_th * s;
+  return c.hard_reset ? h * (A(1) - s) + v_reset_of<A>(c) * s : h - v_th * s;
 }
 
 // Surrogate partial derivatives of S = Heaviside(H - V_th): *d_h = dS/dH, *d_vth = dS/dV_th (S: see with_surrogate).
 template <Surrogate S, typename A>
 PYFAST_HD void surrogate_grad(A h, A v_th, const Config& c, A* d_h, A* d_vth) {
-  const A a = A(c.alpha);
+  const A a = alpha_of<A>(c);
   if constexpr (S == Surrogate::Sigmoid) {
     const A sg = A(1) / (A(1) + math_exp(-a * (h - v_th)));
     *d_h = a * sg * (A(1) - sg);
@@ -143,8 +159,8 @@ PYFAST_HD StepGrad<A> backward_step(A grad_s, A grad_v, A h, A v_th, const Confi
   // Both reset modes computed and blended with a 0/1 weight: gcc cannot vectorise a select of vectors on a scalar
   // condition, and the extra multiply-adds are free in a memory-bound loop.
   const A hard = c.hard_reset ? A(1) : A(0);
-  const A hard_dv_dh = A(1) - s + keep * (A(c.v_reset) - h) * sh;
-  const A hard_dv_dth = keep * (A(c.v_reset) - h) * sth;
+  const A hard_dv_dh = A(1) - s + keep * (v_reset_of<A>(c) - h) * sh;
+  const A hard_dv_dth = keep * (v_reset_of<A>(c) - h) * sth;
   const A soft_dv_dh = A(1) - keep * v_th * sh;
   const A soft_dv_dth = -s - keep * v_th * sth;
   const A dv_dh = hard * hard_dv_dh + (A(1) - hard) * soft_dv_dh;
@@ -164,7 +180,7 @@ PYFAST_HD A charge_grad_x(A k, const Config& c) {
 // dH_t/dk given the input X_t and the previous membrane V_{t-1}.
 template <typename A>
 PYFAST_HD A charge_grad_k(A x, A v_prev, const Config& c) {
-  const A v_r = c.hard_reset ? A(c.v_reset) : A(0);
+  const A v_r = c.hard_reset ? v_reset_of<A>(c) : A(0);
   return (c.decay_input ? A(1) : A(0)) * x + v_r - v_prev;
 }
 
@@ -172,14 +188,14 @@ PYFAST_HD A charge_grad_k(A x, A v_prev, const Config& c) {
 using DType = ::pyfast::DType;
 
 // Raw pointers of one lif_fwd call. Tensors are contiguous [T, N] (x, spikes, h_seq) or [N] (v0, v_last).
-// k / v_th hold one float per neuron (stride 1) or one for all (stride 0). v0 may be null (start from the reset
-// value); h_seq may be null (inference: nothing saved for backward).
+// k / v_th hold one value of the arithmetic type A per neuron (stride 1) or one for all (stride 0). v0 may be null
+// (start from the reset value); h_seq may be null (inference: nothing saved for backward).
 struct FwdArgs {
   const void* x;
   const void* v0;
-  const float* k;
+  const void* k;  // A
   int64_t k_stride;
-  const float* v_th;
+  const void* v_th;  // A
   int64_t v_th_stride;
   void* spikes;
   void* h_seq;
@@ -190,28 +206,31 @@ struct FwdArgs {
 };
 
 // Raw pointers of one lif_bwd call. grad_v_last may be null (zero); x is needed only for grad_k with
-// decay_input; v0 may be null (the reset value). grad_k / grad_v_th are per-neuron float32 [N] buffers, null when
-// that gradient is not wanted.
+// decay_input; v0 may be null (the reset value). k / v_th as in FwdArgs; grad_k / grad_v_th are per-neuron [N]
+// buffers of A, null when that gradient is not wanted.
 struct BwdArgs {
   const void* grad_spikes;
   const void* grad_v_last;
   const void* h_seq;
   const void* x;
   const void* v0;
-  const float* k;
+  const void* k;  // A
   int64_t k_stride;
-  const float* v_th;
+  const void* v_th;  // A
   int64_t v_th_stride;
   void* grad_x;
   void* grad_v0;
-  float* grad_k;
-  float* grad_v_th;
+  void* grad_k;      // A
+  void* grad_v_th;   // A
   int64_t T;
   int64_t N;
   Config cfg;
 };
 
-PYFAST_HD float initial_membrane(const Config& c) { return c.hard_reset ? c.v_reset : 0.0f; }
+template <typename A>
+PYFAST_HD A initial_membrane(const Config& c) {
+  return c.hard_reset ? v_reset_of<A>(c) : A(0);
+}
 
 }  // namespace lif
 }  // namespace pyfast

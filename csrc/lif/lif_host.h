@@ -34,20 +34,27 @@ inline Config make_config(std::optional<double> v_reset, bool decay_input, std::
   TORCH_CHECK_VALUE(std::isfinite(alpha), "lif: alpha must be finite, got ", alpha);
   TORCH_CHECK_VALUE(!v_reset.has_value() || std::isfinite(*v_reset), "lif: v_reset must be finite, got ", *v_reset);
   Config c;
-  c.v_reset = v_reset.has_value() ? static_cast<float>(*v_reset) : 0.0f;
+  c.v_reset_f64 = v_reset.value_or(0.0);
+  c.v_reset = static_cast<float>(c.v_reset_f64);
   c.hard_reset = v_reset.has_value();
   c.decay_input = decay_input;
   c.detach_reset = detach_reset;
   c.surrogate = parse_surrogate(surrogate);
+  c.alpha_f64 = alpha;
   c.alpha = static_cast<float>(alpha);
   return c;
 }
 
+// k or v_th as the kernels read it: contiguous, in the arithmetic type of x (float64 for float64 x, else float32).
+inline at::Tensor param_in_acc(const at::Tensor& p, const at::Tensor& x) {
+  return p.to(acc_type(x.scalar_type())).contiguous();
+}
+
 inline int64_t neurons_of(const at::Tensor& x) { return x.dim() == 0 ? 0 : x.numel() / std::max<int64_t>(x.size(0), 1); }
 
-// k and v_th: float32, one value for all neurons (numel 1) or one per neuron (numel N). Returns the element stride.
+// k and v_th: floating, one value for all neurons (numel 1) or one per neuron (numel N). Returns the element stride.
 inline int64_t param_stride(const at::Tensor& p, const char* name, int64_t n, const at::Tensor& x) {
-  TORCH_CHECK_TYPE(p.scalar_type() == at::kFloat, "lif: ", name, " must be float32, got ", p.scalar_type());
+  check_floating(p, "lif", name);
   TORCH_CHECK_VALUE(p.device() == x.device(), "lif: ", name, " is on ", p.device(), " but x is on ", x.device());
   TORCH_CHECK_VALUE(p.numel() == 1 || p.numel() == n, "lif: ", name, " must have 1 or N=", n,
                     " elements (one per neuron), got ", p.numel());
@@ -87,7 +94,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_host(const at::Tensor& x_
   FwdArgs a{};
   a.k_stride = param_stride(k_in, "k", n, x_in);
   a.v_th_stride = param_stride(v_th_in, "v_th", n, x_in);
-  const at::Tensor x = x_in.contiguous(), k = k_in.contiguous(), v_th = v_th_in.contiguous();
+  const at::Tensor x = x_in.contiguous(), k = param_in_acc(k_in, x_in), v_th = param_in_acc(v_th_in, x_in);
   std::optional<at::Tensor> v0;
   if (v0_in.has_value()) v0 = v0_in->contiguous();
   at::Tensor spikes = at::empty_like(x, at::MemoryFormat::Contiguous);
@@ -95,8 +102,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_host(const at::Tensor& x_
   at::Tensor v_last = at::empty(x.sizes().slice(1), x.options());
   a.x = x.const_data_ptr();
   a.v0 = data_or_null(v0);
-  a.k = k.const_data_ptr<float>();
-  a.v_th = v_th.const_data_ptr<float>();
+  a.k = k.const_data_ptr();
+  a.v_th = v_th.const_data_ptr();
   a.spikes = spikes.mutable_data_ptr();
   a.h_seq = store_h ? h_seq.mutable_data_ptr() : nullptr;
   a.v_last = v_last.mutable_data_ptr();
@@ -107,10 +114,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_host(const at::Tensor& x_
   return {spikes, h_seq, v_last};
 }
 
-// Per-neuron float32 gradient buffer -> the shape of the parameter (summed over neurons when it is shared).
+// Per-neuron gradient buffer (arithmetic type) -> the shape and dtype of the parameter (summed over neurons when it
+// is shared).
 inline at::Tensor reduce_param_grad(const at::Tensor& per_neuron, const at::Tensor& param) {
-  return param.numel() == 1 && per_neuron.numel() != 1 ? per_neuron.sum().reshape(param.sizes())
-                                                       : per_neuron.reshape(param.sizes());
+  const at::Tensor g = param.numel() == 1 && per_neuron.numel() != 1 ? per_neuron.sum() : per_neuron;
+  return g.reshape(param.sizes()).to(param.scalar_type());
 }
 
 template <class Launch>
@@ -139,33 +147,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lif_bwd_host(
   a.k_stride = param_stride(k_in, "k", n, ref);
   a.v_th_stride = param_stride(v_th_in, "v_th", n, ref);
   const at::Tensor h_seq = ref.contiguous(), grad_spikes = grad_spikes_in.contiguous();
-  const at::Tensor k = k_in.contiguous(), v_th = v_th_in.contiguous();
+  const at::Tensor k = param_in_acc(k_in, ref), v_th = param_in_acc(v_th_in, ref);
   std::optional<at::Tensor> grad_v_last, x, v0;
   if (grad_v_last_in.has_value()) grad_v_last = grad_v_last_in->contiguous();
   if (need_x) x = x_in->contiguous();
   if (v0_in.has_value()) v0 = v0_in->contiguous();
   at::Tensor grad_x = at::empty_like(h_seq, at::MemoryFormat::Contiguous);
   at::Tensor grad_v0 = at::empty(ref.sizes().slice(1), ref.options());
-  const auto f32 = ref.options().dtype(at::kFloat);
-  at::Tensor grad_k_n = need_grad_k ? at::zeros({n}, f32) : at::empty({0}, f32);
-  at::Tensor grad_v_th_n = need_grad_v_th ? at::zeros({n}, f32) : at::empty({0}, f32);
+  const auto acc = k.options();
+  at::Tensor grad_k_n = need_grad_k ? at::zeros({n}, acc) : at::empty({0}, acc);
+  at::Tensor grad_v_th_n = need_grad_v_th ? at::zeros({n}, acc) : at::empty({0}, acc);
   a.grad_spikes = grad_spikes.const_data_ptr();
   a.grad_v_last = data_or_null(grad_v_last);
   a.h_seq = h_seq.const_data_ptr();
   a.x = data_or_null(x);
   a.v0 = data_or_null(v0);
-  a.k = k.const_data_ptr<float>();
-  a.v_th = v_th.const_data_ptr<float>();
+  a.k = k.const_data_ptr();
+  a.v_th = v_th.const_data_ptr();
   a.grad_x = grad_x.mutable_data_ptr();
   a.grad_v0 = grad_v0.mutable_data_ptr();
-  a.grad_k = need_grad_k ? grad_k_n.mutable_data_ptr<float>() : nullptr;
-  a.grad_v_th = need_grad_v_th ? grad_v_th_n.mutable_data_ptr<float>() : nullptr;
+  a.grad_k = need_grad_k ? grad_k_n.mutable_data_ptr() : nullptr;
+  a.grad_v_th = need_grad_v_th ? grad_v_th_n.mutable_data_ptr() : nullptr;
   a.T = ref.size(0);
   a.N = n;
   a.cfg = cfg;
   if (n > 0) launch(a, dtype_of(ref));
-  at::Tensor grad_k = need_grad_k ? reduce_param_grad(grad_k_n, k_in) : grad_k_n;
-  at::Tensor grad_v_th = need_grad_v_th ? reduce_param_grad(grad_v_th_n, v_th_in) : grad_v_th_n;
+  at::Tensor grad_k = need_grad_k ? reduce_param_grad(grad_k_n, k_in) : at::empty({0}, k_in.options());
+  at::Tensor grad_v_th = need_grad_v_th ? reduce_param_grad(grad_v_th_n, v_th_in) : at::empty({0}, v_th_in.options());
   return {grad_x, grad_v0, grad_k, grad_v_th};
 }
 

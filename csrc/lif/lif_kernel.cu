@@ -9,7 +9,7 @@
 // 128-byte line in every dtype, and it loads kBwdChunk steps at once before computing them: what limits it is the
 // bytes in flight. The measurements behind these choices are in bench/RESULTS.md ("LIF CUDA kernel"), and
 // bench/kernel_sweep.cu times every width and chunk beside them.
-// Arithmetic is float32 (float64 for double).
+// Arithmetic is float32 (float64 for double, k / v_th and their gradients included).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -83,9 +83,9 @@ __global__ void __launch_bounds__(kThreads) lif_fwd_kernel(FwdArgs a) {
   A v[V], k[V], th[V];
 #pragma unroll
   for (int j = 0; j < V; ++j) {
-    k[j] = a.k[(i0 + j) * a.k_stride];
-    th[j] = a.v_th[(i0 + j) * a.v_th_stride];
-    v[j] = a.v0 ? to_acc(static_cast<const T*>(a.v0)[i0 + j]) : A(initial_membrane(c));
+    k[j] = static_cast<const A*>(a.k)[(i0 + j) * a.k_stride];
+    th[j] = static_cast<const A*>(a.v_th)[(i0 + j) * a.v_th_stride];
+    v[j] = a.v0 ? to_acc(static_cast<const T*>(a.v0)[i0 + j]) : initial_membrane<A>(c);
   }
 #pragma unroll 4
   for (int64_t t = 0; t < a.T; ++t) {
@@ -122,8 +122,8 @@ __global__ void __launch_bounds__(kThreads) lif_bwd_kernel(BwdArgs a) {
   A gv[V], gk[V], gth[V], k[V], th[V];
 #pragma unroll
   for (int j = 0; j < V; ++j) {
-    k[j] = a.k[(i0 + j) * a.k_stride];
-    th[j] = a.v_th[(i0 + j) * a.v_th_stride];
+    k[j] = static_cast<const A*>(a.k)[(i0 + j) * a.k_stride];
+    th[j] = static_cast<const A*>(a.v_th)[(i0 + j) * a.v_th_stride];
     gv[j] = a.grad_v_last ? to_acc(static_cast<const T*>(a.grad_v_last)[i0 + j]) : A(0);
     gk[j] = A(0);
     gth[j] = A(0);
@@ -160,7 +160,7 @@ __global__ void __launch_bounds__(kThreads) lif_bwd_kernel(BwdArgs a) {
             const A hp = to_acc(h[u + 1].e[j]);
             v_prev = reset(hp, fire(hp, th[j]), th[j], c);
           } else {
-            v_prev = a.v0 ? to_acc(static_cast<const T*>(a.v0)[i0 + j]) : A(initial_membrane(c));
+            v_prev = a.v0 ? to_acc(static_cast<const T*>(a.v0)[i0 + j]) : initial_membrane<A>(c);
           }
           gk[j] += g.grad_h * charge_grad_k(x ? to_acc(xt[u].e[j]) : A(0), v_prev, c);
         }
@@ -173,8 +173,8 @@ __global__ void __launch_bounds__(kThreads) lif_bwd_kernel(BwdArgs a) {
 #pragma unroll
   for (int j = 0; j < V; ++j) {
     g0.e[j] = from_acc<T>(gv[j]);
-    if (kGradK) a.grad_k[i0 + j] = static_cast<float>(gk[j]);
-    if (kGradVth) a.grad_v_th[i0 + j] = static_cast<float>(gth[j]);
+    if (kGradK) static_cast<A*>(a.grad_k)[i0 + j] = gk[j];
+    if (kGradVth) static_cast<A*>(a.grad_v_th)[i0 + j] = gth[j];
   }
   store<T, V>(static_cast<T*>(a.grad_v0), i0, g0);
 }

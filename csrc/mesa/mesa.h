@@ -5,19 +5,23 @@
 // shape[dim] / G * prod(shape[dim+1:])): one group per head for [B, H, N, D] with dim = 1, G contiguous channel
 // chunks for [..., C] with dim = -1. Group g owns x[:, g, :].
 //
-// Running estimates, float32, per group, from the finite values of this batch (r = max - min, m = min; a group
-// without finite values gives r = m = 0):
+// Running estimates, float32, per group, from the finite values of this batch (r = max - min, m = min):
+//   no finite value          alpha' = alpha                     beta' = beta
 //   not initialized          alpha' = r                         beta' = m
 //   initialized and update   alpha' = lam alpha + (1-lam) r     beta' = lam beta + (1-lam) m
 //   initialized, no update   alpha' = alpha                     beta' = beta
-// each product rounded to float32 before the sum (no FMA), lam and 1-lam rounded to float32 on the host.
+// each product rounded to float32 before the sum (no FMA), lam and 1-lam rounded to float32 on the host. A group
+// without finite values (all NaN / inf, or no elements) says nothing about the range, so it keeps its estimates:
+// taking r = 0 made the first such batch set alpha' = 0 (s = inf), and every later batch then decoded to one value.
 //
 // Quantize with the new estimates (float32, every operation rounded):
 //   s = (L-1) / alpha',  t = (x - beta') s [+ (u - 1/2)],  q = round_half_even(min(max(t, 0), L-1))
 // where max(t, 0) is written t > 0 ? t : 0 (NaN -> 0), and u in [0, 1) is a counter-based hash of (seed, linear
 // index of the element), so CPU, CUDA and Triton draw the same bits. Upper values clamp to L-1: the original Mesa
 // kernel has no upper clamp and wraps modulo 256. Dequantize: x_hat = q / s + beta (alpha = 0: s = inf, x_hat =
-// beta).
+// beta). A code q > L-1 (q quantized with more levels, or not by Mesa) is an error: the CPU kernel raises one after
+// its loop (a max of the codes kept alongside, no second pass); the CUDA kernel, which cannot raise without a host
+// sync, writes NaN there.
 #pragma once
 
 #include "common/dtype.h"
@@ -86,17 +90,16 @@ struct Config {
 PYFAST_HD void finalize(float mn, float mx, float clip, float shift, bool initialized, const Config& c,
                              float* clip_out, float* shift_out) {
   const bool empty = !(mn <= mx);
-  const float m = empty ? 0.0f : mn;
-  const float r = empty ? 0.0f : sub_rn(mx, mn);
-  if (!initialized) {
-    *clip_out = r;
-    *shift_out = m;
-  } else if (c.update) {
-    *clip_out = add_rn(mul_rn(clip, c.lam), mul_rn(r, c.one_minus));
-    *shift_out = add_rn(mul_rn(shift, c.lam), mul_rn(m, c.one_minus));
-  } else {
+  const float r = sub_rn(mx, mn);
+  if (empty || (initialized && !c.update)) {
     *clip_out = clip;
     *shift_out = shift;
+  } else if (!initialized) {
+    *clip_out = r;
+    *shift_out = mn;
+  } else {
+    *clip_out = add_rn(mul_rn(clip, c.lam), mul_rn(r, c.one_minus));
+    *shift_out = add_rn(mul_rn(shift, c.lam), mul_rn(mn, c.one_minus));
   }
 }
 
@@ -141,6 +144,7 @@ struct DequantArgs {
   int64_t groups;
   int64_t inner;
   float lm1;
+  uint8_t max_code;  // L - 1: larger codes are invalid
 };
 
 }  // namespace mesa

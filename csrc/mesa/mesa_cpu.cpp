@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <limits>
 #include <vector>
@@ -93,8 +94,10 @@ void quantize_cpu_kernel(const QuantArgs& a) {
   });
 }
 
+// Raises a ValueError naming q and levels when a code exceeds L - 1: the loop keeps the largest code it reads (a
+// vectorised max beside the decode, not a second pass over q), checked once all rows are done.
 template <typename scalar_t>
-void dequantize_cpu_kernel(const DequantArgs& a) {
+void dequantize_cpu_kernel(const DequantArgs& a, int64_t levels) {
   auto* out = static_cast<scalar_t*>(a.out);
   const int64_t G = a.groups, inner = a.inner;
   std::vector<float> beta(G), scale(G);
@@ -103,14 +106,23 @@ void dequantize_cpu_kernel(const DequantArgs& a) {
     scale[g] = mesa::scale_of(a.clip[g], a.lm1);
   }
   const int64_t grain = std::max<int64_t>(1, kGrainElems / std::max<int64_t>(inner, 1));
+  std::atomic<int> largest{0};
   at::parallel_for(0, a.outer * G, grain, [&](int64_t begin, int64_t end) {
+    uint8_t hi = 0;
     for (int64_t r = begin; r < end; ++r) {
       const float s = scale[r % G], b = beta[r % G];
       const uint8_t* q = a.q + r * inner;
       scalar_t* o = out + r * inner;
-      for (int64_t j = 0; j < inner; ++j) o[j] = static_cast<scalar_t>(mesa::dequantize_one(q[j], s, b));
+      for (int64_t j = 0; j < inner; ++j) {
+        hi = q[j] > hi ? q[j] : hi;
+        o[j] = static_cast<scalar_t>(mesa::dequantize_one(q[j], s, b));
+      }
     }
+    if (hi > a.max_code) largest.store(hi, std::memory_order_relaxed);
   });
+  TORCH_CHECK_VALUE(largest.load() == 0, "mesa_dequantize: q holds code ", largest.load(),
+                    ", but codes of levels = ", levels, " are 0..", levels - 1,
+                    " (was q quantized with more levels?)");
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mesa_quantize_cpu(const at::Tensor& x, const at::Tensor& clip_val,
@@ -130,7 +142,7 @@ at::Tensor mesa_dequantize_cpu(const at::Tensor& q, const at::Tensor& clip_val, 
                                int64_t levels, c10::ScalarType dtype) {
   return mesa::dequantize_host(q, clip_val, shift, dim, levels, dtype, [&](const DequantArgs& a, mesa::DType) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "mesa_dequantize_cpu",
-                                    [&] { dequantize_cpu_kernel<scalar_t>(a); });
+                                    [&] { dequantize_cpu_kernel<scalar_t>(a, levels); });
   });
 }
 

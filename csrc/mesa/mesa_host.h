@@ -89,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_host(const at::Tensor& x
   a.cfg.lm1 = static_cast<float>(levels - 1);
   a.cfg.update = update;
   a.cfg.stochastic = stochastic;
-  launch(a, dtype);  // also with no elements: the estimates are still written (batch range and min are 0)
+  launch(a, dtype);  // also with no elements: the estimates are still written (kept: no finite value)
   return {q, clip_out, shift_out};
 }
 
@@ -116,6 +116,7 @@ at::Tensor dequantize_host(const at::Tensor& q_in, const at::Tensor& clip_in, co
   a.groups = groups;
   a.inner = inner;
   a.lm1 = static_cast<float>(levels - 1);
+  a.max_code = static_cast<uint8_t>(levels - 1);
   if (q.numel() > 0) launch(a, dtype);
   return out;
 }

@@ -94,13 +94,15 @@ __global__ void quantize_kernel(const T* __restrict__ x, uint8_t* __restrict__ q
   }
 }
 
+// A code past max_code decodes to NaN: raising would need a host sync (mesa.h).
 template <typename T>
 __global__ void dequantize_kernel(const uint8_t* __restrict__ q, T* __restrict__ out, const float* __restrict__ clip,
                                   const float* __restrict__ shift, int64_t numel, int64_t G, int64_t inner,
-                                  float lm1) {
+                                  float lm1, uint8_t max_code) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < numel; i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t g = (i / inner) % G;
-    out[i] = from_f32<T>(dequantize_one(q[i], scale_of(clip[g], lm1), shift[g]));
+    const uint8_t code = q[i];
+    out[i] = from_f32<T>(code > max_code ? NAN : dequantize_one(code, scale_of(clip[g], lm1), shift[g]));
   }
 }
 
@@ -119,7 +121,7 @@ cudaError_t quantize_typed(const QuantArgs& a, float* partials, cudaStream_t str
     minmax_kernel<T><<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(a.groups)), kThreads, 0, stream>>>(
         static_cast<const T*>(a.x), mins, maxs, a.groups, a.inner, M);
   } else {
-    // No elements: every group's partials are empty (min > max), so the estimates fold to range 0 and minimum 0.
+    // No elements: every group's partials are empty (min > max), so every group keeps its estimates.
     finalize_kernel<<<static_cast<unsigned>((a.groups + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
         mins, maxs, 0, a);
     return cudaGetLastError();
@@ -140,8 +142,8 @@ cudaError_t quantize_typed(const QuantArgs& a, float* partials, cudaStream_t str
 template <typename T>
 cudaError_t dequantize_typed(const DequantArgs& a, cudaStream_t stream) {
   const int64_t numel = a.outer * a.groups * a.inner;
-  dequantize_kernel<T><<<elementwise_blocks(numel), kThreads, 0, stream>>>(a.q, static_cast<T*>(a.out), a.clip,
-                                                                          a.shift, numel, a.groups, a.inner, a.lm1);
+  dequantize_kernel<T><<<elementwise_blocks(numel), kThreads, 0, stream>>>(
+      a.q, static_cast<T*>(a.out), a.clip, a.shift, numel, a.groups, a.inner, a.lm1, a.max_code);
   return cudaGetLastError();
 }
 

@@ -52,13 +52,16 @@ inline Shape check(const at::Tensor& h, const at::Tensor& weight, const at::Tens
   return s;
 }
 
-// The bias, checked, in h's dtype and contiguous; undefined when absent.
+// The bias, checked (h's dtype, like weight: a cast here would take an integer bias, or round a float64 one), and
+// contiguous; undefined when absent.
 inline at::Tensor bias_of(const std::optional<at::Tensor>& bias, const Shape& s, const at::Tensor& h) {
   if (!bias.has_value()) return at::Tensor();
   TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == s.C, "msdrop: bias must be [C] = [", s.C, "], got ",
                     bias->sizes());
+  TORCH_CHECK_TYPE(bias->scalar_type() == h.scalar_type(), "msdrop: bias must have h's dtype ", h.scalar_type(),
+                   ", got ", bias->scalar_type());
   TORCH_CHECK_VALUE(bias->device() == h.device(), "msdrop: bias must be on h's device");
-  return bias->to(h.scalar_type()).contiguous();
+  return bias->contiguous();
 }
 
 // Returns loss (0-d, h's dtype), logits [M, B, C] (h's dtype) and lse [M B] (float32, float64 for float64 h). The CUDA

@@ -87,7 +87,8 @@ if _extension.has_cpp():
 
 
 def _per_neuron_grad_to_param(per_neuron: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    return per_neuron.sum().reshape(param.shape) if param.numel() == 1 else per_neuron.reshape(param.shape)
+    grad = per_neuron.sum() if param.numel() == 1 else per_neuron
+    return grad.reshape(param.shape).to(param.dtype)
 
 
 @torch.library.custom_op("pyfast::lif_fwd_triton", mutates_args=())
@@ -99,9 +100,10 @@ def lif_fwd_triton(
 
     x = x.contiguous()
     spikes, h_seq, v_last = _fwd_fake(x, v0, k, v_th, v_reset, decay_input, surrogate, alpha, detach_reset, store_h)
+    acc = _param_dtype(x)
     kernels.lif_fwd(
-        x, None if v0 is None else v0.contiguous(), k.contiguous(), v_th.contiguous(), v_reset, decay_input,
-        surrogate, alpha, detach_reset, spikes, h_seq if store_h else None, v_last,
+        x, None if v0 is None else v0.contiguous(), k.to(acc).contiguous(), v_th.to(acc).contiguous(), v_reset,
+        decay_input, surrogate, alpha, detach_reset, spikes, h_seq if store_h else None, v_last,
     )
     return spikes, h_seq, v_last
 
@@ -118,12 +120,13 @@ def lif_bwd_triton(
     n = h_seq[0].numel()
     grad_x = torch.empty_like(h_seq)
     grad_v0 = h_seq.new_empty(h_seq.shape[1:])
-    grad_k_n = h_seq.new_zeros((n,), dtype=torch.float32) if need_grad_k else None
-    grad_v_th_n = h_seq.new_zeros((n,), dtype=torch.float32) if need_grad_v_th else None
+    acc = _param_dtype(h_seq)
+    grad_k_n = h_seq.new_zeros((n,), dtype=acc) if need_grad_k else None
+    grad_v_th_n = h_seq.new_zeros((n,), dtype=acc) if need_grad_v_th else None
     kernels.lif_bwd(
         grad_spikes.contiguous(), None if grad_v_last is None else grad_v_last.contiguous(), h_seq,
-        None if x is None else x.contiguous(), None if v0 is None else v0.contiguous(), k.contiguous(),
-        v_th.contiguous(), v_reset, decay_input, surrogate, alpha, detach_reset, grad_x, grad_v0, grad_k_n,
+        None if x is None else x.contiguous(), None if v0 is None else v0.contiguous(), k.to(acc).contiguous(),
+        v_th.to(acc).contiguous(), v_reset, decay_input, surrogate, alpha, detach_reset, grad_x, grad_v0, grad_k_n,
         grad_v_th_n,
     )
     grad_k = _per_neuron_grad_to_param(grad_k_n, k) if need_grad_k else k.new_empty((0,))
@@ -178,34 +181,42 @@ def _values_checked(device: torch.device) -> bool:
     return not torch.compiler.is_compiling() and not _capturing(device)
 
 
-_CONSTANTS: dict[tuple[float, torch.device], torch.Tensor] = {}
+_CONSTANTS: dict[tuple[float, torch.device, torch.dtype], torch.Tensor] = {}
 _MAX_CONSTANTS = 64
 
 
+def _param_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the kernels compute k and v_th in: float64 for float64 x (unrounded hyperparameters), else float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _constant(value: float, x: torch.Tensor) -> torch.Tensor:
-    """A float32 [1] tensor holding ``value`` on x's device, made once per (value, device) and reused: a fresh one
-    would cost an allocation and a fill launch per call and per hyperparameter, host time that bounds a GPU step of
-    a few hundred microseconds. (torch.tensor(value, device="cuda") would even synchronise the stream.) The ops only
-    read it. Made outside inference mode, so a tensor first made under torch.inference_mode can still be saved for
-    a later backward; while torch.compile traces, a traced torch.full instead of a captured global."""
+    """A [1] tensor of :func:`_param_dtype` holding ``value`` on x's device, made once per (value, device, dtype) and
+    reused: a fresh one would cost an allocation and a fill launch per call and per hyperparameter, host time that
+    bounds a GPU step of a few hundred microseconds. (torch.tensor(value, device="cuda") would even synchronise the
+    stream.) The ops only read it. Made outside inference mode, so a tensor first made under torch.inference_mode can
+    still be saved for a later backward; while torch.compile traces, a traced torch.full instead of a captured
+    global."""
+    dtype = _param_dtype(x)
     if torch.compiler.is_compiling():
-        return torch.full((1,), float(value), dtype=torch.float32, device=x.device)
-    key = (float(value), x.device)
+        return torch.full((1,), float(value), dtype=dtype, device=x.device)
+    key = (float(value), x.device, dtype)
     cached = _CONSTANTS.get(key)
     if cached is None:
         # Not cached: a value first seen under CUDA graph capture (the fill only runs when the graph is replayed, so a
         # later eager call could read the cached tensor before it holds anything), or once the cache is full (e.g. a
         # tau swept over many values; no entry is ever dropped, as a captured graph may still read it).
         if _capturing(x.device) or len(_CONSTANTS) >= _MAX_CONSTANTS:
-            return torch.full((1,), float(value), dtype=torch.float32, device=x.device)
+            return torch.full((1,), float(value), dtype=dtype, device=x.device)
         with torch.inference_mode(False):
-            cached = _CONSTANTS[key] = torch.full((1,), float(value), dtype=torch.float32, device=x.device)
+            cached = _CONSTANTS[key] = torch.full((1,), float(value), dtype=dtype, device=x.device)
     return cached
 
 
 def _as_neuron_param(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """float32 tensor with 1 element or one per neuron (N = x[0].numel()), as the kernels take it. Differentiable."""
-    p = p.float()
+    """Tensor of :func:`_param_dtype` with 1 element or one per neuron (N = x[0].numel()), as the kernels take it.
+    Differentiable."""
+    p = p.to(_param_dtype(x))
     if p.numel() == 1:
         return p.reshape(1)
     return p.expand(x.shape[1:]).reshape(-1)

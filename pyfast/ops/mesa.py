@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pyfast import _extension
 from pyfast._numbers import is_nan, is_number
 from pyfast.backends import resolve
-from pyfast.reference.mesa import mesa_dequantize_ref, mesa_quantize_ref
+from pyfast.reference.mesa import check_codes, mesa_dequantize_ref, mesa_quantize_ref
 
 __all__ = ["mesa_dequantize", "mesa_quantize"]
 
@@ -161,7 +161,8 @@ def mesa_quantize(x: Tensor, clip_val: Tensor, shift: Tensor, initialized: Tenso
 
     ``x`` is viewed as ``[outer, G, inner]`` around axis ``dim`` with ``G = clip_val.numel()``: ``dim=1`` and
     ``G = H`` quantizes a ``[B, H, N, D]`` tensor head by head; ``dim=-1`` splits the channels of ``[..., C]`` into
-    ``G`` contiguous chunks. Per group, with r / m the range / minimum of this batch's finite values::
+    ``G`` contiguous chunks. Per group, with r / m the range / minimum of this batch's finite values (a group
+    without any keeps its alpha and beta)::
 
         alpha' = r, beta' = m                                       (initialized is False)
         alpha' = lam alpha + (1-lam) r, beta' = lam beta + (1-lam) m  (update; lam = ema_decay)
@@ -197,14 +198,21 @@ def mesa_quantize(x: Tensor, clip_val: Tensor, shift: Tensor, initialized: Tenso
 def mesa_dequantize(q: Tensor, clip_val: Tensor, shift: Tensor, *, dim: int = -1, levels: int = 256,
                     dtype: torch.dtype = torch.float32, backend: str = "auto") -> Tensor:
     """``x_hat = q / s + beta`` with ``s = (levels - 1) / alpha`` per group (grouping as in :func:`mesa_quantize`),
-    as a contiguous tensor of q's shape in ``dtype`` (float32/float64/float16/bfloat16)."""
+    as a contiguous tensor of q's shape in ``dtype`` (float32/float64/float16/bfloat16).
+
+    A code ``>= levels`` raises a ValueError: the C++ CPU op and the reference check while they decode; for the CUDA
+    and Triton kernels, which write NaN there instead, the codes are checked here first (one device sync; not while
+    torch.compile traces)."""
     if not isinstance(q, torch.Tensor) or q.dtype != torch.uint8:
         raise TypeError(f"mesa: q must be a uint8 tensor, got {q.dtype if isinstance(q, torch.Tensor) else type(q)}")
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"mesa: dtype must be one of {FLOAT_DTYPES}, got {dtype}")
     _check_state(q, clip_val, shift, dim)
     levels = check_levels(levels)
-    return dequantize_fn(resolve("mesa", backend, q.device))(q, clip_val, shift, dim, levels, dtype)
+    chosen = resolve("mesa", backend, q.device)
+    if chosen in ("cuda", "triton") and not torch.compiler.is_compiling():
+        check_codes(q, levels)
+    return dequantize_fn(chosen)(q, clip_val, shift, dim, levels, dtype)
 
 
 # --------------------------------------------------------------------------------------------------------------

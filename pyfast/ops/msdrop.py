@@ -147,6 +147,8 @@ def _check(h, weight, bias, target, seed, num_samples, p) -> None:
     if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (weight.shape[0],)):
         raise ValueError(f"multi_sample_dropout: bias must be [C] = [{weight.shape[0]}] or None, got "
                          f"{tuple(getattr(bias, 'shape', ()))}")
+    if bias is not None and bias.dtype != h.dtype:
+        raise TypeError(f"multi_sample_dropout: bias must have h's dtype {h.dtype}, got {bias.dtype}")
     if not isinstance(target, torch.Tensor) or target.dtype != torch.int64:
         raise TypeError(f"multi_sample_dropout: target must be an int64 tensor of class indices, got "
                         f"{getattr(target, 'dtype', type(target).__name__)}")

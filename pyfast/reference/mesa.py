@@ -6,12 +6,16 @@ group per head; with ``dim=-1`` a ``[..., C]`` tensor gets ``G`` contiguous chun
 owns the elements of ``[:, g, :]``.
 
 Running estimates (float32, one per group). With the finite values of the current batch (non-finite values are left
-out of the statistics; a group without any gives range 0 and minimum 0)::
+out of the statistics)::
 
     r = max - min,  m = min
+    no finite value:         alpha' = alpha,                        beta' = beta
     not initialized:         alpha' = r,                            beta' = m
     initialized, update:     alpha' = lam alpha + (1 - lam) r,      beta' = lam beta + (1 - lam) m
     initialized, no update:  alpha' = alpha,                        beta' = beta
+
+A group without finite values (all NaN / inf, or no elements) says nothing about the range and keeps its estimates
+(with range 0 instead, such a first batch left alpha' = 0, and every later batch quantized to a single code).
 
 with ``lam = float32(ema_decay)`` and ``1 - lam`` rounded as ``float32(1 - ema_decay)``; each product is rounded to
 float32 before the sum (no fused multiply-add), so every backend gets the same bits.
@@ -23,7 +27,7 @@ Quantize with the new estimates, per element (float32, each operation rounded)::
     q = round_half_even(min(max(t, 0), L - 1))   (NaN -> 0: the max is written t > 0 ? t : 0)
 
 Dequantize: ``x_hat = q / s + beta`` (float32), rounded to the requested dtype. ``alpha = 0`` gives ``s = inf`` and
-``x_hat = beta``.
+``x_hat = beta``. A code ``q > L - 1`` (quantized with more levels, or not by Mesa) is a ValueError.
 
 Random numbers are counter-based, so CPU, CUDA and Triton draw the same ``u`` for the same seed and element: with
 ``h32`` the 32-bit integer hash below (xor-shift / multiply rounds), the element's linear index ``i`` (row-major in x)
@@ -38,6 +42,7 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "check_codes",
     "group_shape",
     "hash_uniform",
     "mesa_dequantize_ref",
@@ -103,8 +108,7 @@ def mesa_stats_ref(x: torch.Tensor, clip_val, shift, initialized, dim: int, ema_
         mn = torch.where(finite, xg, inf).amin(dim=(0, 2))
         mx = torch.where(finite, xg, -inf).amax(dim=(0, 2))
     empty = ~(mn <= mx)
-    batch_min = torch.where(empty, 0.0, mn)
-    batch_range = torch.where(empty, 0.0, mx - mn)
+    batch_min, batch_range = mn, mx - mn
     clip_val, shift = clip_val.reshape(-1).float(), shift.reshape(-1).float()
     if update:
         lam = torch.tensor(ema_decay, dtype=torch.float32, device=x.device)
@@ -113,7 +117,16 @@ def mesa_stats_ref(x: torch.Tensor, clip_val, shift, initialized, dim: int, ema_
     else:
         ema_clip, ema_shift = clip_val, shift
     init = initialized.reshape(1).bool()
-    return torch.where(init, ema_clip, batch_range), torch.where(init, ema_shift, batch_min)
+    new_clip, new_shift = torch.where(init, ema_clip, batch_range), torch.where(init, ema_shift, batch_min)
+    return torch.where(empty, clip_val, new_clip), torch.where(empty, shift, new_shift)
+
+
+def check_codes(q: torch.Tensor, levels: int) -> None:
+    """ValueError unless every code of ``q`` is below ``levels`` (one device sync on a GPU)."""
+    largest = int(q.max()) if q.numel() else 0
+    if largest >= levels:
+        raise ValueError(f"mesa_dequantize: q holds code {largest}, but codes of levels = {levels} are "
+                         f"0..{levels - 1} (was q quantized with more levels?)")
 
 
 def _scale(clip_val: torch.Tensor, levels: int) -> torch.Tensor:
@@ -140,7 +153,10 @@ def mesa_quantize_ref(x: torch.Tensor, clip_val: torch.Tensor, shift: torch.Tens
 
 def mesa_dequantize_ref(q: torch.Tensor, clip_val: torch.Tensor, shift: torch.Tensor, dim: int, levels: int,
                         dtype: torch.dtype) -> torch.Tensor:
-    """``x_hat = q / s + beta`` with ``s = (levels - 1) / alpha`` per group, in ``dtype`` (q's shape)."""
+    """``x_hat = q / s + beta`` with ``s = (levels - 1) / alpha`` per group, in ``dtype`` (q's shape). A code
+    ``>= levels`` raises a ValueError (checked eagerly, not while torch.compile traces)."""
+    if not torch.compiler.is_compiling():
+        check_codes(q, levels)
     groups = clip_val.numel()
     s = _scale(clip_val.reshape(-1), levels)
     qg = _grouped(q, dim, groups).float()

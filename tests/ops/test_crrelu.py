@@ -155,6 +155,41 @@ def test_cpp_non_contiguous_large_and_extreme_values():
     torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-30, equal_nan=True)
 
 
+# Where x^2 overflows (float32 past 1.8e19, float64 past 1.3e154) e(x) = exp(-x^2/2) is long 0: the gradient's
+# correction eps (1 - x^2) e(x) must take its limit 0 (grad 1 for x > 0, 0 for x < 0; d eps 0), as autograd of the
+# reference gives, not (1 - inf) * 0 = NaN. At +-inf the reference itself is NaN (inf * 0 in x e(x)): so are the
+# kernels.
+HUGE = (1e19, 1e30, 3e38, 1e155, 1e300)
+
+
+def check_huge_inputs_match_reference(backend, dtype, device="cpu"):
+    """Forward, d x and d eps of ``backend`` at +-HUGE (those finite in dtype), then with +-inf added, against the
+    reference's values (NaN where it has NaN)."""
+    finite = torch.tensor([v for v in HUGE if v <= torch.finfo(dtype).max], dtype=dtype)
+    finite = torch.cat([finite, -finite])
+    for x0 in (finite, torch.cat([finite, torch.tensor([float("inf"), float("-inf")], dtype=dtype)])):
+        x, x_ref = x0.to(device, copy=True).requires_grad_(), x0.clone().requires_grad_()
+        eps, eps_ref = torch.tensor([0.3], dtype=dtype, device=device).requires_grad_(), x0.new_tensor([0.3])
+        eps_ref.requires_grad_()
+        y, y_ref = crrelu(x, eps, backend=backend), crrelu_ref(x_ref, eps_ref)
+        y.backward(torch.ones_like(y))
+        y_ref.backward(torch.ones_like(y_ref))
+        for name, got, want in (("y", y, y_ref), ("dx", x.grad, x_ref.grad), ("deps", eps.grad, eps_ref.grad)):
+            torch.testing.assert_close(got.detach().cpu(), want, rtol=0, atol=0, equal_nan=True,
+                                       msg=lambda m, name=name: f"{backend} {dtype} {name}: {m}")
+    n = len(finite)  # the finite rows' limits, stated: y = relu(x), d x = 1[x > 0], d eps = 0
+    x = finite.to(device, copy=True).requires_grad_()
+    eps = torch.tensor([0.3], dtype=dtype, device=device).requires_grad_()
+    crrelu(x, eps, backend=backend).sum().backward()
+    assert x.grad.cpu().tolist() == [1.0] * (n // 2) + [0.0] * (n // 2) and eps.grad.item() == 0.0
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_cpp_huge_inputs_give_the_limits(dtype):
+    check_huge_inputs_match_reference("cpp", dtype)
+
+
 @needs_cpp
 def test_cpp_gradient_is_deterministic_and_only_one_requested():
     x = torch.randn(7, 50000) * 2
@@ -269,3 +304,10 @@ def test_cuda_matches_reference(dtype):
         _compare("cuda", shape, c, dim, dtype, seed=i, device="cuda")
     _compare("cuda", (64, 197, 768), 1, -1, dtype, seed=9, device="cuda")
     _compare("cuda", (64, 197, 768), 768, -1, dtype, seed=9, device="cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _extension.has_cuda(), reason=f"needs the CUDA kernels: {_extension.cuda_reason()}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_cuda_huge_inputs_give_the_limits(dtype):
+    check_huge_inputs_match_reference("cuda", dtype, device="cuda")

@@ -15,6 +15,7 @@ from pyfast import _extension
 from pyfast.ops.crrelu import crrelu
 from pyfast.reference.crrelu import crrelu_ref
 from pyfast.testing import assert_triton_schema_matches
+from tests.ops.test_crrelu import check_huge_inputs_match_reference
 
 DEVICE = "cpu" if _extension.triton_interpret() else "cuda"
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -83,3 +84,8 @@ def test_launcher_rejects_bad_arguments():
         kernels.crrelu_fwd(torch.zeros(4, dtype=torch.int32), torch.ones(1), 1, 4)
     with pytest.raises(ValueError, match="x must be a contiguous tensor"):
         kernels.crrelu_fwd(torch.zeros(4, 4).t(), torch.ones(1), 1, 16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_huge_inputs_give_the_limits(dtype):
+    check_huge_inputs_match_reference("triton", dtype, device=DEVICE)

@@ -296,8 +296,8 @@ def test_bad_arguments_to_the_raw_op_raise_value_and_type_errors():
     x = torch.randn(3, 4)
     with pytest.raises(ValueError, match="k must have 1 or N=4"):
         torch.ops.pyfast.lif_fwd(x, None, torch.ones(3), torch.ones(1), 0.0, True, "sigmoid", 4.0, False, True)
-    with pytest.raises(TypeError, match="k must be float32"):
-        torch.ops.pyfast.lif_fwd(x, None, torch.ones(1, dtype=torch.float64), torch.ones(1), 0.0, True, "sigmoid",
+    with pytest.raises(TypeError, match="k must be float32/float64/float16/bfloat16, got Long"):
+        torch.ops.pyfast.lif_fwd(x, None, torch.ones(1, dtype=torch.int64), torch.ones(1), 0.0, True, "sigmoid",
                                  4.0, False, True)
     with pytest.raises(ValueError, match="surrogate"):
         torch.ops.pyfast.lif_fwd(x, None, torch.ones(1), torch.ones(1), 0.0, True, "step", 4.0, False, True)
@@ -388,8 +388,8 @@ def test_cuda_backend_on_cpu_tensor_is_a_clear_error():
 
 
 def test_hyperparameter_constants_are_cached_up_to_a_bound_and_never_dropped(monkeypatch):
-    """Number hyperparameters become cached float32 tensors; past the bound new values get fresh ones and the cached
-    ones stay (a CUDA graph captured earlier may still read them)."""
+    """Number hyperparameters become cached tensors (float32; float64 for float64 x); past the bound new values get
+    fresh ones and the cached ones stay (a CUDA graph captured earlier may still read them)."""
     lif_module = sys.modules["pyfast.ops.lif"]  # (pyfast.ops.lif, the attribute, is the function)
 
     monkeypatch.setattr(lif_module, "_CONSTANTS", {})
@@ -397,9 +397,11 @@ def test_hyperparameter_constants_are_cached_up_to_a_bound_and_never_dropped(mon
     x = torch.randn(4, 6)
     for tau in (1.5, 2.5, 3.5, 4.5):
         torch.testing.assert_close(lif(x, tau=tau), lif_ref(x, tau=tau)[0])
-    assert set(lif_module._CONSTANTS) == {(1.0 / 1.5, x.device), (1.0 / 2.5, x.device), (1.0, x.device)}
-    kept = lif_module._CONSTANTS[(1.0, x.device)]
+    f32 = torch.float32
+    assert set(lif_module._CONSTANTS) == {(1.0 / 1.5, x.device, f32), (1.0 / 2.5, x.device, f32), (1.0, x.device, f32)}
+    kept = lif_module._CONSTANTS[(1.0, x.device, f32)]
     assert lif_module._constant(1.0, x) is kept
+    assert lif_module._constant(1.0, x.double()).dtype == torch.float64  # a float64 x gets float64 constants
 
 
 def test_no_constant_is_cached_while_a_cuda_graph_is_captured(monkeypatch):

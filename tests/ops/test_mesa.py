@@ -95,8 +95,10 @@ def test_non_finite_values_stay_out_of_the_statistics():
     q, c, s = mesa_quantize_ref(x, *_state(1), _seed(), 0, 256, 0.9, True, False)
     assert c.tolist() == [5.0] and s.tolist() == [-2.0]
     assert q[0, 1] == 0 and q[0, 3] == 255 and q[1, 2] == 0  # NaN -> 0, +inf -> top, -inf -> bottom
-    q, c, s = mesa_quantize_ref(torch.full((3,), float("nan")), *_state(1), _seed(), 0, 256, 0.9, True, False)
-    assert c.tolist() == [0.0] and s.tolist() == [0.0] and q.tolist() == [0, 0, 0]
+    # No finite value: the estimates stay (test_batch_without_finite_values_keeps_the_estimates has every case).
+    q, c, s = mesa_quantize_ref(torch.full((3,), float("nan")), *_state(1, clip=[2.5], shift=[-1.0]), _seed(), 0, 256,
+                                0.9, True, False)
+    assert c.tolist() == [2.5] and s.tolist() == [-1.0] and q.tolist() == [0, 0, 0]
 
 
 def test_seeded_determinism_and_unbiased_rounding():
@@ -174,6 +176,66 @@ def test_public_functions_and_backends():
         x_hat = mesa_dequantize(q, c, s, dim=1, dtype=dtype)
         assert x_hat.dtype == dtype and x_hat.shape == x.shape
     assert torch.equal(state[0], torch.ones(3))  # inputs untouched: the op is functional
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A batch without finite values; codes past the levels
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _batches_without_finite_values():
+    """[4, 6] in two groups of 3 along dim -1: all NaN; group 0 NaN / +-inf and group 1 finite; no elements."""
+    mixed = _x((4, 6))
+    mixed[:, :3] = float("nan")
+    mixed[0, 0], mixed[1, 1] = float("inf"), float("-inf")
+    return [torch.full((4, 6), float("nan")), mixed, torch.empty(0, 6)], [(0, 1), (0,), (0, 1)]
+
+
+@pytest.mark.parametrize("update", [False, True])
+@pytest.mark.parametrize("init", [False, True])
+def test_batch_without_finite_values_keeps_the_estimates(init, update):
+    """A group that sees no finite value keeps its clip_val / shift (whether initialized or not, update or not): a first
+    batch of NaNs used to set clip 0, after which every batch quantized to one code (test below). The C++ kernel
+    gives the reference's bits."""
+    clip, shift, initialized = _state(2, init=init, clip=[2.5, 0.75], shift=[-1.0, 0.25])
+    for x, empty_groups in zip(*_batches_without_finite_values()):
+        args = (x, clip, shift, initialized, _seed(), -1, 256, 0.9, update, True)
+        q, c, s = mesa_quantize_ref(*args)
+        for g in empty_groups:
+            assert (c[g].item(), s[g].item()) == (clip[g].item(), shift[g].item()), (x.shape, g)
+        if _extension.has_cpp():
+            for got, want in zip(torch.ops.pyfast.mesa_quantize(*args), (q, c, s)):
+                assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
+def test_a_first_batch_of_nans_does_not_collapse_later_codes(backend):
+    clip, shift, initialized = _state(1)
+    _, c, s = mesa_quantize(torch.full((2, 5), float("nan")), clip, shift, initialized, _seed(), backend=backend)
+    x = torch.linspace(0.5, 2.0, 10).view(2, 5)  # in the kept range [0, 1] and above it
+    q, _, _ = mesa_quantize(x, c, s, torch.tensor([True]), _seed(), update=False, stochastic=False, backend=backend)
+    assert c.tolist() == [1.0] and s.tolist() == [0.0]
+    assert len(q.unique()) > 1  # with clip 0 (s = inf) every code was 255
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpp", marks=needs_cpp)])
+def test_dequantize_rejects_codes_past_the_levels(backend):
+    """A code >= levels (quantized with more levels, or not by Mesa) decoded past the range without a word; now a
+    ValueError naming q and levels. [2, 40] in 2 groups: the bad code sits inside a row and at its end."""
+    clip, shift, _ = _state(2, clip=[1.0, 2.0], shift=[0.0, -1.0])
+    q = torch.randint(0, 7, (2, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    direct = torch.ops.pyfast.mesa_dequantize if backend == "cpp" else mesa_dequantize_ref
+    for decode in (lambda t: mesa_dequantize(t, clip, shift, levels=7, dtype=torch.float64, backend=backend),
+                   lambda t: direct(t, clip, shift, -1, 7, torch.float64)):
+        good = decode(q)
+        assert good.shape == q.shape and bool(torch.isfinite(good).all())
+        for where in [(1, 3), (0, 39)]:
+            bad = q.clone()
+            bad[where] = 200
+            with pytest.raises(ValueError, match=r"q holds code 200, but codes of levels = 7 are 0\.\.6"):
+                decode(bad)
+    # 255 is a valid code at the default 256 levels.
+    assert mesa_dequantize(torch.full((2, 4), 255, dtype=torch.uint8), clip, shift, backend=backend)[0, 0] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -315,6 +377,31 @@ def test_cuda_matches_reference(dtype, layout):
             assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) <= 1e-4
             d = torch.ops.pyfast.mesa_dequantize(q_ref, c, s, dim, 256, dtype)
             assert torch.equal(d, mesa_dequantize_ref(q_ref, c, s, dim, 256, dtype))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _extension.has_cuda(), reason=_extension.cuda_reason() or "no CUDA")
+def test_cuda_batch_without_finite_values_keeps_the_estimates():
+    for x, empty_groups in zip(*_batches_without_finite_values()):
+        for init, update in [(False, True), (True, True), (True, False)]:
+            state = _state(2, init=init, clip=[2.5, 0.75], shift=[-1.0, 0.25], device="cuda")
+            args = (x.cuda(), *state, _seed(device="cuda"), -1, 256, 0.9, update, True)
+            _, c, s = torch.ops.pyfast.mesa_quantize(*args)
+            _, c_ref, s_ref = mesa_quantize_ref(*args)
+            assert torch.equal(c, c_ref) and torch.equal(s, s_ref), (x.shape, init, update)
+            assert all((c[g].item(), s[g].item()) == (state[0][g].item(), state[1][g].item()) for g in empty_groups)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _extension.has_cuda(), reason=_extension.cuda_reason() or "no CUDA")
+def test_cuda_dequantize_codes_past_the_levels():
+    """The CUDA kernel writes NaN for a code >= levels (raising would need a sync); the public function raises."""
+    clip, shift, _ = _state(2, device="cuda")
+    q = torch.tensor([[0, 6, 7, 200], [1, 2, 3, 4]], dtype=torch.uint8, device="cuda")
+    out = torch.ops.pyfast.mesa_dequantize(q, clip, shift, -1, 7, torch.float32)
+    assert torch.isnan(out).tolist() == [[False, False, True, True], [False] * 4]
+    with pytest.raises(ValueError, match=r"q holds code 200, but codes of levels = 7 are 0\.\.6"):
+        mesa_dequantize(q, clip, shift, levels=7)
 
 
 @pytest.mark.cuda

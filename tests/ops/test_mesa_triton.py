@@ -52,6 +52,33 @@ def test_triton_matches_reference_exactly(dtype, layout):
         assert torch.equal(d, mesa_dequantize_ref(got[0], got[1], got[2], dim, levels, dtype))
 
 
+def test_batch_without_finite_values_keeps_the_estimates():
+    """All NaN, one group of NaN / +-inf, no elements: the groups without a finite value keep their estimates, as in
+    the reference (tests/ops/test_mesa.py has the rule)."""
+    mixed = torch.randn(4, 6)
+    mixed[:, :3] = float("nan")
+    mixed[0, 0] = float("inf")
+    clip, shift = torch.tensor([2.5, 0.75], device=DEVICE), torch.tensor([-1.0, 0.25], device=DEVICE)
+    seed = torch.tensor([3], device=DEVICE)
+    for x in (torch.full((4, 6), float("nan")), mixed, torch.empty(0, 6)):
+        for init, update in [(False, True), (True, True), (True, False)]:
+            args = (x.to(DEVICE), clip, shift, torch.tensor([init], device=DEVICE), seed, -1, 256, 0.9, update, True)
+            got, want = torch.ops.pyfast.mesa_quantize_triton(*args), mesa_quantize_ref(*args)
+            for g, w in zip(got, want):
+                assert torch.equal(g, w), (x.shape, init, update)
+            assert (got[1][0].item(), got[2][0].item()) == (2.5, -1.0)
+
+
+def test_dequantize_codes_past_the_levels():
+    """The kernel writes NaN for a code >= levels (it cannot raise); the public function raises first."""
+    clip, shift = torch.ones(2, device=DEVICE), torch.zeros(2, device=DEVICE)
+    q = torch.tensor([[0, 6, 7, 200], [1, 2, 3, 4]], dtype=torch.uint8, device=DEVICE)
+    out = torch.ops.pyfast.mesa_dequantize_triton(q, clip, shift, -1, 7, torch.float32)
+    assert torch.isnan(out).tolist() == [[False, False, True, True], [False] * 4]
+    with pytest.raises(ValueError, match=r"q holds code 200, but codes of levels = 7 are 0\.\.6"):
+        mesa_dequantize(q, clip, shift, levels=7, backend="triton")
+
+
 @pytest.mark.skipif(not _extension.has_cpp(), reason="needs the C++ extension pyfast._C (the C++ schemas)")
 @pytest.mark.parametrize("name", ["mesa_quantize", "mesa_dequantize"])
 def test_schema_matches_cpp_op(name):

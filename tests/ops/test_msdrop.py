@@ -160,6 +160,17 @@ def test_bad_input_errors(backend):
         call(h, w, b, y, 0)
     with pytest.raises(TypeError, match="seed must be one int64"):
         call(h, w, b, y, seed=torch.tensor([1.0]))
+    for bias in (b.long(), b.double()):  # an int64 bias was cast silently on the cpp backend
+        with pytest.raises(TypeError, match=f"bias must have h's dtype torch.float32, got {bias.dtype}"):
+            call(h, w, bias, y)
+
+
+@needs_cpp
+def test_the_cpp_op_rejects_a_bias_of_another_dtype():
+    h, w, b, y, s = _inputs(6, 8, 4)
+    for bias, name in ((b.long(), "Long"), (b.double(), "Double")):
+        with pytest.raises(TypeError, match=f"msdrop: bias must have h's dtype Float, got {name}"):
+            torch.ops.pyfast.msdrop_fwd(h, w, bias, y, s, 2, 0.5)
 
 
 # --------------------------------------------------------------------------------------------------------------
