@@ -33,38 +33,20 @@ kernel is branch-free in them.
 
 from __future__ import annotations
 
-import os
 import struct
 
 import torch
 import triton
 import triton.language as tl
 
+from .common import INTERPRET, TL_DTYPES, tl_acc_dtype, to_storage
+
 SURROGATE_IDS = {"sigmoid": 0, "atan": 1, "triangle": 2}  # the SURROGATE constexpr of the backward kernel
-
-# Triton's CPU interpreter truncates float32 -> bfloat16 (a GPU rounds to nearest even); under it the kernels round
-# bfloat16 by hand, so the interpreter stores the same H (and spikes) as the C++ kernels and a GPU.
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
-              torch.bfloat16: tl.bfloat16}
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Per-neuron maths (the same as csrc/lif/lif.h)
 # --------------------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _to_storage(v, DTYPE: tl.constexpr, BF16_BY_HAND: tl.constexpr):
-    if DTYPE == tl.bfloat16 and BF16_BY_HAND:
-        bits = v.to(tl.float32).to(tl.uint32, bitcast=True)
-        rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
-        # NaN (v != v) becomes the canonical bfloat16 NaN: rounding its bits could carry it into inf.
-        out = tl.where(v != v, 0x7FC0, rounded).to(tl.uint16).to(tl.bfloat16, bitcast=True)  # noqa: PLR0124
-    else:
-        out = v.to(DTYPE)
-    return out
 
 
 @triton.jit
@@ -189,7 +171,7 @@ def lif_fwd_kernel(
     for _ in range(T):
         xt = tl.load(x_ptrs, mask=mask, other=0.0).to(ACC)
         # Fire and reset on H rounded to the storage dtype: the backward recomputes S from that same value.
-        h_store = _to_storage(_charge(v, xt, k, v_r, DECAY_INPUT), DTYPE, BF16_BY_HAND)
+        h_store = to_storage(_charge(v, xt, k, v_r, DECAY_INPUT), DTYPE, BF16_BY_HAND)
         h = h_store.to(ACC)
         s = _fire(h, v_th)
         tl.store(s_ptrs, s.to(DTYPE), mask=mask)
@@ -199,7 +181,7 @@ def lif_fwd_kernel(
         v = _reset(h, s, v_th, v_r, HARD_RESET)
         x_ptrs += N
         s_ptrs += N
-    tl.store(v_last_ptr + offs, _to_storage(v, DTYPE, BF16_BY_HAND), mask=mask)
+    tl.store(v_last_ptr + offs, to_storage(v, DTYPE, BF16_BY_HAND), mask=mask)
 
 
 @triton.jit(do_not_specialize=["T", "N"])
@@ -245,7 +227,7 @@ def lif_bwd_kernel(
             gx = k * grad_h
         else:
             gx = grad_h
-        tl.store(gx_ptrs, _to_storage(gx, DTYPE, BF16_BY_HAND), mask=mask)
+        tl.store(gx_ptrs, to_storage(gx, DTYPE, BF16_BY_HAND), mask=mask)
         if NEED_GRAD_VTH:
             gth += grad_vth
         if NEED_GRAD_K:
@@ -261,7 +243,7 @@ def lif_bwd_kernel(
         h_ptrs -= N
         gs_ptrs -= N
         gx_ptrs -= N
-    tl.store(grad_v0_ptr + offs, _to_storage(gv, DTYPE, BF16_BY_HAND), mask=mask)
+    tl.store(grad_v0_ptr + offs, to_storage(gv, DTYPE, BF16_BY_HAND), mask=mask)
     if NEED_GRAD_K:
         tl.store(grad_k_ptr + offs, gk.to(tl.float32), mask=mask)
     if NEED_GRAD_VTH:
@@ -297,9 +279,9 @@ def _f32(v) -> float:
 
 
 def _acc(dtype: torch.dtype):
-    if dtype not in _TL_DTYPES:
+    if dtype not in TL_DTYPES:
         raise TypeError(f"lif (triton): x must be float32/float64/float16/bfloat16, got {dtype}")
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    return tl_acc_dtype(dtype)
 
 
 def _surrogate_id(surrogate: str) -> int:
@@ -363,7 +345,7 @@ def lif_fwd(x, v0, k, v_th, v_reset, decay_input, surrogate, alpha, detach_reset
     _launch(
         lif_fwd_kernel, x.device, n, args,
         HAS_V0=v0 is not None, K_SHARED=k_shared, VTH_SHARED=vth_shared, HARD_RESET=v_reset is not None,
-        DECAY_INPUT=bool(decay_input), STORE_H=h_seq is not None, ACC=acc, BF16_BY_HAND=_INTERPRET,
+        DECAY_INPUT=bool(decay_input), STORE_H=h_seq is not None, ACC=acc, BF16_BY_HAND=INTERPRET,
     )
 
 
@@ -402,5 +384,5 @@ def lif_bwd(grad_spikes, grad_v_last, h_seq, x, v0, k, v_th, v_reset, decay_inpu
         HAS_GRAD_V_LAST=grad_v_last is not None, LOAD_X=load_x, HAS_V0=v0 is not None, K_SHARED=k_shared,
         VTH_SHARED=vth_shared, HARD_RESET=v_reset is not None, DECAY_INPUT=bool(decay_input),
         DETACH_RESET=bool(detach_reset), SURROGATE=_surrogate_id(surrogate), NEED_GRAD_K=need_k,
-        NEED_GRAD_VTH=need_vth, ACC=acc, BF16_BY_HAND=_INTERPRET,
+        NEED_GRAD_VTH=need_vth, ACC=acc, BF16_BY_HAND=INTERPRET,
     )

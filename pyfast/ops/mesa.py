@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from pyfast import _extension
+from pyfast._dtypes import FLOAT_DTYPES
 from pyfast._numbers import is_nan, is_number
 from pyfast.backends import resolve
 from pyfast.reference.mesa import mesa_dequantize_ref, mesa_quantize_ref
@@ -31,7 +32,6 @@ from pyfast.reference.mesa import mesa_dequantize_ref, mesa_quantize_ref
 __all__ = ["mesa_dequantize", "mesa_quantize"]
 
 Tensor = torch.Tensor
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------------------------------

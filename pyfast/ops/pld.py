@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 
 from pyfast import _extension
+from pyfast._dtypes import acc_dtype
 from pyfast.backends import _warn_once, resolve
-from pyfast.reference.pld import acc_dtype, pld_ref
+from pyfast.reference.pld import pld_ref
 
 __all__ = ["CUDA_MAX_CLASSES", "pld_rows"]
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from pyfast._dtypes import acc_dtype
+
 BASE_ACTIVATIONS = {
     "silu": torch.nn.functional.silu,
     "gelu": torch.nn.functional.gelu,
@@ -51,7 +53,7 @@ def karat_z_ref(q: torch.Tensor, k: torch.Tensor, a: torch.Tensor, b: torch.Tens
     """``z [B, H, N, r]`` from ``q, k [B, H, N, D]`` and ``a, b [H, r, N, M]`` (harmonic orders as in
     :func:`harmonics`). Computed in the inputs' dtype (float32 for half types, cast back)."""
     dtype = q.dtype
-    work = torch.float64 if dtype == torch.float64 else torch.float32
+    work = acc_dtype(dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     A = (q.to(work) @ k.to(work).transpose(-2, -1)) * scale
     m = harmonics(a.shape[-1], constant_term, A.device, work)
@@ -78,7 +80,7 @@ def karat_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: to
         ``out [B, H, N, D]`` in q's dtype (computed in float32 for half types).
     """
     dtype = q.dtype
-    work = torch.float64 if dtype == torch.float64 else torch.float32
+    work = acc_dtype(dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     A = (q.to(work) @ k.to(work).transpose(-2, -1)) * scale
     m = harmonics(a.shape[-1], constant_term, A.device, work)

@@ -24,10 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from pyfast._dtypes import acc_dtype
 
 
 def pld_ranking(teacher: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

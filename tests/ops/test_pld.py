@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pyfast._dtypes import acc_dtype
 from pyfast.losses import PLDLoss, pld_loss
 from pyfast.ops.pld import CUDA_MAX_CLASSES, pld_rows
 from pyfast.reference.pld import pld_ranking, pld_ref
@@ -139,7 +140,7 @@ def _compare(backend, b, c, dtype, seed=0, device="cpu", tau=0.7, ties=False, no
     loss, perm, lse = op(*leaves, y, tau)
     ref = [x.detach().cpu().clone().requires_grad_() for x in (s, t)]
     loss_ref = pld_ref(*ref, y.cpu(), tau)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = acc_dtype(dtype)
     assert loss.dtype == acc and perm.dtype == torch.int32 and lse.dtype == acc
     assert not perm.requires_grad and not lse.requires_grad
     assert torch.equal(perm.cpu().long(), pld_ranking(t.cpu(), y.cpu()))
