@@ -344,21 +344,15 @@ def lif_decay(
     detach_reset: bool = False,
     return_v: bool = False,
     backend: str = "auto",
+    k_in_range: bool = False,
 ):
     """:func:`lif` parametrised by the decay ``k = 1/tau`` in [0, 1] instead of tau.
 
     For learnable decays (PLIF's ``k = sigmoid(w)``, IIR-SNN's leak ``lambda = 1 - k``) whose gradient should not
     pass through 1/tau. ``k`` is a number or a tensor broadcastable to ``x.shape[1:]``; other arguments as in
-    :func:`lif`.
+    :func:`lif`. ``k_in_range=True`` skips the value check of a tensor ``k`` that lies in [0, 1] by construction
+    (``pyfast.nn.LIF``'s sigmoid or clamp), a device sync on a GPU on every call.
     """
-    return _lif_decay(x, v0, k, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, return_v, backend,
-                      k_in_range=False)
-
-
-def _lif_decay(x, v0, k, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, return_v, backend, *,
-               k_in_range: bool):
-    """:func:`lif_decay`; ``k_in_range=True`` skips the value check of a tensor k that is in [0, 1] by construction
-    (``pyfast.nn.LIF``'s sigmoid), which on a GPU would synchronise on every call."""
     alpha = _check_common(x, v0, v_threshold, v_reset, surrogate, alpha)
     if isinstance(k, torch.Tensor):
         _check_param_tensor("k", k, x)

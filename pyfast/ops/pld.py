@@ -15,7 +15,7 @@ import torch
 
 from pyfast import _extension
 from pyfast._dtypes import acc_dtype
-from pyfast.backends import _warn_once, resolve
+from pyfast.backends import resolve, warn_fallback_once
 from pyfast.reference.pld import pld_ref
 
 __all__ = ["CUDA_MAX_CLASSES", "pld_rows"]
@@ -120,8 +120,8 @@ def pld_rows(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
             raise ValueError(f"pld: the CUDA kernel sorts rows of at most {CUDA_MAX_CLASSES} classes in shared memory, "
                              f"got C = {student.shape[1]}; use backend='triton' or backend='reference' "
                              f"(backend='auto' does)")
-        _warn_once("pld", f"the CUDA kernel sorts at most {CUDA_MAX_CLASSES} classes per row, got "
-                          f"C = {student.shape[1]}")
+        warn_fallback_once("pld", f"the CUDA kernel sorts at most {CUDA_MAX_CLASSES} classes per row, got "
+                                  f"C = {student.shape[1]}")
         chosen = "reference"
     if chosen == "reference":
         return pld_ref(student, teacher, labels, tau_t)

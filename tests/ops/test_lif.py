@@ -196,6 +196,17 @@ def test_cpp_gradient_of_learnable_decay_reaches_parameter():
     assert g.abs().sum() > 0
 
 
+def test_lif_decay_checks_a_tensor_k_unless_it_is_in_range_by_construction():
+    """k_in_range=True (pyfast.nn.LIF's sigmoid / clamp decays) skips the value check of a tensor k, a device sync
+    on a GPU; the result is the same as with the check."""
+    x = torch.randn(3, 4)
+    k = torch.full((4,), 0.5)
+    with pytest.raises(ValueError, match="k must lie in"):
+        lif_decay(x, k=k + 1.0)
+    lif_decay(x, k=k + 1.0, k_in_range=True)  # trusted, not read
+    assert torch.equal(lif_decay(x, k=k, k_in_range=True), lif_decay(x, k=k))
+
+
 def test_inference_does_not_store_membrane_history():
     x = torch.randn(4, 8)
     with torch.no_grad():
