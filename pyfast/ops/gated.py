@@ -270,6 +270,20 @@ def _check_route(grads, masks_out, masks_in, emb_grads, embs, s, s_max, clamp) -
                              f"{g.device}")
 
 
+def _check_writable(name: str, tensors) -> None:
+    """The routing writes ``tensors`` in place and has no autograd formula. A leaf that requires grad is a parameter,
+    not a gradient: torch's in-place ops refuse it in grad mode, and under torch.no_grad (where routing runs) it
+    would be overwritten silently, so it is refused in both. In grad mode any tensor that requires grad is refused:
+    autograd would not see the change."""
+    for i, t in enumerate(tensors):
+        if t.requires_grad and t.is_leaf:
+            raise RuntimeError(f"gated_route_: {name}[{i}] is a leaf tensor that requires grad (a parameter, not a "
+                               f"gradient), which the routing would overwrite in place; pass its gradient (p.grad)")
+        if t.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(f"gated_route_: {name}[{i}] requires grad in grad mode, but the routing writes it in "
+                               f"place without an autograd formula; route under torch.no_grad()")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Public functions
 # --------------------------------------------------------------------------------------------------------------
@@ -318,13 +332,17 @@ def gated_route_(grads: Sequence[torch.Tensor], masks_out: Sequence[torch.Tensor
         grads[i] *= 1 - masks_out[i]                         (a bias [out]: masks_in[i] None)
         emb_grads[j] *= (s_max / s) (cosh(clamp(s e_j, -clamp, clamp)) + 1) / (cosh(e_j) + 1),   e_j = embs[j]
 
-    ``masks_*`` are the accumulated binarised masks of the finished tasks (m_pre); the compensation undoes the 1/s
-    damping of the annealed ``sigmoid(s e)`` (HAT, as GCAB applies it). s, s_max, clamp: finite and > 0. Computed in
-    float32 (float64 for float64 gradients).
+    ``grads`` / ``emb_grads`` are gradients (``p.grad``), written in place: a leaf tensor that requires grad (a
+    parameter itself) raises a RuntimeError, and so does any tensor that requires grad in grad mode (the routing has
+    no autograd formula). ``masks_*`` are the accumulated binarised masks of the finished tasks (m_pre); the
+    compensation undoes the 1/s damping of the annealed ``sigmoid(s e)`` (HAT, as GCAB applies it). s, s_max,
+    clamp: finite and > 0. Computed in float32 (float64 for float64 gradients).
     """
     masks_in = [g.new_empty((0,)) if mi is None else mi for g, mi in zip(grads, masks_in)]
     grads, masks_out, emb_grads, embs = list(grads), list(masks_out), list(emb_grads), list(embs)
     _check_route(grads, masks_out, masks_in, emb_grads, embs, s, s_max, clamp)
+    _check_writable("grads", grads)
+    _check_writable("emb_grads", emb_grads)
     device = grads[0].device if grads else emb_grads[0].device if emb_grads else torch.device("cpu")
     chosen = resolve("gated", backend, device)
     if chosen == "reference":
