@@ -297,6 +297,17 @@ def test_bad_input_errors(backend):
         pld_loss(s, t, y, backend="fast")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pld_rows_rejects_a_non_finite_or_tensor_tau_on_every_backend(backend):
+    """pld_rows (the dispatch behind pld_loss, public in pyfast.ops) left tau_t to the C++ op, which rejects NaN /
+    inf / <= 0 (and took a 0-d tensor); the reference returned NaN losses for tau_t=nan and finite ones for +-inf.
+    Now every backend raises the C++ op's error, tensors included (as pld_loss)."""
+    s, t, y = pld_inputs(5, 7, torch.float32)
+    for bad in (float("nan"), float("inf"), float("-inf"), 0.0, -1.0, torch.tensor(0.5), torch.tensor(float("nan"))):
+        with pytest.raises(ValueError, match="pld: tau_t must be a finite number > 0"):
+            pld_rows(s, t, y, bad, backend=backend)
+
+
 @needs_cpp
 def test_direct_op_bad_input_errors():
     s, t, y = pld_inputs(5, 7, torch.float32)
