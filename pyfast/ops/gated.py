@@ -232,16 +232,15 @@ def _check_cattn(x, gate, wq, bq, wk, wv, bv, wp, bp, num_heads) -> None:
             _check_tensor(t, name, (C,), x.device)
 
 
-def _check_number(v, name: str) -> float:
-    if not is_number(v) or not is_finite(v) or v <= 0:
-        raise ValueError(f"gated_route_: {name} must be a finite number > 0, got {v!r}")
-    return float(v)
+def _check_compensation(fn: str, s, s_max, clamp) -> None:
+    """s, s_max and clamp of the embedding compensation: finite numbers > 0 (``fn``: the public function)."""
+    for name, v in (("s", s), ("s_max", s_max), ("clamp", clamp)):
+        if not is_number(v) or not is_finite(v) or v <= 0:
+            raise ValueError(f"{fn}: {name} must be a finite number > 0, got {v!r}")
 
 
 def _check_route(grads, masks_out, masks_in, emb_grads, embs, s, s_max, clamp) -> None:
-    _check_number(s, "s")
-    _check_number(s_max, "s_max")
-    _check_number(clamp, "clamp")
+    _check_compensation("gated_route_", s, s_max, clamp)
     if not len(grads) == len(masks_out) == len(masks_in):
         raise ValueError(f"gated_route_: grads, masks_out and masks_in must have the same length, got {len(grads)}, "
                          f"{len(masks_out)}, {len(masks_in)}")
@@ -360,7 +359,5 @@ def gated_route_(grads: Sequence[torch.Tensor], masks_out: Sequence[torch.Tensor
 
 def gate_compensation(e: torch.Tensor, s: float, s_max: float, clamp: float = 50.0) -> torch.Tensor:
     """The embedding-gradient factor ``(s_max / s) (cosh(clamp(s e, +-clamp)) + 1) / (cosh(e) + 1)`` (reference)."""
-    _check_number(s, "s")
-    _check_number(s_max, "s_max")
-    _check_number(clamp, "clamp")
+    _check_compensation("gate_compensation", s, s_max, clamp)
     return gate_compensation_ref(e, s, s_max, clamp)

@@ -200,6 +200,17 @@ def test_compensation_formula_values():
                                / (torch.cosh(torch.tensor(6.0, dtype=torch.float64)) + 1))
 
 
+@pytest.mark.parametrize("name", ["s", "s_max", "clamp"])
+def test_compensation_rejects_non_finite_and_tensor_scales_naming_the_function(name):
+    """gate_compensation's errors said gated_route_ (the check was shared); numbers and 0-d tensors alike raise."""
+    for bad in (float("nan"), float("inf"), 0.0, torch.tensor(2.0), torch.tensor(float("nan"))):
+        kwargs = {"s": 2.0, "s_max": 8.0, "clamp": 50.0, name: bad}
+        with pytest.raises(ValueError, match=f"^gate_compensation: {name} must be a finite number > 0"):
+            gate_compensation(torch.zeros(3), **kwargs)
+        with pytest.raises(ValueError, match=f"^gated_route_: {name} must be a finite number > 0"):
+            gated_route_([torch.zeros(4)], [torch.ones(4)], [None], **kwargs)
+
+
 def _route_case(dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     shapes = [(6, 5), (6,), (7, 6), (5, 7)]
