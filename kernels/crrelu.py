@@ -16,16 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .lif import _INTERPRET, _TL_DTYPES, _to_storage
+from .common import INTERPRET, TL_DTYPES, check_tensor, to_storage
 
 _BLOCK = 1024
-
-
-def _check(name, t):
-    if not isinstance(t, torch.Tensor) or not t.is_contiguous():
-        raise ValueError(f"crrelu: {name} must be a contiguous tensor")
-    if t.dtype not in _TL_DTYPES:
-        raise TypeError(f"crrelu: {name} must be one of float32/float64/float16/bfloat16, got {t.dtype}")
 
 
 @triton.jit
@@ -37,7 +30,7 @@ def _fwd_kernel(x_ptr, y_ptr, eps_ptr, n, C, INNER, BLOCK: tl.constexpr, DTYPE: 
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(eps.dtype)
     e = tl.exp(-0.5 * x * x)
     y = tl.where(x > 0, x, 0.0) + eps * x * e
-    tl.store(y_ptr + offs, _to_storage(y, DTYPE, BF16_BY_HAND), mask=mask)
+    tl.store(y_ptr + offs, to_storage(y, DTYPE, BF16_BY_HAND), mask=mask)
 
 
 @triton.jit
@@ -55,7 +48,7 @@ def _bwd_kernel(g_ptr, x_ptr, eps_ptr, gx_ptr, geps_ptr, partial_ptr, n, C, INNE
     if GRAD_X:
         # (1 - x^2) e as e - x (x e): no (1 - inf) * 0 = NaN where x^2 overflows (csrc/crrelu/crrelu.h, grad_x).
         gx = g * (tl.where(x > 0, 1.0, 0.0) + eps * (e - x * (x * e)))
-        tl.store(gx_ptr + offs, _to_storage(gx, DTYPE, BF16_BY_HAND), mask=mask)
+        tl.store(gx_ptr + offs, to_storage(gx, DTYPE, BF16_BY_HAND), mask=mask)
     if GRAD_EPS:
         term = tl.where(mask, g * x * e, 0.0)
         if SHARED:
@@ -66,20 +59,20 @@ def _bwd_kernel(g_ptr, x_ptr, eps_ptr, gx_ptr, geps_ptr, partial_ptr, n, C, INNE
 
 def crrelu_fwd(x: torch.Tensor, eps: torch.Tensor, C: int, inner: int) -> torch.Tensor:
     """y = CRReLU(x); eps: [C] in the arithmetic type."""
-    _check("x", x)
+    check_tensor("crrelu", "x", x)
     y = torch.empty_like(x)
     n = x.numel()
     if n:
-        _fwd_kernel[(triton.cdiv(n, _BLOCK),)](x, y, eps, n, C, inner, BLOCK=_BLOCK, DTYPE=_TL_DTYPES[x.dtype],
-                                               BF16_BY_HAND=_INTERPRET)
+        _fwd_kernel[(triton.cdiv(n, _BLOCK),)](x, y, eps, n, C, inner, BLOCK=_BLOCK, DTYPE=TL_DTYPES[x.dtype],
+                                               BF16_BY_HAND=INTERPRET)
     return y
 
 
 def crrelu_bwd(grad: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, C: int, inner: int, need_grad_x: bool,
                need_grad_eps: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(grad_x or None, grad_eps [C] float64 or None)."""
-    _check("grad", grad)
-    _check("x", x)
+    check_tensor("crrelu", "grad", grad)
+    check_tensor("crrelu", "x", x)
     n = x.numel()
     gx = torch.empty_like(x) if need_grad_x else None
     geps = torch.zeros(C, dtype=torch.float64, device=x.device) if need_grad_eps else None
@@ -90,7 +83,7 @@ def crrelu_bwd(grad: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, C: int, i
     partial = torch.empty(programs if need_grad_eps and shared else 1, dtype=eps.dtype, device=x.device)
     _bwd_kernel[(programs,)](grad, x, eps, x if gx is None else gx, partial if geps is None else geps, partial, n, C,
                              inner, BLOCK=_BLOCK, GRAD_X=need_grad_x, GRAD_EPS=need_grad_eps, SHARED=shared,
-                             DTYPE=_TL_DTYPES[x.dtype], BF16_BY_HAND=_INTERPRET)
+                             DTYPE=TL_DTYPES[x.dtype], BF16_BY_HAND=INTERPRET)
     if need_grad_eps and shared:
         geps += partial.double().sum()
     return gx, geps

@@ -22,23 +22,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .lif import _INTERPRET, _TL_DTYPES, _to_storage
+from .common import INTERPRET, TL_DTYPES, check_tensor, tl_acc_dtype, to_storage
 
 _BLOCK_C = 64
 _BLOCK = 1024
-
-
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _check(name: str, t: torch.Tensor, shape=None, dtype=None) -> None:
-    if not isinstance(t, torch.Tensor) or not t.is_contiguous():
-        raise ValueError(f"gated: {name} must be a contiguous tensor")
-    if shape is not None and tuple(t.shape) != tuple(shape):
-        raise ValueError(f"gated: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"gated: {name} must be {dtype}, got {t.dtype}")
 
 
 @triton.jit
@@ -111,7 +98,7 @@ def _core_bwd2_kernel(attn_ptr, gs_ptr, gzp_ptr, w_ptr, gx0_ptr, gx_ptr, N1, C, 
         gz = tl.load(gzp_ptr + row * C + c, mask=c_ok, other=0.0)
         wv = tl.load(w_ptr + row * C + c, mask=c_ok, other=0.0)
         acc += a[:, None] * gz[None, :] + g[:, None] * wv[None, :]
-    tl.store(gx_ptr + b * N1 * C + n[:, None] * C + c[None, :], _to_storage(acc, DTYPE, BF16_BY_HAND),
+    tl.store(gx_ptr + b * N1 * C + n[:, None] * C + c[None, :], to_storage(acc, DTYPE, BF16_BY_HAND),
              mask=n_ok[:, None] & c_ok[None, :])
 
 
@@ -124,7 +111,7 @@ def _route_kernel(g_ptr, mo_ptr, mi_ptr, numel, cols, HAS_IN: tl.constexpr, BLOC
     if HAS_IN:
         mo = mo * tl.load(mi_ptr + offs % cols, mask=ok, other=0.0)
     g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(ACC)
-    tl.store(g_ptr + offs, _to_storage(g * (1.0 - mo), DTYPE, BF16_BY_HAND), mask=ok)
+    tl.store(g_ptr + offs, to_storage(g * (1.0 - mo), DTYPE, BF16_BY_HAND), mask=ok)
 
 
 @triton.jit
@@ -137,7 +124,7 @@ def _comp_kernel(g_ptr, e_ptr, numel, s, s_max, clamp, BLOCK: tl.constexpr, ACC:
     num = 0.5 * (tl.exp(se) + tl.exp(-se)) + 1.0
     den = 0.5 * (tl.exp(e) + tl.exp(-e)) + 1.0
     g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(ACC)
-    tl.store(g_ptr + offs, _to_storage(g * ((s_max / s) * num / den), DTYPE, BF16_BY_HAND), mask=ok)
+    tl.store(g_ptr + offs, to_storage(g * ((s_max / s) * num / den), DTYPE, BF16_BY_HAND), mask=ok)
 
 
 def _blocks(n1: int) -> tuple[int, int]:
@@ -148,13 +135,13 @@ def core_fwd(x: torch.Tensor, w: torch.Tensor, attn: torch.Tensor, zp: torch.Ten
     """attn [B, H, N1] and zp [B, H, C] from x [B, N1, C] and w [B, H, C] (written in place)."""
     B, N1, C = x.shape
     H = w.shape[1]
-    _check("x", x)
+    check_tensor("gated", "x", x)
     for name, t, shape in (("w", w, (B, H, C)), ("attn", attn, (B, H, N1)), ("zp", zp, (B, H, C))):
-        _check(name, t, shape, w.dtype)
+        check_tensor("gated", name, t, (w.dtype,), shape)
     if B == 0:
         return
     block_n, block_c = _blocks(N1)
-    _core_fwd_kernel[(B * H,)](x, w, attn, zp, N1, C, H, BLOCK_N=block_n, BLOCK_C=block_c, ACC=_acc(w.dtype))
+    _core_fwd_kernel[(B * H,)](x, w, attn, zp, N1, C, H, BLOCK_N=block_n, BLOCK_C=block_c, ACC=tl_acc_dtype(w.dtype))
 
 
 def core_bwd1(x: torch.Tensor, attn: torch.Tensor, gzp: torch.Tensor, gs: torch.Tensor, gw: torch.Tensor,
@@ -162,15 +149,15 @@ def core_bwd1(x: torch.Tensor, attn: torch.Tensor, gzp: torch.Tensor, gs: torch.
     """gs [B, H, N1], gw [B, H, C] and zp [B, H, C] (written in place) from x, attn and gzp."""
     B, N1, C = x.shape
     H = attn.shape[1]
-    _check("x", x)
+    check_tensor("gated", "x", x)
     for name, t, shape in (("attn", attn, (B, H, N1)), ("gzp", gzp, (B, H, C)), ("gs", gs, (B, H, N1)),
                            ("gw", gw, (B, H, C)), ("zp", zp, (B, H, C))):
-        _check(name, t, shape, attn.dtype)
+        check_tensor("gated", name, t, (attn.dtype,), shape)
     if B == 0:
         return
     block_n, block_c = _blocks(N1)
     _core_bwd1_kernel[(B * H,)](x, attn, gzp, gs, gw, zp, N1, C, H, BLOCK_N=block_n, BLOCK_C=block_c,
-                                ACC=_acc(attn.dtype))
+                                ACC=tl_acc_dtype(attn.dtype))
 
 
 def core_bwd2(attn: torch.Tensor, gs: torch.Tensor, gzp: torch.Tensor, w: torch.Tensor, gx0: torch.Tensor,
@@ -178,36 +165,36 @@ def core_bwd2(attn: torch.Tensor, gs: torch.Tensor, gzp: torch.Tensor, w: torch.
     """gx [B, N1, C] (x's dtype, written in place) from attn, gs, gzp, w and the query path's gx0 [B, C]."""
     B, N1, C = gx.shape
     H = attn.shape[1]
-    _check("gx", gx)
+    check_tensor("gated", "gx", gx)
     for name, t, shape in (("attn", attn, (B, H, N1)), ("gs", gs, (B, H, N1)), ("gzp", gzp, (B, H, C)),
                            ("w", w, (B, H, C)), ("gx0", gx0, (B, C))):
-        _check(name, t, shape, attn.dtype)
+        check_tensor("gated", name, t, (attn.dtype,), shape)
     if gx.numel() == 0:
         return
     block_n, block_c = 16, _BLOCK_C
     grid = (B, triton.cdiv(N1, block_n), triton.cdiv(C, block_c))
     _core_bwd2_kernel[grid](attn, gs, gzp, w, gx0, gx, N1, C, H, BLOCK_N=block_n, BLOCK_C=block_c,
-                            ACC=_acc(attn.dtype), DTYPE=_TL_DTYPES[gx.dtype], BF16_BY_HAND=_INTERPRET)
+                            ACC=tl_acc_dtype(attn.dtype), DTYPE=TL_DTYPES[gx.dtype], BF16_BY_HAND=INTERPRET)
 
 
 def route(g: torch.Tensor, m_out: torch.Tensor, m_in: torch.Tensor | None) -> None:
     """g *= 1 - outer(m_out, m_in) (a weight [O, I]) or 1 - m_out (a bias [O], m_in None), in place; the masks are
     in the arithmetic type."""
-    _check("g", g)
+    check_tensor("gated", "g", g)
     if g.numel() == 0:
         return
     cols = 1 if m_in is None else g.shape[1]
     _route_kernel[(triton.cdiv(g.numel(), _BLOCK),)](g, m_out, m_out if m_in is None else m_in, g.numel(), cols,
-                                                     HAS_IN=m_in is not None, BLOCK=_BLOCK, ACC=_acc(g.dtype),
-                                                     DTYPE=_TL_DTYPES[g.dtype], BF16_BY_HAND=_INTERPRET)
+                                                     HAS_IN=m_in is not None, BLOCK=_BLOCK, ACC=tl_acc_dtype(g.dtype),
+                                                     DTYPE=TL_DTYPES[g.dtype], BF16_BY_HAND=INTERPRET)
 
 
 def compensate(g: torch.Tensor, e: torch.Tensor, s: float, s_max: float, clamp: float) -> None:
     """g *= (s_max / s) (cosh(clamp(s e, +-clamp)) + 1) / (cosh(e) + 1), in place (e: g's shape and dtype)."""
-    _check("g", g)
-    _check("e", e, g.shape, g.dtype)
+    check_tensor("gated", "g", g)
+    check_tensor("gated", "e", e, (g.dtype,), g.shape)
     if g.numel() == 0:
         return
     _comp_kernel[(triton.cdiv(g.numel(), _BLOCK),)](g, e, g.numel(), float(s), float(s_max), float(clamp),
-                                                    BLOCK=_BLOCK, ACC=_acc(g.dtype), DTYPE=_TL_DTYPES[g.dtype],
-                                                    BF16_BY_HAND=_INTERPRET)
+                                                    BLOCK=_BLOCK, ACC=tl_acc_dtype(g.dtype), DTYPE=TL_DTYPES[g.dtype],
+                                                    BF16_BY_HAND=INTERPRET)

@@ -15,16 +15,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .lif import _INTERPRET, _TL_DTYPES, _to_storage
+from pyfast._dtypes import acc_dtype
+
+from .common import INTERPRET, TL_DTYPES, check_tensor, tl_acc_dtype, to_storage
 
 _BLOCK = 1024
-
-
-def _check(name, t):
-    if not isinstance(t, torch.Tensor) or not t.is_contiguous():
-        raise ValueError(f"ghost_bn: {name} must be a contiguous tensor")
-    if t.dtype not in _TL_DTYPES:
-        raise TypeError(f"ghost_bn: {name} must be one of float32/float64/float16/bfloat16, got {t.dtype}")
 
 
 @triton.jit
@@ -67,7 +62,7 @@ def _normalize_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, inv_ptr, n, C, S, B,
     y = (tl.load(x_ptr + offs, mask=mask, other=0.0).to(mu.dtype) - mu) * scale
     if HAS_B:
         y += tl.load(b_ptr + c, mask=mask, other=0.0)
-    tl.store(y_ptr + offs, _to_storage(y, DTYPE, BF16_BY_HAND), mask=mask)
+    tl.store(y_ptr + offs, to_storage(y, DTYPE, BF16_BY_HAND), mask=mask)
 
 
 @triton.jit
@@ -113,7 +108,7 @@ def _bwd_dx_kernel(g_ptr, x_ptr, gx_ptr, w_ptr, mean_ptr, inv_ptr, sdy_ptr, sdyx
     dy = tl.load(g_ptr + offs, mask=mask, other=0.0).to(mu.dtype)
     xmu = tl.load(x_ptr + offs, mask=mask, other=0.0).to(mu.dtype) - mu
     dx = a * dy - a * inv * inv * sdyxmu / m * xmu - a * sdy / m
-    tl.store(gx_ptr + offs, _to_storage(dx, DTYPE, BF16_BY_HAND), mask=mask)
+    tl.store(gx_ptr + offs, to_storage(dx, DTYPE, BF16_BY_HAND), mask=mask)
 
 
 def _layout(x: torch.Tensor, ghost_batch_size: int):
@@ -123,25 +118,24 @@ def _layout(x: torch.Tensor, ghost_batch_size: int):
 
 def ghost_bn_fwd(x, weight, bias, ghost_batch_size: int, eps: float):
     """(y, mean, var, invstd); weight / bias: [C] in the arithmetic type or None."""
-    _check("x", x)
+    check_tensor("ghost_bn", "x", x)
     n, c, s, b, g = _layout(x, ghost_batch_size)
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    mean = torch.empty(g, c, dtype=acc, device=x.device)
+    mean = torch.empty(g, c, dtype=acc_dtype(x.dtype), device=x.device)
     var, inv = torch.empty_like(mean), torch.empty_like(mean)
-    _stats_kernel[(g * c,)](x, mean, var, inv, n, c, s, b, eps, BLOCK=_BLOCK, ACC=_TL_DTYPES[acc])
+    _stats_kernel[(g * c,)](x, mean, var, inv, n, c, s, b, eps, BLOCK=_BLOCK, ACC=tl_acc_dtype(x.dtype))
     y = torch.empty_like(x)
     numel = x.numel()
     _normalize_kernel[(triton.cdiv(numel, _BLOCK),)](
         x, y, mean if weight is None else weight, mean if bias is None else bias, mean, inv, numel, c, s, b,
-        HAS_W=weight is not None, HAS_B=bias is not None, BLOCK=_BLOCK, DTYPE=_TL_DTYPES[x.dtype],
-        BF16_BY_HAND=_INTERPRET)
+        HAS_W=weight is not None, HAS_B=bias is not None, BLOCK=_BLOCK, DTYPE=TL_DTYPES[x.dtype],
+        BF16_BY_HAND=INTERPRET)
     return y, mean, var, inv
 
 
 def ghost_bn_bwd(grad, x, mean, invstd, weight, ghost_batch_size: int, need_grad_x: bool):
     """(grad_x or None, sdy [G, C], sdyxmu [G, C])."""
-    _check("grad", grad)
-    _check("x", x)
+    check_tensor("ghost_bn", "grad", grad)
+    check_tensor("ghost_bn", "x", x)
     n, c, s, b, g = _layout(x, ghost_batch_size)
     sdy, sdyxmu = torch.empty_like(mean), torch.empty_like(mean)
     _bwd_stats_kernel[(g * c,)](grad, x, mean, sdy, sdyxmu, n, c, s, b, BLOCK=_BLOCK)
@@ -151,5 +145,5 @@ def ghost_bn_bwd(grad, x, mean, invstd, weight, ghost_batch_size: int, need_grad
         numel = x.numel()
         _bwd_dx_kernel[(triton.cdiv(numel, _BLOCK),)](
             grad, x, gx, mean if weight is None else weight, mean, invstd, sdy, sdyxmu, numel, n, c, s, b,
-            HAS_W=weight is not None, BLOCK=_BLOCK, DTYPE=_TL_DTYPES[x.dtype], BF16_BY_HAND=_INTERPRET)
+            HAS_W=weight is not None, BLOCK=_BLOCK, DTYPE=TL_DTYPES[x.dtype], BF16_BY_HAND=INTERPRET)
     return gx, sdy, sdyxmu

@@ -34,37 +34,20 @@ kernel is branch-free in them.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from pyfast._dtypes import acc_dtype
+
+from .common import INTERPRET, TL_DTYPES, tl_acc_dtype, to_storage
+
 SURROGATE_IDS = {"sigmoid": 0, "atan": 1, "triangle": 2}  # the SURROGATE constexpr of the backward kernel
-
-# Triton's CPU interpreter truncates float32 -> bfloat16 (a GPU rounds to nearest even); under it the kernels round
-# bfloat16 by hand, so the interpreter stores the same H (and spikes) as the C++ kernels and a GPU.
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
-              torch.bfloat16: tl.bfloat16}
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Per-neuron maths (the same as csrc/lif/lif.h)
 # --------------------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _to_storage(v, DTYPE: tl.constexpr, BF16_BY_HAND: tl.constexpr):
-    if DTYPE == tl.bfloat16 and BF16_BY_HAND:
-        bits = v.to(tl.float32).to(tl.uint32, bitcast=True)
-        rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
-        # NaN (v != v) becomes the canonical bfloat16 NaN: rounding its bits could carry it into inf.
-        out = tl.where(v != v, 0x7FC0, rounded).to(tl.uint16).to(tl.bfloat16, bitcast=True)  # noqa: PLR0124
-    else:
-        out = v.to(DTYPE)
-    return out
 
 
 @triton.jit
@@ -189,7 +172,7 @@ def lif_fwd_kernel(
     for _ in range(T):
         xt = tl.load(x_ptrs, mask=mask, other=0.0).to(ACC)
         # Fire and reset on H rounded to the storage dtype: the backward recomputes S from that same value.
-        h_store = _to_storage(_charge(v, xt, k, v_r, DECAY_INPUT), DTYPE, BF16_BY_HAND)
+        h_store = to_storage(_charge(v, xt, k, v_r, DECAY_INPUT), DTYPE, BF16_BY_HAND)
         h = h_store.to(ACC)
         s = _fire(h, v_th)
         tl.store(s_ptrs, s.to(DTYPE), mask=mask)
@@ -199,7 +182,7 @@ def lif_fwd_kernel(
         v = _reset(h, s, v_th, v_r, HARD_RESET)
         x_ptrs += N
         s_ptrs += N
-    tl.store(v_last_ptr + offs, _to_storage(v, DTYPE, BF16_BY_HAND), mask=mask)
+    tl.store(v_last_ptr + offs, to_storage(v, DTYPE, BF16_BY_HAND), mask=mask)
 
 
 @triton.jit(do_not_specialize=["T", "N"])
@@ -245,7 +228,7 @@ def lif_bwd_kernel(
             gx = k * grad_h
         else:
             gx = grad_h
-        tl.store(gx_ptrs, _to_storage(gx, DTYPE, BF16_BY_HAND), mask=mask)
+        tl.store(gx_ptrs, to_storage(gx, DTYPE, BF16_BY_HAND), mask=mask)
         if NEED_GRAD_VTH:
             gth += grad_vth
         if NEED_GRAD_K:
@@ -261,7 +244,7 @@ def lif_bwd_kernel(
         h_ptrs -= N
         gs_ptrs -= N
         gx_ptrs -= N
-    tl.store(grad_v0_ptr + offs, _to_storage(gv, DTYPE, BF16_BY_HAND), mask=mask)
+    tl.store(grad_v0_ptr + offs, to_storage(gv, DTYPE, BF16_BY_HAND), mask=mask)
     if NEED_GRAD_K:
         tl.store(grad_k_ptr + offs, gk, mask=mask)
     if NEED_GRAD_VTH:
@@ -291,14 +274,9 @@ def _launch_config(kernel, n: int, device: torch.device) -> tuple[int, int]:
 
 
 def _acc(dtype: torch.dtype):
-    if dtype not in _TL_DTYPES:
+    if dtype not in TL_DTYPES:
         raise TypeError(f"lif (triton): x must be float32/float64/float16/bfloat16, got {dtype}")
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _param_dtype(dtype: torch.dtype) -> torch.dtype:
-    # k, v_th and their gradients are in the arithmetic dtype: float64 for float64 inputs, else float32.
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    return tl_acc_dtype(dtype)
 
 
 def _surrogate_id(surrogate: str) -> int:
@@ -355,7 +333,7 @@ def lif_fwd(x, v0, k, v_th, v_reset, decay_input, surrogate, alpha, detach_reset
         _expect(name, tensor, numel, x.dtype, dev)
     if n == 0 or t == 0:
         return
-    param_dtype = _param_dtype(x.dtype)
+    param_dtype = acc_dtype(x.dtype)
     k_shared, vth_shared = _shared(k, n, "k", param_dtype, dev), _shared(v_th, n, "v_th", param_dtype, dev)
     args = (
         x, x if v0 is None else v0, k, v_th, spikes, spikes if h_seq is None else h_seq, v_last,
@@ -364,7 +342,7 @@ def lif_fwd(x, v0, k, v_th, v_reset, decay_input, surrogate, alpha, detach_reset
     _launch(
         lif_fwd_kernel, x.device, n, args,
         HAS_V0=v0 is not None, K_SHARED=k_shared, VTH_SHARED=vth_shared, HARD_RESET=v_reset is not None,
-        DECAY_INPUT=bool(decay_input), STORE_H=h_seq is not None, ACC=acc, BF16_BY_HAND=_INTERPRET,
+        DECAY_INPUT=bool(decay_input), STORE_H=h_seq is not None, ACC=acc, BF16_BY_HAND=INTERPRET,
     )
 
 
@@ -385,7 +363,7 @@ def lif_bwd(grad_spikes, grad_v_last, h_seq, x, v0, k, v_th, v_reset, decay_inpu
                                 ("h_seq", h_seq, t * n), ("x", x, t * n), ("v0", v0, n), ("grad_x", grad_x, t * n),
                                 ("grad_v0", grad_v0, n)):
         _expect(name, tensor, numel, h_seq.dtype, dev)
-    param_dtype = _param_dtype(h_seq.dtype)
+    param_dtype = acc_dtype(h_seq.dtype)
     _expect("grad_k", grad_k, n, param_dtype, dev)
     _expect("grad_v_th", grad_v_th, n, param_dtype, dev)
     if n == 0 or t == 0:
@@ -405,5 +383,5 @@ def lif_bwd(grad_spikes, grad_v_last, h_seq, x, v0, k, v_th, v_reset, decay_inpu
         HAS_GRAD_V_LAST=grad_v_last is not None, LOAD_X=load_x, HAS_V0=v0 is not None, K_SHARED=k_shared,
         VTH_SHARED=vth_shared, HARD_RESET=v_reset is not None, DECAY_INPUT=bool(decay_input),
         DETACH_RESET=bool(detach_reset), SURROGATE=_surrogate_id(surrogate), NEED_GRAD_K=need_k,
-        NEED_GRAD_VTH=need_vth, ACC=acc, BF16_BY_HAND=_INTERPRET,
+        NEED_GRAD_VTH=need_vth, ACC=acc, BF16_BY_HAND=INTERPRET,
     )

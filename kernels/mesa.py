@@ -16,17 +16,13 @@ into the new estimates, and the element-wise codes (coalesced over the linear in
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
-from pyfast._triton.lif import _to_storage  # float32 -> storage dtype (bfloat16 rounded by hand in the interpreter)
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
-              torch.bfloat16: tl.bfloat16}
-_BLOCK = 128 if _INTERPRET else 1024
+from .common import INTERPRET, TL_DTYPES, to_storage
+
+_BLOCK = 128 if INTERPRET else 1024
 # Elements of one group per reduction program: 4096 keeps a ViT activation's min / max spread over hundreds of programs
 # (at 2^16 a [64, 65, 384] activation in 6 head groups was 30 programs on a 132-SM H200, which took 71 us for it).
 _CHUNK = 1 << 12
@@ -140,7 +136,7 @@ def _dequantize_kernel(q_ptr, out_ptr, clip_ptr, shift_ptr, numel, G, inner, lm1
     s = _div(tl.full([BLOCK], lm1, tl.float32), tl.load(clip_ptr + g, mask=mask, other=1.0), INTERPRET)
     q = tl.load(q_ptr + i, mask=mask, other=0).to(tl.float32)
     x = tl.where(q > lm1, float("nan"), _div(q, s, INTERPRET) + beta)
-    tl.store(out_ptr + i, _to_storage(x, DTYPE, INTERPRET), mask=mask)
+    tl.store(out_ptr + i, to_storage(x, DTYPE, INTERPRET), mask=mask)
 
 
 def _grouping(shape, dim: int, groups: int) -> tuple[int, int]:
@@ -155,7 +151,7 @@ def _grouping(shape, dim: int, groups: int) -> tuple[int, int]:
 
 
 # enable_fp_fusion=False: no multiply-add contraction, so a GPU rounds every step like the C++ kernels.
-_LAUNCH = {} if _INTERPRET else {"enable_fp_fusion": False}
+_LAUNCH = {} if INTERPRET else {"enable_fp_fusion": False}
 
 
 def quantize(x, clip_val, shift, initialized, seed, dim, levels, ema_decay, update, stochastic):
@@ -175,7 +171,7 @@ def quantize(x, clip_val, shift, initialized, seed, dim, levels, ema_decay, upda
     if x.numel():
         grid = (triton.cdiv(x.numel(), _BLOCK),)
         _quantize_kernel[grid](x, q, clip_out, shift_out, seed, x.numel(), groups, inner, float(levels - 1),
-                               STOCHASTIC=bool(stochastic), INTERPRET=_INTERPRET, BLOCK=_BLOCK, **_LAUNCH)
+                               STOCHASTIC=bool(stochastic), INTERPRET=INTERPRET, BLOCK=_BLOCK, **_LAUNCH)
     return q, clip_out, shift_out
 
 
@@ -186,5 +182,5 @@ def dequantize(q, clip_val, shift, dim, levels, dtype):
     if q.numel():
         grid = (triton.cdiv(q.numel(), _BLOCK),)
         _dequantize_kernel[grid](q, out, clip_val, shift, q.numel(), groups, inner, float(levels - 1),
-                                 DTYPE=_TL_DTYPES[dtype], INTERPRET=_INTERPRET, BLOCK=_BLOCK, **_LAUNCH)
+                                 DTYPE=TL_DTYPES[dtype], INTERPRET=INTERPRET, BLOCK=_BLOCK, **_LAUNCH)
     return out

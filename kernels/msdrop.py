@@ -15,16 +15,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .lif import _INTERPRET, _TL_DTYPES, _to_storage
+from pyfast._dtypes import acc_dtype
+
+from .common import INTERPRET, TL_DTYPES, check_tensor, tl_acc_dtype, to_storage
 
 _BLOCK = 1024
-
-
-def _check(name, t):
-    if not isinstance(t, torch.Tensor) or not t.is_contiguous():
-        raise ValueError(f"msdrop: {name} must be a contiguous tensor")
-    if t.dtype not in _TL_DTYPES:
-        raise TypeError(f"msdrop: {name} must be one of float32/float64/float16/bfloat16, got {t.dtype}")
 
 
 @triton.jit
@@ -54,7 +49,7 @@ def _make_x_kernel(h_ptr, x_ptr, seed_ptr, n, B, D, THRESHOLD, scale, BLOCK: tl.
     kept = (_fmix32(offs.to(tl.uint32) ^ key) >> 8) >= THRESHOLD
     r = offs // D
     v = tl.load(h_ptr + (r % B) * D + offs % D, mask=mask, other=0.0).to(ACC)
-    tl.store(x_ptr + offs, _to_storage(tl.where(kept, v * scale, 0.0), DTYPE, BF16_BY_HAND), mask=mask)
+    tl.store(x_ptr + offs, to_storage(tl.where(kept, v * scale, 0.0), DTYPE, BF16_BY_HAND), mask=mask)
 
 
 @triton.jit
@@ -69,7 +64,7 @@ def _masked_sum_kernel(gx_ptr, gh_ptr, seed_ptr, n, M, THRESHOLD, scale, BLOCK: 
         kept = (_fmix32(j.to(tl.uint32) ^ key) >> 8) >= THRESHOLD
         v = tl.load(gx_ptr + j, mask=mask, other=0.0).to(ACC)
         acc += tl.where(kept, v * scale, 0.0)
-    tl.store(gh_ptr + offs, _to_storage(acc, DTYPE, BF16_BY_HAND), mask=mask)
+    tl.store(gh_ptr + offs, to_storage(acc, DTYPE, BF16_BY_HAND), mask=mask)
 
 
 @triton.jit
@@ -95,54 +90,51 @@ def _grad_kernel(z_ptr, lse_ptr, y_ptr, gl_ptr, g_ptr, R, C, B, BLOCK_C: tl.cons
     y = tl.load(y_ptr + r % B)
     scale = tl.load(gl_ptr) / R
     g = (tl.exp(z - lse) - tl.where(c == y, 1.0, 0.0)) * scale
-    tl.store(g_ptr + r * C + c, _to_storage(g, DTYPE, BF16_BY_HAND), mask=c < C)
-
-
-def _acc(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    tl.store(g_ptr + r * C + c, to_storage(g, DTYPE, BF16_BY_HAND), mask=c < C)
 
 
 def make_x(h: torch.Tensor, seed: torch.Tensor, num_samples: int, thr: int, scale: float) -> torch.Tensor:
     """X [M B, D]: the M masked, rescaled copies of h stacked."""
-    _check("h", h)
+    check_tensor("msdrop", "h", h)
     b, d = h.shape
     x = torch.empty(num_samples * b, d, dtype=h.dtype, device=h.device)
     n = x.numel()
     _make_x_kernel[(triton.cdiv(n, _BLOCK),)](h, x, seed, n, b, d, thr, scale, BLOCK=_BLOCK,
-                                              DTYPE=_TL_DTYPES[h.dtype], ACC=_acc(h.dtype), BF16_BY_HAND=_INTERPRET)
+                                              DTYPE=TL_DTYPES[h.dtype], ACC=tl_acc_dtype(h.dtype),
+                                              BF16_BY_HAND=INTERPRET)
     return x
 
 
 def masked_sum(gx: torch.Tensor, seed: torch.Tensor, num_samples: int, batch: int, thr: int,
                scale: float) -> torch.Tensor:
     """dh [B, D] = sum_k keep_k s gx_k for gx [M B, D]."""
-    _check("gx", gx)
+    check_tensor("msdrop", "gx", gx)
     d = gx.shape[1]
     gh = torch.empty(batch, d, dtype=gx.dtype, device=gx.device)
     n = gh.numel()
     _masked_sum_kernel[(triton.cdiv(n, _BLOCK),)](gx, gh, seed, n, num_samples, thr, scale, BLOCK=_BLOCK,
-                                                  DTYPE=_TL_DTYPES[gx.dtype], ACC=_acc(gx.dtype),
-                                                  BF16_BY_HAND=_INTERPRET)
+                                                  DTYPE=TL_DTYPES[gx.dtype], ACC=tl_acc_dtype(gx.dtype),
+                                                  BF16_BY_HAND=INTERPRET)
     return gh
 
 
 def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, batch: int):
     """(lse [R] in the arithmetic type, per-row loss [R] float64) of logits [R, C]."""
-    _check("logits", logits)
+    check_tensor("msdrop", "logits", logits)
     r, c = logits.shape
-    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    lse = torch.empty(r, dtype=acc, device=logits.device)
+    lse = torch.empty(r, dtype=acc_dtype(logits.dtype), device=logits.device)
     rows = torch.empty(r, dtype=torch.float64, device=logits.device)
-    _ce_kernel[(r,)](logits, target, lse, rows, c, batch, BLOCK_C=triton.next_power_of_2(c), ACC=_acc(logits.dtype))
+    _ce_kernel[(r,)](logits, target, lse, rows, c, batch, BLOCK_C=triton.next_power_of_2(c),
+                     ACC=tl_acc_dtype(logits.dtype))
     return lse, rows
 
 
 def grad_logits(logits: torch.Tensor, lse: torch.Tensor, target: torch.Tensor, grad_loss: torch.Tensor,
                 batch: int) -> torch.Tensor:
     """G [R, C] = (softmax - onehot) dloss / R."""
-    _check("logits", logits)
+    check_tensor("msdrop", "logits", logits)
     r, c = logits.shape
     g = torch.empty_like(logits)
     _grad_kernel[(r,)](logits, lse, target, grad_loss, g, r, c, batch, BLOCK_C=triton.next_power_of_2(c),
-                       DTYPE=_TL_DTYPES[logits.dtype], BF16_BY_HAND=_INTERPRET)
+                       DTYPE=TL_DTYPES[logits.dtype], BF16_BY_HAND=INTERPRET)
     return g

@@ -23,14 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .lif import _INTERPRET, _TL_DTYPES, _to_storage
+from pyfast._dtypes import acc_dtype
 
-
-def _check(name, t, dtypes=tuple(_TL_DTYPES)):
-    if not isinstance(t, torch.Tensor) or not t.is_contiguous():
-        raise ValueError(f"pld: {name} must be a contiguous tensor")
-    if t.dtype not in dtypes:
-        raise TypeError(f"pld: {name} must be one of {', '.join(str(d) for d in dtypes)}, got {t.dtype}")
+from .common import INTERPRET, TL_DTYPES, check_tensor, to_storage
 
 
 @triton.jit
@@ -117,31 +112,27 @@ def _bwd_kernel(g_ptr, s_ptr, t_ptr, perm_ptr, lse_ptr, tau_ptr, gs_ptr, gt_ptr,
     if GRAD_S:
         pm, ps = tl.associative_scan((tl.where(valid, la - log_z, -float("inf")), one), 0, _lse_add)
         gz = g * (tl.exp(z + pm + tl.log(ps)) - a)
-        tl.store(gs_ptr + row * C + perm, _to_storage(gz, DTYPE, BF16_BY_HAND), mask=valid)
+        tl.store(gs_ptr + row * C + perm, to_storage(gz, DTYPE, BF16_BY_HAND), mask=valid)
     if GRAD_T:
         l = log_z - z
         total = tl.sum(tl.where(valid, a * l, 0.0), 0)
         gt = (g / tau) * a * (l - total)
-        tl.store(gt_ptr + row * C + perm, _to_storage(gt, DTYPE, BF16_BY_HAND), mask=valid)
+        tl.store(gt_ptr + row * C + perm, to_storage(gt, DTYPE, BF16_BY_HAND), mask=valid)
 
 
 def _quiet():
     """The interpreter also computes the masked lanes (log 0, -inf - -inf of the padding), which numpy reports; the
     stores never use them, and a GPU reports nothing."""
-    return np.errstate(divide="ignore", invalid="ignore") if _INTERPRET else contextlib.nullcontext()
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    return np.errstate(divide="ignore", invalid="ignore") if INTERPRET else contextlib.nullcontext()
 
 
 def _tau(tau_t: float, dtype: torch.dtype, device) -> torch.Tensor:
-    return torch.tensor([tau_t], dtype=_acc(dtype), device=device)
+    return torch.tensor([tau_t], dtype=acc_dtype(dtype), device=device)
 
 
 def _check_pair(student, teacher):
-    _check("student", student)
-    _check("teacher", teacher, (student.dtype,))
+    check_tensor("pld", "student", student)
+    check_tensor("pld", "teacher", teacher, (student.dtype,))
     if student.dim() != 2 or teacher.shape != student.shape or student.shape[1] < 1:
         raise ValueError(f"pld: student and teacher must be [B, C] of one shape with C >= 1, got "
                          f"{tuple(student.shape)} and {tuple(teacher.shape)}")
@@ -150,9 +141,9 @@ def _check_pair(student, teacher):
 def pld_fwd(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, tau_t: float):
     """(loss [B], perm int32 [B, C], teacher_lse [B]); loss and teacher_lse in float32 (float64 for float64)."""
     _check_pair(student, teacher)
-    _check("labels", labels, (torch.int64,))
+    check_tensor("pld", "labels", labels, (torch.int64,))
     b, c = student.shape
-    acc = _acc(student.dtype)
+    acc = acc_dtype(student.dtype)
     loss = torch.empty(b, dtype=acc, device=student.device)
     lse = torch.empty(b, dtype=acc, device=student.device)
     perm = torch.empty(b, c, dtype=torch.int32, device=student.device)
@@ -168,10 +159,10 @@ def pld_bwd(grad_loss: torch.Tensor, student: torch.Tensor, teacher: torch.Tenso
             teacher_lse: torch.Tensor, tau_t: float, need_grad_student: bool, need_grad_teacher: bool):
     """(grad_student, grad_teacher), [B, C] in the inputs' dtype; shape [0] when not requested."""
     _check_pair(student, teacher)
-    _check("perm", perm, (torch.int32,))
-    acc = _acc(student.dtype)
-    _check("grad_loss", grad_loss, (acc,))
-    _check("teacher_lse", teacher_lse, (acc,))
+    check_tensor("pld", "perm", perm, (torch.int32,))
+    acc = acc_dtype(student.dtype)
+    check_tensor("pld", "grad_loss", grad_loss, (acc,))
+    check_tensor("pld", "teacher_lse", teacher_lse, (acc,))
     b, c = student.shape
     gs = torch.empty_like(student) if need_grad_student else student.new_empty((0,))
     gt = torch.empty_like(teacher) if need_grad_teacher else teacher.new_empty((0,))
@@ -179,6 +170,6 @@ def pld_bwd(grad_loss: torch.Tensor, student: torch.Tensor, teacher: torch.Tenso
         with _quiet():
             _bwd_kernel[(b,)](grad_loss, student, teacher, perm, teacher_lse,
                               _tau(tau_t, student.dtype, student.device), gs, gt, c, BLOCK=triton.next_power_of_2(c),
-                              DTYPE=_TL_DTYPES[student.dtype], BF16_BY_HAND=_INTERPRET, GRAD_S=need_grad_student,
+                              DTYPE=TL_DTYPES[student.dtype], BF16_BY_HAND=INTERPRET, GRAD_S=need_grad_student,
                               GRAD_T=need_grad_teacher)
     return gs, gt

@@ -18,10 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .lif import _INTERPRET, _to_storage
+from .common import INTERPRET, TL_DTYPES, check_tensor, to_storage
 
-_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16,
-              torch.bfloat16: tl.bfloat16}
 _SCALE_BLOCK = 1024
 _BWD_TILE = 2048  # elements of one backward program's [BLOCK_R, TAPS_PAD] tile
 
@@ -36,13 +34,6 @@ def geometry(shape, den_numel: int) -> dict:
     taps = ks[0] * ks[1] * ks[2]
     rows = 0 if taps == 0 else int(torch.Size(shape).numel()) // taps
     return {"K": ks, "M": ms, "OFF": offs, "taps": taps, "rows": rows, "axes": d}
-
-
-def _check(name, t, dtypes=None):
-    if not isinstance(t, torch.Tensor) or not t.is_contiguous():
-        raise ValueError(f"wconv: {name} must be a contiguous tensor")
-    if dtypes is not None and t.dtype not in dtypes:
-        raise TypeError(f"wconv: {name} must be one of float32/float64/float16/bfloat16, got {t.dtype}")
 
 
 @triton.jit
@@ -67,7 +58,7 @@ def _scale_kernel(in_ptr, out_ptr, den_ptr, n, TAPS, K0, K1, K2, M0, M1, M2, OFF
     mask = offs < n
     phi = _phi(den_ptr, offs % TAPS, K0, K1, K2, M0, M1, M2, OFF0, OFF1, OFF2, mask)
     x = tl.load(in_ptr + offs, mask=mask, other=0.0).to(phi.dtype)
-    tl.store(out_ptr + offs, _to_storage(x * phi, DTYPE, BF16_BY_HAND), mask=mask)
+    tl.store(out_ptr + offs, to_storage(x * phi, DTYPE, BF16_BY_HAND), mask=mask)
 
 
 @triton.jit
@@ -83,7 +74,7 @@ def _bwd_kernel(g_ptr, w_ptr, den_ptr, gw_ptr, partial_ptr, rows, TAPS, K0, K1, 
     phi = _phi(den_ptr, t, K0, K1, K2, M0, M1, M2, OFF0, OFF1, OFF2, tap_ok)
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(phi.dtype)
     if GRAD_W:
-        tl.store(gw_ptr + offs, _to_storage(g * phi, DTYPE, BF16_BY_HAND), mask=mask)
+        tl.store(gw_ptr + offs, to_storage(g * phi, DTYPE, BF16_BY_HAND), mask=mask)
     w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(phi.dtype)
     s = tl.sum(g * w, axis=0)
     tl.store(partial_ptr + pid * TAPS_PAD + tl.arange(0, TAPS_PAD), s)
@@ -95,16 +86,16 @@ def _geo_args(geo):
 
 def wconv_scale(x: torch.Tensor, den: torch.Tensor, out: torch.Tensor) -> None:
     """out = x * Phi (x: a weight-shaped tensor, contiguous; den: 1-D, in the arithmetic type)."""
-    _check("x", x, _TL_DTYPES)
-    _check("out", out)
-    _check("den", den, (torch.float32, torch.float64))
+    check_tensor("wconv", "x", x)
+    check_tensor("wconv", "out", out, dtypes=None)
+    check_tensor("wconv", "den", den, (torch.float32, torch.float64))
     geo = geometry(x.shape, den.numel())
     n = x.numel()
     if n == 0:
         return
     grid = (triton.cdiv(n, _SCALE_BLOCK),)
-    _scale_kernel[grid](x, out, den, n, geo["taps"], *_geo_args(geo), BLOCK=_SCALE_BLOCK, DTYPE=_TL_DTYPES[x.dtype],
-                        BF16_BY_HAND=_INTERPRET)
+    _scale_kernel[grid](x, out, den, n, geo["taps"], *_geo_args(geo), BLOCK=_SCALE_BLOCK, DTYPE=TL_DTYPES[x.dtype],
+                        BF16_BY_HAND=INTERPRET)
 
 
 def den_grad_from_tap_sums(s: torch.Tensor, den: torch.Tensor, geo: dict) -> torch.Tensor:
@@ -126,11 +117,11 @@ def den_grad_from_tap_sums(s: torch.Tensor, den: torch.Tensor, geo: dict) -> tor
 
 def wconv_bwd(grad: torch.Tensor, weight: torch.Tensor, den: torch.Tensor, grad_w: torch.Tensor | None) -> torch.Tensor:
     """d(den) (den's dtype), and grad_w = grad * Phi in the same pass when grad_w is given."""
-    _check("grad", grad, _TL_DTYPES)
-    _check("weight", weight, _TL_DTYPES)
-    _check("den", den, (torch.float32, torch.float64))
+    check_tensor("wconv", "grad", grad)
+    check_tensor("wconv", "weight", weight)
+    check_tensor("wconv", "den", den, (torch.float32, torch.float64))
     if grad_w is not None:
-        _check("grad_w", grad_w)
+        check_tensor("wconv", "grad_w", grad_w, dtypes=None)
     geo = geometry(grad.shape, den.numel())
     taps_pad = triton.next_power_of_2(max(geo["taps"], 1))
     block_r = max(1, _BWD_TILE // taps_pad)
@@ -140,6 +131,6 @@ def wconv_bwd(grad: torch.Tensor, weight: torch.Tensor, den: torch.Tensor, grad_
     partial = torch.empty((programs, taps_pad), dtype=den.dtype, device=den.device)
     _bwd_kernel[(programs,)](grad, weight, den, grad if grad_w is None else grad_w, partial, geo["rows"], geo["taps"],
                              *_geo_args(geo), BLOCK_R=block_r, TAPS_PAD=taps_pad, GRAD_W=grad_w is not None,
-                             DTYPE=_TL_DTYPES[grad.dtype], BF16_BY_HAND=_INTERPRET)
+                             DTYPE=TL_DTYPES[grad.dtype], BF16_BY_HAND=INTERPRET)
     s = partial.double().sum(0)[:geo["taps"]]
     return den_grad_from_tap_sums(s, den, geo)

@@ -42,7 +42,9 @@ def use_backend(backend: str):
         _default.pop()
 
 
-def _warn_once(op: str, reason: str) -> None:
+def warn_fallback_once(op: str, reason: str) -> None:
+    """Warn that ``op`` falls back to the slow reference implementation because of ``reason`` (one line saying what
+    is missing); each (op, reason) pair warns once per process."""
     if (op, reason) not in _warned:
         _warned.add((op, reason))
         warnings.warn(f"pyfast.{op}: falling back to the slow reference implementation: {reason}", stacklevel=3)
@@ -87,5 +89,5 @@ def resolve(op: str, backend: str, device: torch.device) -> str:
         if not reason:
             return candidate
         reasons.append(f"{candidate}: {reason}")
-    _warn_once(op, "; ".join(reasons))
+    warn_fallback_once(op, "; ".join(reasons))
     return "reference"

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pyfast.nn._checks import check_backend, check_bool, check_choice, check_number, check_shape
-from pyfast.ops.lif import _lif_decay
+from pyfast.ops.lif import lif_decay
 from pyfast.reference.lif import SURROGATES
 
 
@@ -90,9 +90,10 @@ class LIF(nn.Module):
 
     def forward(self, x: torch.Tensor, v0: torch.Tensor | None = None):
         # sigmoid / clamp keep a learnable k inside [0, 1]: no per-call value check (a device sync on a GPU).
-        return _lif_decay(
-            x, v0, self.decay(), self.v_threshold, self.v_reset, self.decay_input, self.surrogate, self.alpha,
-            self.detach_reset, self.return_v, self.backend, k_in_range=self.learnable_tau or self.learnable_leak,
+        return lif_decay(
+            x, v0, k=self.decay(), v_threshold=self.v_threshold, v_reset=self.v_reset, decay_input=self.decay_input,
+            surrogate=self.surrogate, alpha=self.alpha, detach_reset=self.detach_reset, return_v=self.return_v,
+            backend=self.backend, k_in_range=self.learnable_tau or self.learnable_leak,
         )
 
     def extra_repr(self) -> str:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import torch
 
 from pyfast import _extension
+from pyfast._dtypes import FLOAT_DTYPES, acc_dtype
 from pyfast.backends import resolve
-from pyfast.reference.crrelu import acc_dtype, crrelu_ref
+from pyfast.reference.crrelu import crrelu_ref
 
 __all__ = ["crrelu"]
-
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -106,7 +105,7 @@ crrelu_fwd_triton.register_autograd(_make_backward(torch.ops.pyfast.crrelu_bwd_t
 def _check(x, eps, dim) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"crrelu: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOATS:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"crrelu: x must be float32/float64/float16/bfloat16, got {x.dtype}")
     if x.numel() == 0:
         raise ValueError(f"crrelu: x must not be empty, got shape {tuple(x.shape)}")

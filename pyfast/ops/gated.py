@@ -17,17 +17,12 @@ from collections.abc import Sequence
 import torch
 
 from pyfast import _extension
+from pyfast._dtypes import FLOAT_DTYPES, acc_dtype
 from pyfast._numbers import is_finite, is_number
 from pyfast.backends import resolve
 from pyfast.reference.gated import gate_compensation_ref, gated_class_attention_ref, gated_route_ref
 
 __all__ = ["gate_compensation", "gated_class_attention", "gated_route_"]
-
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -37,7 +32,7 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 
 def _fwd_fake(x, gate, wq, bq, wk, wv, bv, wp, bp, num_heads):
     B, N1, C = x.shape
-    return x.new_empty((B, C)), x.new_empty((B, num_heads, N1), dtype=_acc(x.dtype))
+    return x.new_empty((B, C)), x.new_empty((B, num_heads, N1), dtype=acc_dtype(x.dtype))
 
 
 def _bwd_fake(grad_out, x, gate, wq, bq, wk, wv, bv, wp, bp, attn, num_heads):
@@ -113,7 +108,7 @@ def gated_cattn_fwd_triton(x: torch.Tensor, gate: torch.Tensor, wq: torch.Tensor
     from pyfast._triton import gated as kernels  # triton is optional: imported on first use
 
     _check_cattn(x, gate, wq, bq, wk, wv, bv, wp, bp, num_heads)
-    A = _acc(x.dtype)
+    A = acc_dtype(x.dtype)
     x = x.contiguous()
     m, wq, bq, wk, wv, bv, wp, bp = _cast((gate, wq, bq, wk, wv, bv, wp, bp), A)
     B, N1, C = x.shape
@@ -134,7 +129,7 @@ def gated_cattn_bwd_triton(grad_out: torch.Tensor, x: torch.Tensor, gate: torch.
     from pyfast._triton import gated as kernels
 
     _check_cattn(x, gate, wq, bq, wk, wv, bv, wp, bp, num_heads)
-    A = _acc(x.dtype)
+    A = acc_dtype(x.dtype)
     dtypes = [t.dtype for t in (gate, wq, wk, wv, wp)]
     x = x.contiguous()
     m, wq_, bq_, wk_, wv_, bv_, wp_, bp_, attn, gy = _cast((gate, wq, bq, wk, wv, bv, wp, bp, attn, grad_out), A)
@@ -182,7 +177,7 @@ def gated_route_triton(grads: list[torch.Tensor], masks_out: list[torch.Tensor],
 
     _check_route(grads, masks_out, masks_in, emb_grads, embs, s, s_max, clamp)
     for g, mo, mi in zip(grads, masks_out, masks_in, strict=True):
-        A = _acc(g.dtype)
+        A = acc_dtype(g.dtype)
         c = g.contiguous()
         kernels.route(c, mo.to(A).contiguous(), None if mi.numel() == 0 else mi.to(A).contiguous())
         if c.data_ptr() != g.data_ptr():
@@ -209,7 +204,7 @@ gated_cattn_fwd_triton.register_autograd(_make_backward(torch.ops.pyfast.gated_c
 def _check_tensor(t, name: str, shape, device) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"gated_class_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _FLOATS:
+    if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"gated_class_attention: {name} must be float32/float64/float16/bfloat16, got {t.dtype}")
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"gated_class_attention: {name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
@@ -220,7 +215,7 @@ def _check_tensor(t, name: str, shape, device) -> None:
 def _check_cattn(x, gate, wq, bq, wk, wv, bv, wp, bp, num_heads) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"gated_class_attention: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOATS:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"gated_class_attention: x must be float32/float64/float16/bfloat16, got {x.dtype}")
     if x.dim() != 3 or x.shape[1] < 1 or x.shape[2] < 1:
         raise ValueError(f"gated_class_attention: x must be [B, N+1, C] with the task token at index 0 and C > 0, "
@@ -237,16 +232,15 @@ def _check_cattn(x, gate, wq, bq, wk, wv, bv, wp, bp, num_heads) -> None:
             _check_tensor(t, name, (C,), x.device)
 
 
-def _check_number(v, name: str) -> float:
-    if not is_number(v) or not is_finite(v) or v <= 0:
-        raise ValueError(f"gated_route_: {name} must be a finite number > 0, got {v!r}")
-    return float(v)
+def _check_compensation(fn: str, s, s_max, clamp) -> None:
+    """s, s_max and clamp of the embedding compensation: finite numbers > 0 (``fn``: the public function)."""
+    for name, v in (("s", s), ("s_max", s_max), ("clamp", clamp)):
+        if not is_number(v) or not is_finite(v) or v <= 0:
+            raise ValueError(f"{fn}: {name} must be a finite number > 0, got {v!r}")
 
 
 def _check_route(grads, masks_out, masks_in, emb_grads, embs, s, s_max, clamp) -> None:
-    _check_number(s, "s")
-    _check_number(s_max, "s_max")
-    _check_number(clamp, "clamp")
+    _check_compensation("gated_route_", s, s_max, clamp)
     if not len(grads) == len(masks_out) == len(masks_in):
         raise ValueError(f"gated_route_: grads, masks_out and masks_in must have the same length, got {len(grads)}, "
                          f"{len(masks_out)}, {len(masks_in)}")
@@ -255,7 +249,7 @@ def _check_route(grads, masks_out, masks_in, emb_grads, embs, s, s_max, clamp) -
                          f"{len(embs)}")
     for i, (g, mo, mi) in enumerate(zip(grads, masks_out, masks_in)):
         for name, t in ((f"grads[{i}]", g), (f"masks_out[{i}]", mo), (f"masks_in[{i}]", mi)):
-            if not isinstance(t, torch.Tensor) or t.dtype not in _FLOATS:
+            if not isinstance(t, torch.Tensor) or t.dtype not in FLOAT_DTYPES:
                 raise TypeError(f"gated_route_: {name} must be a floating tensor, got "
                                 f"{getattr(t, 'dtype', type(t).__name__)}")
             if t.device != g.device:
@@ -268,11 +262,25 @@ def _check_route(grads, masks_out, masks_in, emb_grads, embs, s, s_max, clamp) -
             raise ValueError(f"gated_route_: masks of grads[{i}] {tuple(g.shape)} must be [out] and [in] (mismatched "
                              f"widths), got {tuple(mo.shape)} and {tuple(mi.shape)}")
     for j, (g, e) in enumerate(zip(emb_grads, embs)):
-        if not isinstance(g, torch.Tensor) or g.dtype not in _FLOATS:
+        if not isinstance(g, torch.Tensor) or g.dtype not in FLOAT_DTYPES:
             raise TypeError(f"gated_route_: emb_grads[{j}] must be a floating tensor")
         if not isinstance(e, torch.Tensor) or tuple(e.shape) != tuple(g.shape) or e.device != g.device:
             raise ValueError(f"gated_route_: embs[{j}] must be a tensor of emb_grads[{j}]'s shape {tuple(g.shape)} on "
                              f"{g.device}")
+
+
+def _check_writable(name: str, tensors) -> None:
+    """The routing writes ``tensors`` in place and has no autograd formula. A leaf that requires grad is a parameter,
+    not a gradient: torch's in-place ops refuse it in grad mode, and under torch.no_grad (where routing runs) it
+    would be overwritten silently, so it is refused in both. In grad mode any tensor that requires grad is refused:
+    autograd would not see the change."""
+    for i, t in enumerate(tensors):
+        if t.requires_grad and t.is_leaf:
+            raise RuntimeError(f"gated_route_: {name}[{i}] is a leaf tensor that requires grad (a parameter, not a "
+                               f"gradient), which the routing would overwrite in place; pass its gradient (p.grad)")
+        if t.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(f"gated_route_: {name}[{i}] requires grad in grad mode, but the routing writes it in "
+                               f"place without an autograd formula; route under torch.no_grad()")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -323,13 +331,17 @@ def gated_route_(grads: Sequence[torch.Tensor], masks_out: Sequence[torch.Tensor
         grads[i] *= 1 - masks_out[i]                         (a bias [out]: masks_in[i] None)
         emb_grads[j] *= (s_max / s) (cosh(clamp(s e_j, -clamp, clamp)) + 1) / (cosh(e_j) + 1),   e_j = embs[j]
 
-    ``masks_*`` are the accumulated binarised masks of the finished tasks (m_pre); the compensation undoes the 1/s
-    damping of the annealed ``sigmoid(s e)`` (HAT, as GCAB applies it). s, s_max, clamp: finite and > 0. Computed in
-    float32 (float64 for float64 gradients).
+    ``grads`` / ``emb_grads`` are gradients (``p.grad``), written in place: a leaf tensor that requires grad (a
+    parameter itself) raises a RuntimeError, and so does any tensor that requires grad in grad mode (the routing has
+    no autograd formula). ``masks_*`` are the accumulated binarised masks of the finished tasks (m_pre); the
+    compensation undoes the 1/s damping of the annealed ``sigmoid(s e)`` (HAT, as GCAB applies it). s, s_max,
+    clamp: finite and > 0. Computed in float32 (float64 for float64 gradients).
     """
     masks_in = [g.new_empty((0,)) if mi is None else mi for g, mi in zip(grads, masks_in)]
     grads, masks_out, emb_grads, embs = list(grads), list(masks_out), list(emb_grads), list(embs)
     _check_route(grads, masks_out, masks_in, emb_grads, embs, s, s_max, clamp)
+    _check_writable("grads", grads)
+    _check_writable("emb_grads", emb_grads)
     device = grads[0].device if grads else emb_grads[0].device if emb_grads else torch.device("cpu")
     chosen = resolve("gated", backend, device)
     if chosen == "reference":
@@ -347,7 +359,5 @@ def gated_route_(grads: Sequence[torch.Tensor], masks_out: Sequence[torch.Tensor
 
 def gate_compensation(e: torch.Tensor, s: float, s_max: float, clamp: float = 50.0) -> torch.Tensor:
     """The embedding-gradient factor ``(s_max / s) (cosh(clamp(s e, +-clamp)) + 1) / (cosh(e) + 1)`` (reference)."""
-    _check_number(s, "s")
-    _check_number(s_max, "s_max")
-    _check_number(clamp, "clamp")
+    _check_compensation("gate_compensation", s, s_max, clamp)
     return gate_compensation_ref(e, s, s_max, clamp)

@@ -15,13 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from pyfast import _extension
+from pyfast._dtypes import FLOAT_DTYPES, acc_dtype
 from pyfast._numbers import is_finite, is_number
 from pyfast.backends import resolve
-from pyfast.reference.ghost_bn import acc_dtype, ghost_batch_norm_ref, ghost_counts, num_ghosts
+from pyfast.reference.ghost_bn import ghost_batch_norm_ref, ghost_counts, num_ghosts
 
 __all__ = ["ghost_batch_norm"]
-
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -132,7 +131,7 @@ def check_hyperparameters(ghost_batch_size, momentum, eps) -> None:
 def _check(x, running_mean, running_var, weight, bias) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"ghost_batch_norm: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOATS:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"ghost_batch_norm: x must be float32/float64/float16/bfloat16, got {x.dtype}")
     if x.dim() < 2:
         raise ValueError(f"ghost_batch_norm: x must be [N, C, *], got shape {tuple(x.shape)}")

@@ -18,13 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from pyfast import _extension
+from pyfast._dtypes import FLOAT_DTYPES, acc_dtype
 from pyfast._numbers import is_finite, is_number
 from pyfast.backends import resolve
 from pyfast.reference.karat import karat_attention_ref, karat_z_ref
 
 __all__ = ["karat_attention", "karat_basis"]
-
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -67,10 +66,6 @@ if _extension.has_cpp():
                                     setup_context=_setup_context)
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def pack_coef(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``a, b [H, r, N, G] -> C [H, r, 2 G N]`` with ``C[h, p, (t G + m - 1) N + q] = (b if t else a)[h, p, q, m-1]``:
     the kernels' K-dimension order (cos block, then sin block; harmonic-major, q contiguous)."""
@@ -93,7 +88,7 @@ def unpack_coef(gC: torch.Tensor, shape, dtype: torch.dtype) -> tuple[torch.Tens
 def karat_fwd_triton(q: torch.Tensor, k: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
     from pyfast._triton import karat as kernels  # triton is optional: imported on first use
 
-    acc = _acc(q.dtype)
+    acc = acc_dtype(q.dtype)
     z = kernels.karat_fwd(q.to(acc).contiguous(), k.to(acc).contiguous(), pack_coef(a, b, acc), a.shape[-1], scale)
     return z.to(q.dtype)
 
@@ -104,7 +99,7 @@ def karat_bwd_triton(grad_z: torch.Tensor, q: torch.Tensor, k: torch.Tensor, a: 
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from pyfast._triton import karat as kernels
 
-    acc = _acc(q.dtype)
+    acc = acc_dtype(q.dtype)
     q_acc, k_acc, C = q.to(acc).contiguous(), k.to(acc).contiguous(), pack_coef(a, b, acc)
     gq, gk, gC = kernels.karat_bwd(grad_z.to(acc).contiguous(), q_acc, k_acc, C, a.shape[-1], scale)
     ga, gb = unpack_coef(gC, a.shape, a.dtype)
@@ -141,7 +136,7 @@ def _with_constant_term(z_basis, a, constant_term: bool, acc):
 def _attention_forward(q, k, v, a, b, W, scale: float, constant_term: bool, fwd_op):
     # The tail out = z (W^T V) runs in the accumulation dtype (float32 for half inputs) and rounds once at the end:
     # in half, U = W^T V sums N products into half and z U sums r more (on a GPU with half reductions too).
-    acc = _acc(q.dtype)
+    acc = acc_dtype(q.dtype)
     z = _with_constant_term(fwd_op(q, k, *_harmonic_slots(a, b, constant_term), scale), a, constant_term, acc)
     out = z @ (W.to(acc).transpose(-1, -2) @ v.to(acc))
     return out.to(q.dtype), z.to(q.dtype)  # z' = z + c0 for the backward
@@ -149,7 +144,7 @@ def _attention_forward(q, k, v, a, b, W, scale: float, constant_term: bool, fwd_
 
 def _attention_backward(grad_out, q, k, v, a, b, W, z, scale: float, constant_term: bool, bwd_op):
     # The tail's gradients in the accumulation dtype, as its forward (float32 for half inputs).
-    acc = _acc(q.dtype)
+    acc = acc_dtype(q.dtype)
     Wa, va, grad_out = W.to(acc), v.to(acc), grad_out.to(acc)
     U = Wa.transpose(-1, -2) @ va  # [B, H, r, D]
     grad_z_acc = grad_out @ U.transpose(-1, -2)  # [B, H, N, r]
@@ -237,7 +232,7 @@ if _extension.has_cpp():
 def _check_float(x, name: str) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"karat: {name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOATS:
+    if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"karat: {name} must be float32, float64, float16 or bfloat16, got {x.dtype}")
 
 

@@ -144,9 +144,11 @@ lif_fwd_triton.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _check_number(name: str, value, *, low: float | None = None, low_open: bool = False, allow_inf=False) -> float:
+def _check_number(name: str, value, *, low: float | None = None, low_open: bool = False, allow_inf=False,
+                  or_tensor=False) -> float:
     if not is_number(value):
-        raise TypeError(f"lif: {name} must be a number or a tensor, got {type(value).__name__}")
+        raise TypeError(f"lif: {name} must be a number{' or a tensor' if or_tensor else ''}, got "
+                        f"{type(value).__name__}")
     value = float(value)
     if is_nan(value) or (is_inf(value) and not allow_inf):
         raise ValueError(f"lif: {name} must be finite, got {value}")
@@ -168,6 +170,24 @@ def _check_param_tensor(name: str, p: torch.Tensor, x: torch.Tensor) -> None:
         raise ValueError(
             f"lif: {name} of shape {tuple(p.shape)} must broadcast to one time step of x, {tuple(x.shape[1:])}"
         )
+
+
+def _zero_decay_error(what: str) -> ValueError:
+    # With decay_input, k = 0 scales the input by 0: the membrane keeps v0 and the neuron never responds.
+    return ValueError(f"lif: {what}: with decay_input=True, k=0 multiplies the input by 0; an IF neuron needs "
+                      f"decay_input=False")
+
+
+def _check_decay_values(name: str, in_range: torch.Tensor, zero_decay: torch.Tensor, decay_input: bool,
+                        rule: str) -> None:
+    """Raises unless a tensor tau / k is ``in_range`` everywhere and, with decay_input, nowhere a zero decay
+    (``zero_decay``: k = 0, tau = inf), as a number tau / k would; both are bool tensors of its entries. One device
+    sync when the values are valid."""
+    invalid = ~in_range | zero_decay if decay_input else ~in_range
+    if bool(invalid.any()):
+        if not bool(in_range.all()):
+            raise ValueError(f"lif: {name} must {rule}")
+        raise _zero_decay_error(f"{name} has k=0 (tau=inf) entries")
 
 
 def _capturing(device: torch.device) -> bool:
@@ -243,7 +263,7 @@ def _check_common(x, v0, v_threshold, v_reset, surrogate, alpha):
         if _values_checked(x.device) and not bool((v_threshold > 0).all() & torch.isfinite(v_threshold).all()):
             raise ValueError("lif: v_threshold must be finite and > 0 everywhere")
     else:
-        _check_number("v_threshold", v_threshold, low=0.0, low_open=True)
+        _check_number("v_threshold", v_threshold, low=0.0, low_open=True, or_tensor=True)
     if v_reset is not None:
         _check_number("v_reset", v_reset)
     if surrogate not in SURROGATES:
@@ -307,7 +327,8 @@ def lif(
         v0: initial membrane, shape ``x.shape[1:]``, x's dtype and device; ``None`` starts from the reset value.
         tau: membrane time constant >= 1 (k = 1/tau in [0, 1]); a number, or a tensor broadcastable to
             ``x.shape[1:]`` (scalar or per neuron) that may require grad. ``tau=inf`` (k = 0) with
-            ``decay_input=False`` is an IF neuron.
+            ``decay_input=False`` is an IF neuron; with ``decay_input=True`` it would scale the input by 0, an error
+            (for a number, and for any entry of a tensor).
         v_threshold: firing threshold > 0; a number or a tensor broadcastable to ``x.shape[1:]`` (may require grad).
         v_reset: hard-reset value, or ``None`` for soft reset (subtract the threshold).
         decay_input: whether the input is scaled by k as well.
@@ -328,16 +349,14 @@ def lif(
     alpha = _check_common(x, v0, v_threshold, v_reset, surrogate, alpha)
     if isinstance(tau, torch.Tensor):
         _check_param_tensor("tau", tau, x)
-        if _values_checked(x.device) and not bool((tau >= 1).all() & ~torch.isnan(tau).any()):
-            raise ValueError("lif: tau must be >= 1 everywhere (k = 1/tau must lie in [0, 1])")
+        if _values_checked(x.device):
+            rule = "be >= 1 everywhere (k = 1/tau must lie in [0, 1])"  # tau >= 1 is False for NaN
+            _check_decay_values("tau", tau >= 1, torch.isinf(tau), decay_input, rule)
         k = 1.0 / tau
     else:
-        tau = _check_number("tau", tau, low=1.0, allow_inf=True)
+        tau = _check_number("tau", tau, low=1.0, allow_inf=True, or_tensor=True)
         if is_inf(tau) and decay_input:
-            raise ValueError(
-                "lif: tau=inf (k=0) with decay_input=True multiplies the input by 0; an IF neuron needs "
-                "decay_input=False"
-            )
+            raise _zero_decay_error("tau=inf (k=0)")
         k = _constant(1.0 / tau, x)
     return _run(x, v0, k, tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, return_v, backend)
 
@@ -355,30 +374,27 @@ def lif_decay(
     detach_reset: bool = False,
     return_v: bool = False,
     backend: str = "auto",
+    k_in_range: bool = False,
 ):
     """:func:`lif` parametrised by the decay ``k = 1/tau`` in [0, 1] instead of tau.
 
     For learnable decays (PLIF's ``k = sigmoid(w)``, IIR-SNN's leak ``lambda = 1 - k``) whose gradient should not
-    pass through 1/tau. ``k`` is a number or a tensor broadcastable to ``x.shape[1:]``; other arguments as in
-    :func:`lif`.
+    pass through 1/tau. ``k`` is a number or a tensor broadcastable to ``x.shape[1:]``; ``k = 0`` needs
+    ``decay_input=False`` (as ``tau=inf`` in :func:`lif`); other arguments as in :func:`lif`. ``k_in_range=True``
+    skips the value check of a tensor ``k`` that lies in [0, 1] by construction (``pyfast.nn.LIF``'s sigmoid or
+    clamp), a device sync on a GPU on every call.
     """
-    return _lif_decay(x, v0, k, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, return_v, backend,
-                      k_in_range=False)
-
-
-def _lif_decay(x, v0, k, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, return_v, backend, *,
-               k_in_range: bool):
-    """:func:`lif_decay`; ``k_in_range=True`` skips the value check of a tensor k that is in [0, 1] by construction
-    (``pyfast.nn.LIF``'s sigmoid), which on a GPU would synchronise on every call."""
     alpha = _check_common(x, v0, v_threshold, v_reset, surrogate, alpha)
     if isinstance(k, torch.Tensor):
         _check_param_tensor("k", k, x)
-        if not k_in_range and _values_checked(x.device) and not bool(((k >= 0) & (k <= 1)).all()):
-            raise ValueError("lif: k must lie in [0, 1] everywhere")
+        if not k_in_range and _values_checked(x.device):
+            _check_decay_values("k", (k >= 0) & (k <= 1), k == 0, decay_input, "lie in [0, 1] everywhere")
     else:
-        k = _check_number("k", k, low=0.0)
+        k = _check_number("k", k, low=0.0, or_tensor=True)
         if k > 1:
             raise ValueError(f"lif: k must lie in [0, 1], got {k}")
+        if k == 0 and decay_input:
+            raise _zero_decay_error("k=0 (tau=inf)")
         k = _constant(k, x)
     return _run(x, v0, k, 1.0 / k, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, return_v,
                 backend)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from pyfast import _extension
+from pyfast._dtypes import FLOAT_DTYPES
 from pyfast._numbers import is_nan, is_number
 from pyfast.backends import resolve
 from pyfast.reference.mesa import check_codes, mesa_dequantize_ref, mesa_quantize_ref
@@ -31,7 +32,6 @@ from pyfast.reference.mesa import check_codes, mesa_dequantize_ref, mesa_quantiz
 __all__ = ["mesa_dequantize", "mesa_quantize"]
 
 Tensor = torch.Tensor
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -218,260 +218,212 @@ def mesa_dequantize(q: Tensor, clip_val: Tensor, shift: Tensor, *, dim: int = -1
 # --------------------------------------------------------------------------------------------------------------
 # Layer ops
 # --------------------------------------------------------------------------------------------------------------
-# Quant arguments, in this order, at the end of every layer op: clip_val, shift, initialized, seed, qdim, levels,
-# ema_decay, update, stochastic, backend.
+# A layer op stores n tensors (MatMul: both operands; the others: one) and takes, after the layer's own arguments, the
+# quant arguments: clip_val, shift and initialized of each stored tensor, one seed (stored tensor i rounds with
+# seed + i), the group axis (qdim) of each, then levels, ema_decay, update, stochastic and backend. It returns the
+# layer's outputs, then the codes and new estimates (q, clip_val', shift') of each stored tensor. Its backward
+# dequantizes the stored tensors it needs and calls the ATen backward; the quant arguments get no gradient.
+
+_QUANT_ARGS = ("Tensor clip_val, Tensor shift, Tensor initialized, Tensor seed, SymInt qdim, SymInt levels, "
+               "float ema_decay, bool update, bool stochastic, str backend")
 
 
-def _quant(t, clip_val, shift, initialized, seed, qdim, levels, ema_decay, update, stochastic, backend):
-    return quantize_fn(backend)(t, clip_val, shift, initialized, seed, qdim, levels, ema_decay, update, stochastic)
+def _split_quant_args(qargs, stored: int):
+    """(states, seed, qdims, levels, (ema_decay, update, stochastic), backend) of a layer op storing ``stored``
+    tensors; ``states[i]`` is (clip_val, shift, initialized) of stored tensor i."""
+    states = [qargs[3 * i:3 * i + 3] for i in range(stored)]
+    seed, qdims = qargs[3 * stored], qargs[3 * stored + 1:4 * stored + 1]
+    levels, ema_decay, update, stochastic, backend = qargs[4 * stored + 1:]
+    return states, seed, qdims, levels, (ema_decay, update, stochastic), backend
 
 
-def _state_fake(clip_val, shift):
-    return torch.empty_like(clip_val), torch.empty_like(shift)
+def _first_arg(args, outs):
+    return args[:1]
 
 
-def _q_fake(t):
-    return torch.empty_like(t, dtype=torch.uint8, memory_format=torch.contiguous_format)
+def _nothing_saved(ctx, args, outs):
+    return ()
 
 
-def _dequant(ctx, q, clip_val, shift, dtype):
-    return dequantize_fn(ctx.backend)(q, clip_val, shift, ctx.qdim, ctx.levels, dtype)
+def _layer_op(name: str, args: str, layer, backward, *, save=_nothing_saved, stores=_first_arg, outputs: int = 1,
+              quant_args: str = _QUANT_ARGS):
+    """Registers the custom op ``pyfast::<name>(<args>, <quant_args>)``, its fake kernel and its autograd, from what
+    differs between the layer ops:
 
+    - ``layer(*layer_args)``: the layer at full precision, a tensor or a tuple of ``outputs`` tensors (it runs on
+      fake tensors too: the fake kernel is the same function with fake quantization);
+    - ``stores(layer_args, outs)``: the tensors to quantize (default: the layer's first argument), as many as
+      ``quant_args`` has group axes;
+    - ``save(ctx, layer_args, outs)``: the tensors backward needs besides the codes (it may set ctx attributes);
+    - ``backward(ctx, grad_y, restore, *saved)``: the gradients of the layer arguments, ``restore(i)`` dequantizing
+      stored tensor i to its dtype.
 
-def _save_quant_config(ctx, qargs):
-    ctx.qdim, ctx.levels, ctx.backend = qargs[4], qargs[5], qargs[9]
+    The schema is spelled out rather than inferred from type hints, so the quant arguments are written once;
+    tests/ops/test_mesa_layer_ops.py pins every layer op's schema.
+    """
+    n_args, n_quant_args = len(args.split(", ")), len(quant_args.split(", "))
+    n_stored = quant_args.count("SymInt qdim")  # one group axis per stored tensor
+    returns = ", ".join(["Tensor"] * (outputs + 3 * n_stored))
 
+    def run(quantize_of_backend, inputs):
+        layer_args, qargs = inputs[:n_args], inputs[n_args:]
+        outs = layer(*layer_args)
+        outs = (outs,) if isinstance(outs, Tensor) else tuple(outs)
+        states, seed, qdims, levels, options, backend = _split_quant_args(qargs, n_stored)
+        quantize = quantize_of_backend(backend)
+        codes = []
+        for i, (t, state, qdim) in enumerate(zip(stores(layer_args, outs), states, qdims, strict=True)):
+            codes += quantize(t, *state, seed + i if i else seed, qdim, levels, *options)
+        return (*outs, *codes)
 
-_NO_QUANT_GRADS = (None,) * 10
+    def setup_context(ctx, inputs, output):
+        layer_args, qargs = inputs[:n_args], inputs[n_args:]
+        outs, codes = output[:outputs], output[outputs:]
+        _, _, ctx.qdims, ctx.levels, _, ctx.backend = _split_quant_args(qargs, n_stored)
+        ctx.stored_dtypes = [t.dtype for t in stores(layer_args, outs)]
+        ctx.save_for_backward(*codes, *save(ctx, layer_args, outs))
+
+    def layer_backward(ctx, grad_y, *_):
+        codes, saved = ctx.saved_tensors[:3 * n_stored], ctx.saved_tensors[3 * n_stored:]
+        dequantize = dequantize_fn(ctx.backend)
+
+        def restore(i):
+            q, clip_val, shift = codes[3 * i:3 * i + 3]
+            return dequantize(q, clip_val, shift, ctx.qdims[i], ctx.levels, ctx.stored_dtypes[i])
+
+        return (*backward(ctx, grad_y, restore, *saved), *(None,) * n_quant_args)
+
+    op = torch.library.custom_op(f"pyfast::{name}", lambda *inputs: run(quantize_fn, inputs), mutates_args=(),
+                                 schema=f"({args}, {quant_args}) -> ({returns})")
+    op.register_fake(lambda *inputs: run(lambda backend: _quantize_fake, inputs))
+    op.register_autograd(layer_backward, setup_context=setup_context)
+    return op
 
 
 # Linear: stores the input. dX = dY W, dW = dY^T X_hat, db = sum dY. The weight is cast to x's dtype inside (under
 # autocast the module passes a half x and the float32 weight), so the saved weight is the parameter itself.
-@torch.library.custom_op("pyfast::mesa_linear", mutates_args=())
-def mesa_linear(x: Tensor, weight: Tensor, bias: Tensor | None, clip_val: Tensor, shift: Tensor, initialized: Tensor,
-                seed: Tensor, qdim: int, levels: int, ema_decay: float, update: bool, stochastic: bool, backend: str
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    y = F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
-    q, c, s = _quant(x, clip_val, shift, initialized, seed, qdim, levels, ema_decay, update, stochastic, backend)
-    return y, q, c, s
+def _linear(x, weight, bias):
+    return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
-@mesa_linear.register_fake
-def _(x, weight, bias, clip_val, shift, *rest):
-    return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype)), _q_fake(x), *_state_fake(
-        clip_val, shift)
-
-
-def _linear_setup(ctx, inputs, output):
-    x, weight, bias, *qargs = inputs
-    _, q, c, s = output
-    ctx.save_for_backward(q, c, s, weight)
+def _linear_save(ctx, args, outs):
+    x, weight, bias = args
     ctx.x_dtype, ctx.has_bias = x.dtype, bias is not None
-    _save_quant_config(ctx, qargs)
+    return (weight,)
 
 
-def _linear_backward(ctx, grad_y, *_):
-    q, c, s, weight = ctx.saved_tensors
-    w = weight.to(ctx.x_dtype)
+def _linear_backward(ctx, grad_y, restore, weight):
     grad_x = grad_w = grad_b = None
     if ctx.needs_input_grad[0]:
-        grad_x = grad_y @ w
+        grad_x = grad_y @ weight.to(ctx.x_dtype)
     if ctx.needs_input_grad[1]:
-        x_hat = _dequant(ctx, q, c, s, ctx.x_dtype)
+        x_hat = restore(0)
         grad_w = (grad_y.reshape(-1, grad_y.shape[-1]).t() @ x_hat.reshape(-1, x_hat.shape[-1])).to(weight.dtype)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_b = grad_y.reshape(-1, grad_y.shape[-1]).sum(0).to(weight.dtype)
-    return grad_x, grad_w, grad_b, *_NO_QUANT_GRADS
+    return grad_x, grad_w, grad_b
 
 
-mesa_linear.register_autograd(_linear_backward, setup_context=_linear_setup)
+mesa_linear = _layer_op("mesa_linear", "Tensor x, Tensor weight, Tensor? bias", _linear, _linear_backward,
+                        save=_linear_save)
 
 
 # GELU: stores the input; backward is aten's gelu_backward at the dequantized input.
-@torch.library.custom_op("pyfast::mesa_gelu", mutates_args=())
-def mesa_gelu(x: Tensor, approximate: str, clip_val: Tensor, shift: Tensor, initialized: Tensor, seed: Tensor,
-              qdim: int, levels: int, ema_decay: float, update: bool, stochastic: bool, backend: str
-              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    y = F.gelu(x, approximate=approximate)
-    q, c, s = _quant(x, clip_val, shift, initialized, seed, qdim, levels, ema_decay, update, stochastic, backend)
-    return y, q, c, s
+def _gelu_save(ctx, args, outs):
+    ctx.approximate = args[1]
+    return ()
 
 
-@mesa_gelu.register_fake
-def _(x, approximate, clip_val, shift, *rest):
-    return torch.empty_like(x), _q_fake(x), *_state_fake(clip_val, shift)
+def _gelu_backward(ctx, grad_y, restore):
+    return torch.ops.aten.gelu_backward(grad_y, restore(0), approximate=ctx.approximate), None
 
 
-def _gelu_setup(ctx, inputs, output):
-    x, approximate, *qargs = inputs
-    _, q, c, s = output
-    ctx.save_for_backward(q, c, s)
-    ctx.x_dtype, ctx.approximate = x.dtype, approximate
-    _save_quant_config(ctx, qargs)
-
-
-def _gelu_backward(ctx, grad_y, *_):
-    q, c, s = ctx.saved_tensors
-    x_hat = _dequant(ctx, q, c, s, ctx.x_dtype)
-    return torch.ops.aten.gelu_backward(grad_y, x_hat, approximate=ctx.approximate), None, *_NO_QUANT_GRADS
-
-
-mesa_gelu.register_autograd(_gelu_backward, setup_context=_gelu_setup)
+mesa_gelu = _layer_op("mesa_gelu", "Tensor x, str approximate",
+                      lambda x, approximate: F.gelu(x, approximate=approximate), _gelu_backward, save=_gelu_save)
 
 
 # Softmax: stores its output only (dX = y (dY - sum(dY y)) needs nothing else).
-@torch.library.custom_op("pyfast::mesa_softmax", mutates_args=())
-def mesa_softmax(x: Tensor, dim: int, clip_val: Tensor, shift: Tensor, initialized: Tensor, seed: Tensor, qdim: int,
-                 levels: int, ema_decay: float, update: bool, stochastic: bool, backend: str
-                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    y = torch.softmax(x, dim)
-    q, c, s = _quant(y, clip_val, shift, initialized, seed, qdim, levels, ema_decay, update, stochastic, backend)
-    return y, q, c, s
+def _softmax_save(ctx, args, outs):
+    ctx.dim = args[1]
+    return ()
 
 
-@mesa_softmax.register_fake
-def _(x, dim, clip_val, shift, *rest):
-    return torch.empty_like(x), _q_fake(x), *_state_fake(clip_val, shift)
+def _softmax_backward(ctx, grad_y, restore):
+    y_hat = restore(0)
+    return torch.ops.aten._softmax_backward_data(grad_y, y_hat, ctx.dim, y_hat.dtype), None
 
 
-def _softmax_setup(ctx, inputs, output):
-    x, dim, *qargs = inputs
-    _, q, c, s = output
-    ctx.save_for_backward(q, c, s)
-    ctx.x_dtype, ctx.dim = x.dtype, dim
-    _save_quant_config(ctx, qargs)
-
-
-def _softmax_backward(ctx, grad_y, *_):
-    q, c, s = ctx.saved_tensors
-    y_hat = _dequant(ctx, q, c, s, ctx.x_dtype)
-    grad_x = torch.ops.aten._softmax_backward_data(grad_y, y_hat, ctx.dim, ctx.x_dtype)
-    return grad_x, None, *_NO_QUANT_GRADS
-
-
-mesa_softmax.register_autograd(_softmax_backward, setup_context=_softmax_setup)
+mesa_softmax = _layer_op("mesa_softmax", "Tensor x, SymInt dim", torch.softmax, _softmax_backward, save=_softmax_save,
+                         stores=lambda args, outs: outs[:1])
 
 
 # LayerNorm: stores the input (codes) plus the float32 mean and rstd of each row, as aten's backward takes them.
-@torch.library.custom_op("pyfast::mesa_layer_norm", mutates_args=())
-def mesa_layer_norm(x: Tensor, normalized_shape: list[int], weight: Tensor | None, bias: Tensor | None, eps: float,
-                    clip_val: Tensor, shift: Tensor, initialized: Tensor, seed: Tensor, qdim: int, levels: int,
-                    ema_decay: float, update: bool, stochastic: bool, backend: str
-                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    y, mean, rstd = torch.ops.aten.native_layer_norm(x, normalized_shape, weight, bias, eps)
-    q, c, s = _quant(x, clip_val, shift, initialized, seed, qdim, levels, ema_decay, update, stochastic, backend)
-    return y, mean, rstd, q, c, s
+def _layer_norm_save(ctx, args, outs):
+    _, normalized_shape, weight, bias, _ = args
+    _, mean, rstd = outs
+    ctx.normalized_shape = normalized_shape
+    return mean, rstd, weight, bias
 
 
-@mesa_layer_norm.register_fake
-def _(x, normalized_shape, weight, bias, eps, clip_val, shift, *rest):
-    y, mean, rstd = torch.ops.aten.native_layer_norm(x, normalized_shape, weight, bias, eps)
-    return y, mean, rstd, _q_fake(x), *_state_fake(clip_val, shift)
-
-
-def _layer_norm_setup(ctx, inputs, output):
-    x, normalized_shape, weight, bias, _eps, *qargs = inputs
-    _, mean, rstd, q, c, s = output
-    ctx.save_for_backward(q, c, s, mean, rstd, weight, bias)
-    ctx.x_dtype, ctx.normalized_shape = x.dtype, normalized_shape
-    _save_quant_config(ctx, qargs)
-
-
-def _layer_norm_backward(ctx, grad_y, *_):
-    q, c, s, mean, rstd, weight, bias = ctx.saved_tensors
-    x_hat = _dequant(ctx, q, c, s, ctx.x_dtype)
+def _layer_norm_backward(ctx, grad_y, restore, mean, rstd, weight, bias):
     mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[2],
             bias is not None and ctx.needs_input_grad[3]]
     grad_x, grad_w, grad_b = torch.ops.aten.native_layer_norm_backward(
-        grad_y.contiguous(), x_hat, ctx.normalized_shape, mean, rstd, weight, bias, mask)
-    return grad_x, None, grad_w, grad_b, None, *_NO_QUANT_GRADS
+        grad_y.contiguous(), restore(0), ctx.normalized_shape, mean, rstd, weight, bias, mask)
+    return grad_x, None, grad_w, grad_b, None
 
 
-mesa_layer_norm.register_autograd(_layer_norm_backward, setup_context=_layer_norm_setup)
+mesa_layer_norm = _layer_op("mesa_layer_norm", "Tensor x, SymInt[] normalized_shape, Tensor? weight, Tensor? bias, "
+                            "float eps", torch.ops.aten.native_layer_norm, _layer_norm_backward,
+                            save=_layer_norm_save, outputs=3)
 
 
 # MatMul: stores both operands, each with its own estimates; the second operand's rounding seed is seed + 1.
 # dA = dY B_hat^T, dB = A_hat^T dY (summed back to the operand's shape where it was broadcast).
-@torch.library.custom_op("pyfast::mesa_matmul", mutates_args=())
-def mesa_matmul(a: Tensor, b: Tensor, clip_a: Tensor, shift_a: Tensor, init_a: Tensor, clip_b: Tensor,
-                shift_b: Tensor, init_b: Tensor, seed: Tensor, qdim_a: int, qdim_b: int, levels: int,
-                ema_decay: float, update: bool, stochastic: bool, backend: str
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    y = torch.matmul(a, b)
-    quant = quantize_fn(backend)
-    qa, ca, sa = quant(a, clip_a, shift_a, init_a, seed, qdim_a, levels, ema_decay, update, stochastic)
-    qb, cb, sb = quant(b, clip_b, shift_b, init_b, seed + 1, qdim_b, levels, ema_decay, update, stochastic)
-    return y, qa, ca, sa, qb, cb, sb
+def _matmul_save(ctx, args, outs):
+    ctx.shapes = (args[0].shape, args[1].shape)
+    return ()
 
 
-@mesa_matmul.register_fake
-def _(a, b, clip_a, shift_a, init_a, clip_b, shift_b, *rest):
-    return (torch.matmul(a, b), _q_fake(a), *_state_fake(clip_a, shift_a), _q_fake(b),
-            *_state_fake(clip_b, shift_b))
-
-
-def _matmul_setup(ctx, inputs, output):
-    a, b, _, _, _, _, _, _, _, qdim_a, qdim_b, levels, _, _, _, backend = inputs
-    _, qa, ca, sa, qb, cb, sb = output
-    ctx.save_for_backward(qa, ca, sa, qb, cb, sb)
-    ctx.a_dtype, ctx.b_dtype = a.dtype, b.dtype
-    ctx.qdim_a, ctx.qdim_b, ctx.levels, ctx.backend = qdim_a, qdim_b, levels, backend
-
-
-def _matmul_backward(ctx, grad_y, *_):
-    qa, ca, sa, qb, cb, sb = ctx.saved_tensors
-    deq = dequantize_fn(ctx.backend)
+def _matmul_backward(ctx, grad_y, restore):
     grad_a = grad_b = None
     if ctx.needs_input_grad[0]:
-        b_hat = deq(qb, cb, sb, ctx.qdim_b, ctx.levels, ctx.b_dtype)
-        grad_a = (grad_y @ b_hat.transpose(-2, -1)).sum_to_size(qa.shape)
+        grad_a = (grad_y @ restore(1).transpose(-2, -1)).sum_to_size(ctx.shapes[0])
     if ctx.needs_input_grad[1]:
-        a_hat = deq(qa, ca, sa, ctx.qdim_a, ctx.levels, ctx.a_dtype)
-        grad_b = (a_hat.transpose(-2, -1) @ grad_y).sum_to_size(qb.shape)
-    return grad_a, grad_b, *(None,) * 14
+        grad_b = (restore(0).transpose(-2, -1) @ grad_y).sum_to_size(ctx.shapes[1])
+    return grad_a, grad_b
 
 
-mesa_matmul.register_autograd(_matmul_backward, setup_context=_matmul_setup)
+mesa_matmul = _layer_op("mesa_matmul", "Tensor a, Tensor b", torch.matmul, _matmul_backward, save=_matmul_save,
+                        stores=lambda args, outs: args[:2],
+                        quant_args="Tensor clip_a, Tensor shift_a, Tensor init_a, Tensor clip_b, Tensor shift_b, "
+                                   "Tensor init_b, Tensor seed, SymInt qdim_a, SymInt qdim_b, SymInt levels, "
+                                   "float ema_decay, bool update, bool stochastic, str backend")
 
 
 # Conv2d: stores the input; backward is aten's convolution_backward at the dequantized input. Explicit integer
 # padding (the module pads non-zero modes and 'same' itself).
-@torch.library.custom_op("pyfast::mesa_conv2d", mutates_args=())
-def mesa_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int], padding: list[int],
-                dilation: list[int], groups: int, clip_val: Tensor, shift: Tensor, initialized: Tensor, seed: Tensor,
-                qdim: int, levels: int, ema_decay: float, update: bool, stochastic: bool, backend: str
-                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    y = F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), stride, padding, dilation, groups)
-    q, c, s = _quant(x, clip_val, shift, initialized, seed, qdim, levels, ema_decay, update, stochastic, backend)
-    return y, q, c, s
+def _conv2d(x, weight, bias, stride, padding, dilation, groups):
+    return F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), stride, padding, dilation,
+                    groups)
 
 
-@mesa_conv2d.register_fake
-def _(x, weight, bias, stride, padding, dilation, groups, clip_val, shift, *rest):
-    y = F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), stride, padding, dilation, groups)
-    return y, _q_fake(x), *_state_fake(clip_val, shift)
+def _conv2d_save(ctx, args, outs):
+    x, weight, bias, *conv = args
+    ctx.x_dtype, ctx.has_bias, ctx.conv = x.dtype, bias is not None, conv
+    return (weight,)
 
 
-def _conv2d_setup(ctx, inputs, output):
-    x, weight, bias, stride, padding, dilation, groups, *qargs = inputs
-    _, q, c, s = output
-    ctx.save_for_backward(q, c, s, weight)
-    ctx.x_dtype, ctx.has_bias = x.dtype, bias is not None
-    ctx.conv = (stride, padding, dilation, groups)
-    _save_quant_config(ctx, qargs)
-
-
-def _conv2d_backward(ctx, grad_y, *_):
-    q, c, s, weight = ctx.saved_tensors
+def _conv2d_backward(ctx, grad_y, restore, weight):
     stride, padding, dilation, groups = ctx.conv
-    x_hat = _dequant(ctx, q, c, s, ctx.x_dtype)
     mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
     grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-        grad_y, x_hat, weight.to(ctx.x_dtype), [weight.shape[0]] if ctx.has_bias else None, stride, padding,
+        grad_y, restore(0), weight.to(ctx.x_dtype), [weight.shape[0]] if ctx.has_bias else None, stride, padding,
         dilation, False, [0, 0], groups, mask)
     grad_w = None if grad_w is None else grad_w.to(weight.dtype)
     grad_b = None if grad_b is None else grad_b.to(weight.dtype)
-    return grad_x, grad_w, grad_b, None, None, None, None, *_NO_QUANT_GRADS
+    return grad_x, grad_w, grad_b, None, None, None, None
 
 
-mesa_conv2d.register_autograd(_conv2d_backward, setup_context=_conv2d_setup)
+mesa_conv2d = _layer_op("mesa_conv2d", "Tensor x, Tensor weight, Tensor? bias, SymInt[] stride, SymInt[] padding, "
+                        "SymInt[] dilation, SymInt groups", _conv2d, _conv2d_backward, save=_conv2d_save)

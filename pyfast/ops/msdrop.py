@@ -13,13 +13,12 @@ from __future__ import annotations
 import torch
 
 from pyfast import _extension
+from pyfast._dtypes import FLOAT_DTYPES, acc_dtype
 from pyfast._numbers import is_finite, is_number
 from pyfast.backends import resolve
-from pyfast.reference.msdrop import acc_dtype, msdrop_loss_ref, threshold
+from pyfast.reference.msdrop import msdrop_loss_ref, threshold
 
 __all__ = ["multi_sample_dropout_loss"]
-
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -134,7 +133,7 @@ def _check(h, weight, bias, target, seed, num_samples, p) -> None:
     check_hyperparameters(num_samples, p)
     if not isinstance(h, torch.Tensor):
         raise TypeError(f"multi_sample_dropout: h must be a torch.Tensor, got {type(h).__name__}")
-    if h.dtype not in _FLOATS:
+    if h.dtype not in FLOAT_DTYPES:
         raise TypeError(f"multi_sample_dropout: h must be float32/float64/float16/bfloat16, got {h.dtype}")
     if h.dim() != 2 or h.numel() == 0:
         raise ValueError(f"multi_sample_dropout: h must be a non-empty [B, D] (pooled features), got shape "

@@ -14,8 +14,10 @@ from __future__ import annotations
 import torch
 
 from pyfast import _extension
-from pyfast.backends import _warn_once, resolve
-from pyfast.reference.pld import acc_dtype, pld_ref
+from pyfast._dtypes import acc_dtype
+from pyfast._numbers import is_finite, is_number
+from pyfast.backends import resolve, warn_fallback_once
+from pyfast.reference.pld import pld_ref
 
 __all__ = ["CUDA_MAX_CLASSES", "pld_rows"]
 
@@ -105,11 +107,13 @@ def pld_rows(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
     logits. Call :func:`pyfast.losses.pld_loss` for checked inputs and reductions; this is its backend dispatch.
 
     ``student`` / ``teacher``: [B, C] floating logits (of different dtypes, both are cast to the promoted one: an
-    up-cast, which keeps the teacher's ranking); ``labels``: int64 [B]; ``tau_t`` > 0. ``backend``: ``"auto"``,
-    ``"cpp"``, ``"cuda"``, ``"triton"`` or ``"reference"`` (see pyfast.backends). The CUDA kernel serves C <= 1024
-    (:data:`CUDA_MAX_CLASSES`); above that ``"auto"`` on a CUDA tensor uses the reference (warning once) and an
-    explicit ``"cuda"`` raises.
+    up-cast, which keeps the teacher's ranking); ``labels``: int64 [B]; ``tau_t``: a finite number > 0 (checked
+    here for every backend). ``backend``: ``"auto"``, ``"cpp"``, ``"cuda"``, ``"triton"`` or ``"reference"`` (see
+    pyfast.backends). The CUDA kernel serves C <= 1024 (:data:`CUDA_MAX_CLASSES`); above that ``"auto"`` on a CUDA
+    tensor uses the reference (warning once) and an explicit ``"cuda"`` raises.
     """
+    if not is_number(tau_t) or not is_finite(tau_t) or tau_t <= 0:
+        raise ValueError(f"pld: tau_t must be a finite number > 0, got {tau_t!r}")
     if student.dtype != teacher.dtype:
         common = torch.promote_types(student.dtype, teacher.dtype)
         student, teacher = student.to(common), teacher.to(common)
@@ -119,8 +123,8 @@ def pld_rows(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
             raise ValueError(f"pld: the CUDA kernel sorts rows of at most {CUDA_MAX_CLASSES} classes in shared memory, "
                              f"got C = {student.shape[1]}; use backend='triton' or backend='reference' "
                              f"(backend='auto' does)")
-        _warn_once("pld", f"the CUDA kernel sorts at most {CUDA_MAX_CLASSES} classes per row, got "
-                          f"C = {student.shape[1]}")
+        warn_fallback_once("pld", f"the CUDA kernel sorts at most {CUDA_MAX_CLASSES} classes per row, got "
+                                  f"C = {student.shape[1]}")
         chosen = "reference"
     if chosen == "reference":
         return pld_ref(student, teacher, labels, tau_t)

@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from pyfast import _extension
+from pyfast._dtypes import acc_dtype
 from pyfast._numbers import is_number
 from pyfast.backends import resolve
-from pyfast.reference.wconv import acc_dtype, den_layout, half_widths, wconv_weight_ref
+from pyfast.reference.wconv import den_layout, half_widths, wconv_weight_ref
 
 __all__ = ["pack_den", "wconv", "wconv_weight"]
 

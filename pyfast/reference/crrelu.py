@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import torch
 
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from pyfast._dtypes import acc_dtype
 
 
 def eps_view(eps: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:

@@ -31,6 +31,8 @@ from collections.abc import Sequence
 
 import torch
 
+from pyfast._dtypes import acc_dtype
+
 
 def gated_class_attention_ref(x: torch.Tensor, gate: torch.Tensor, wq: torch.Tensor, bq: torch.Tensor | None,
                               wk: torch.Tensor, wv: torch.Tensor, bv: torch.Tensor | None, wp: torch.Tensor,
@@ -43,7 +45,7 @@ def gated_class_attention_ref(x: torch.Tensor, gate: torch.Tensor, wq: torch.Ten
     float64 input).
     """
     dtype = x.dtype
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = acc_dtype(dtype)
     x, gate, wq, wk, wv, wp = (t.to(acc) for t in (x, gate, wq, wk, wv, wp))
     bq, bk, bv, bp = (None if t is None else t.to(acc) for t in (bq, bk, bv, bp))
     B, N1, C = x.shape
@@ -82,11 +84,11 @@ def gated_route_ref(grads: Sequence[torch.Tensor], masks_out: Sequence[torch.Ten
     ``embs[j]``."""
     out = []
     for g, mo, mi in zip(grads, masks_out, masks_in, strict=True):
-        acc = torch.float64 if g.dtype == torch.float64 else torch.float32
+        acc = acc_dtype(g.dtype)
         mask = routing_mask_ref(mo.to(acc), None if mi is None or mi.numel() == 0 else mi.to(acc))
         out.append((g.to(acc) * mask).to(g.dtype))
     emb_out = []
     for g, e in zip(emb_grads, embs, strict=True):
-        acc = torch.float64 if g.dtype == torch.float64 else torch.float32
+        acc = acc_dtype(g.dtype)
         emb_out.append((g.to(acc) * gate_compensation_ref(e.to(acc), s, s_max, clamp)).to(g.dtype))
     return out, emb_out

@@ -24,9 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from pyfast._dtypes import acc_dtype
 
 
 def num_ghosts(n: int, ghost_batch_size: int) -> int:

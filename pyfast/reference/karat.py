@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from pyfast._dtypes import acc_dtype
+
 BASE_ACTIVATIONS = {
     "silu": torch.nn.functional.silu,
     "gelu": torch.nn.functional.gelu,
@@ -46,18 +48,22 @@ def fourier_basis_ref(A: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, t
     return torch.cos(mA), torch.sin(mA)
 
 
-def karat_z_ref(q: torch.Tensor, k: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float | None = None,
-                constant_term: bool = False) -> torch.Tensor:
-    """``z [B, H, N, r]`` from ``q, k [B, H, N, D]`` and ``a, b [H, r, N, M]`` (harmonic orders as in
-    :func:`harmonics`). Computed in the inputs' dtype (float32 for half types, cast back)."""
-    dtype = q.dtype
-    work = torch.float64 if dtype == torch.float64 else torch.float32
+def _scores_and_z(q, k, a, b, scale, constant_term) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A [B, H, N, N]`` and ``z [B, H, N, r]`` in the arithmetic dtype (float32 for half types)."""
+    work = acc_dtype(q.dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     A = (q.to(work) @ k.to(work).transpose(-2, -1)) * scale
     m = harmonics(a.shape[-1], constant_term, A.device, work)
     cos, sin = fourier_basis_ref(A, m)  # [B, H, N(k), N(q), M]
     z = torch.einsum("bhkqm,hpqm->bhkp", cos, a.to(work)) + torch.einsum("bhkqm,hpqm->bhkp", sin, b.to(work))
-    return z.to(dtype)
+    return A, z
+
+
+def karat_z_ref(q: torch.Tensor, k: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float | None = None,
+                constant_term: bool = False) -> torch.Tensor:
+    """``z [B, H, N, r]`` from ``q, k [B, H, N, D]`` and ``a, b [H, r, N, M]`` (harmonic orders as in
+    :func:`harmonics`). Computed in the inputs' dtype (float32 for half types, cast back)."""
+    return _scores_and_z(q, k, a, b, scale, constant_term)[1].to(q.dtype)
 
 
 def karat_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
@@ -77,14 +83,9 @@ def karat_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: to
     Returns:
         ``out [B, H, N, D]`` in q's dtype (computed in float32 for half types).
     """
-    dtype = q.dtype
-    work = torch.float64 if dtype == torch.float64 else torch.float32
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    A = (q.to(work) @ k.to(work).transpose(-2, -1)) * scale
-    m = harmonics(a.shape[-1], constant_term, A.device, work)
-    cos, sin = fourier_basis_ref(A, m)
-    z = torch.einsum("bhkqm,hpqm->bhkp", cos, a.to(work)) + torch.einsum("bhkqm,hpqm->bhkp", sin, b.to(work))
+    A, z = _scores_and_z(q, k, a, b, scale, constant_term)
+    work = z.dtype
     if base_activation is not None:
         z = z + torch.einsum("bhkq,hpq->bhkp", BASE_ACTIVATIONS[base_activation](A), w_base.to(work))
     sigma = torch.einsum("bhkp,hqp->bhkq", z, W.to(work))  # [B, H, N, N]: the learned attention
-    return (sigma @ v.to(work)).to(dtype)
+    return (sigma @ v.to(work)).to(q.dtype)

@@ -24,11 +24,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from pyfast._dtypes import acc_dtype
+
 _MASK32 = 0xFFFFFFFF
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _mul32(a: torch.Tensor, c: int) -> torch.Tensor:

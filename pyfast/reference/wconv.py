@@ -34,14 +34,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from pyfast._dtypes import acc_dtype
+
 # Suggested den per odd kernel size, outermost value first (the paper's README v2.0 examples, inside its suggested
 # fine-tuning ranges: 3: [0.5, 1.5]; 5: [0.05, 1], [0.5, 1.5]; 7: [0.05, 0.5], [0.15, 1.0], [0.25, 1.5]).
 DEFAULT_DEN: dict[int, tuple[float, ...]] = {1: (), 3: (0.7,), 5: (0.2, 0.8), 7: (0.25, 0.15, 0.55)}
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The arithmetic type of the op for a weight of ``dtype``: float64 for float64, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def half_widths(kernel_size) -> list[int]:

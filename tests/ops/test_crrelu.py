@@ -12,6 +12,7 @@ import torch
 
 import pyfast
 from pyfast import _extension
+from pyfast._dtypes import acc_dtype
 from pyfast.ops.crrelu import crrelu
 from pyfast.reference.crrelu import crrelu_ref
 from pyfast.testing import assert_half_error_within
@@ -35,7 +36,7 @@ IDS = [f"{'x'.join(map(str, s))}-C{c}" for s, c, _ in CASES]
 def _leaves(shape, c, dtype, seed=0, device="cpu", scale=2.0):
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = acc_dtype(dtype)
     eps = (0.01 + 0.5 * torch.randn(c, generator=g, dtype=torch.float64)).to(acc)
     return x.to(device).requires_grad_(), eps.to(device).requires_grad_()
 

@@ -12,6 +12,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from pyfast import _extension
+from pyfast._dtypes import acc_dtype
 from pyfast.ops.crrelu import crrelu
 from pyfast.reference.crrelu import crrelu_ref
 from pyfast.testing import assert_triton_schema_matches
@@ -25,7 +26,7 @@ CASES = [((2, 3, 5, 7), 1, 1), ((4, 6, 5, 5), 6, 1), ((3, 17, 40), 40, -1), ((30
 def _leaves(shape, c, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2).to(dtype)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = acc_dtype(dtype)
     eps = (0.01 + 0.5 * torch.randn(c, generator=g, dtype=torch.float64)).to(acc)
     return x.to(DEVICE).requires_grad_(), eps.to(DEVICE).requires_grad_()
 

@@ -200,6 +200,17 @@ def test_compensation_formula_values():
                                / (torch.cosh(torch.tensor(6.0, dtype=torch.float64)) + 1))
 
 
+@pytest.mark.parametrize("name", ["s", "s_max", "clamp"])
+def test_compensation_rejects_non_finite_and_tensor_scales_naming_the_function(name):
+    """gate_compensation's errors said gated_route_ (the check was shared); numbers and 0-d tensors alike raise."""
+    for bad in (float("nan"), float("inf"), 0.0, torch.tensor(2.0), torch.tensor(float("nan"))):
+        kwargs = {"s": 2.0, "s_max": 8.0, "clamp": 50.0, name: bad}
+        with pytest.raises(ValueError, match=f"^gate_compensation: {name} must be a finite number > 0"):
+            gate_compensation(torch.zeros(3), **kwargs)
+        with pytest.raises(ValueError, match=f"^gated_route_: {name} must be a finite number > 0"):
+            gated_route_([torch.zeros(4)], [torch.ones(4)], [None], **kwargs)
+
+
 def _route_case(dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     shapes = [(6, 5), (6,), (7, 6), (5, 7)]
@@ -246,6 +257,30 @@ def test_route_binary_masks_zero_exactly_the_protected_entries():
 def test_route_bad_input(fn, match):
     with pytest.raises(ValueError, match=match):
         fn()
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_route_refuses_tensors_that_require_grad_and_routes_gradients(backend):
+    """The routing writes in place without an autograd formula. A parameter passed instead of its gradient (a leaf
+    that requires grad) was overwritten silently; it raises now, in grad mode and under torch.no_grad, as does a
+    non-leaf that requires grad in grad mode. The parameters' .grad, the intended input, are routed."""
+    if backend == "cpp" and not _extension.has_cpp():
+        pytest.skip(_extension.cpp_reason())
+    layer = torch.nn.Linear(3, 4)
+    mo, mi = torch.ones(4), torch.ones(3)
+    weight = layer.weight.detach().clone()
+    for grad_mode in (True, False):
+        with torch.set_grad_enabled(grad_mode), pytest.raises(RuntimeError, match=r"grads\[0\] is a leaf tensor"):
+            gated_route_([layer.weight], [mo], [mi], s=1.0, s_max=1.0, backend=backend)
+    with pytest.raises(RuntimeError, match=r"emb_grads\[0\] is a leaf tensor that requires grad"):
+        gated_route_([], [], [], [torch.zeros(3, requires_grad=True)], [torch.zeros(3)], s=1.0, s_max=1.0,
+                     backend=backend)
+    assert torch.equal(layer.weight, weight)
+    with pytest.raises(RuntimeError, match=r"grads\[0\] requires grad in grad mode"):
+        gated_route_([layer.weight * 1], [mo], [mi], s=1.0, s_max=1.0, backend=backend)
+    layer(torch.randn(2, 3)).sum().backward()
+    gated_route_([layer.weight.grad, layer.bias.grad], [mo, mo], [mi, None], s=1.0, s_max=1.0, backend=backend)
+    assert torch.equal(layer.weight.grad, torch.zeros(4, 3)) and torch.equal(layer.bias.grad, torch.zeros(4))
 
 
 @needs_cpp

@@ -10,6 +10,7 @@ from torch import nn
 
 import pyfast
 from pyfast import _extension
+from pyfast._dtypes import acc_dtype
 from pyfast.ops.ghost_bn import ghost_batch_norm
 from pyfast.reference.ghost_bn import ghost_batch_norm_loop_ref, ghost_batch_norm_ref, running_update
 from pyfast.testing import named
@@ -29,7 +30,7 @@ def _inputs(shape, dtype=torch.float32, seed=0, affine=True):
     c = shape[1]
     x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2
          + torch.randn((1, c) + (1,) * (len(shape) - 2), generator=g, dtype=torch.float64) * 3).to(dtype)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = acc_dtype(dtype)
     w = (1 + 0.3 * torch.randn(c, generator=g, dtype=torch.float64)).to(acc) if affine else None
     b = (0.2 * torch.randn(c, generator=g, dtype=torch.float64)).to(acc) if affine else None
     rm = torch.randn(c, generator=g, dtype=torch.float64).to(acc)

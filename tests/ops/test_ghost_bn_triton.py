@@ -13,6 +13,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from pyfast import _extension
+from pyfast._dtypes import acc_dtype
 from pyfast.ops.ghost_bn import ghost_batch_norm
 from pyfast.reference.ghost_bn import ghost_batch_norm_loop_ref, ghost_batch_norm_ref
 from pyfast.testing import assert_triton_schema_matches
@@ -26,7 +27,7 @@ def _inputs(shape, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     c = shape[1]
     x = (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 3).to(dtype)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = acc_dtype(dtype)
     w = (1 + 0.3 * torch.randn(c, generator=g, dtype=torch.float64)).to(acc)
     b = (0.2 * torch.randn(c, generator=g, dtype=torch.float64)).to(acc)
     return x, w, b, torch.zeros(c, dtype=acc), torch.ones(c, dtype=acc)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pyfast import _extension
+from pyfast._dtypes import acc_dtype
 from pyfast.ops.karat import karat_attention, karat_basis
 from pyfast.reference.karat import fourier_basis_ref, harmonics, karat_attention_ref, karat_z_ref
 from pyfast.testing import HALF_TYPES, assert_half_error_within, named
@@ -23,7 +24,7 @@ def _inputs(B=2, H=3, N=11, D=8, r=4, M=4, dtype=torch.float64, device="cpu", se
     a, b = (torch.randn(H, r, N, M, generator=g, dtype=torch.float64) for _ in range(2))
     W = torch.randn(H, N, r, generator=g, dtype=torch.float64) / N
     return [t.to(device=device, dtype=dtype if t.dim() == 4 and t is not a and t is not b else
-                 (torch.float64 if dtype == torch.float64 else torch.float32)).requires_grad_()
+                 acc_dtype(dtype)).requires_grad_()
             for t in (q, k, v, a, b, W)]
 
 

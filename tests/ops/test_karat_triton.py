@@ -16,6 +16,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from pyfast import _extension
+from pyfast._dtypes import acc_dtype
 from pyfast.ops.karat import karat_attention, karat_basis
 from pyfast.reference.karat import karat_attention_ref, karat_z_ref
 from pyfast.testing import HALF_TYPES, assert_half_error_within, assert_triton_schema_matches, named
@@ -25,7 +26,7 @@ DEVICE = "cpu" if _extension.triton_interpret() else "cuda"
 
 def _inputs(B=2, H=2, N=11, D=8, r=3, M=3, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = acc_dtype(dtype)
     q, k, v = (torch.randn(B, H, N, D, generator=g).to(dtype) for _ in range(3))
     a, b = (torch.randn(H, r, N, M, generator=g).to(acc) for _ in range(2))
     W = (torch.randn(H, N, r, generator=g) / N).to(acc)

@@ -196,6 +196,17 @@ def test_cpp_gradient_of_learnable_decay_reaches_parameter():
     assert g.abs().sum() > 0
 
 
+def test_lif_decay_checks_a_tensor_k_unless_it_is_in_range_by_construction():
+    """k_in_range=True (pyfast.nn.LIF's sigmoid / clamp decays) skips the value check of a tensor k, a device sync
+    on a GPU; the result is the same as with the check."""
+    x = torch.randn(3, 4)
+    k = torch.full((4,), 0.5)
+    with pytest.raises(ValueError, match="k must lie in"):
+        lif_decay(x, k=k + 1.0)
+    lif_decay(x, k=k + 1.0, k_in_range=True)  # trusted, not read
+    assert torch.equal(lif_decay(x, k=k, k_in_range=True), lif_decay(x, k=k))
+
+
 def test_inference_does_not_store_membrane_history():
     x = torch.randn(4, 8)
     with torch.no_grad():
@@ -267,12 +278,19 @@ def test_torch_compile_fullgraph_small_snn():
         ({"tau": torch.tensor([2.0, 0.5, 3.0, 4.0])}, ValueError, "tau"),
         ({"tau": torch.ones(5) * 2}, ValueError, "tau"),
         ({"tau": math.inf}, ValueError, "decay_input=False"),
+        ({"tau": torch.tensor(math.inf)}, ValueError, "decay_input=False"),
+        ({"tau": torch.tensor([2.0, math.inf, 3.0, 4.0])}, ValueError, "decay_input=False"),
+        ({"tau": torch.tensor(math.nan)}, ValueError, "tau must be >= 1"),
         ({"tau": "2"}, TypeError, "tau"),
         ({"v_threshold": 0.0}, ValueError, "v_threshold"),
         ({"v_threshold": -1.0}, ValueError, "v_threshold"),
         ({"v_threshold": torch.tensor(float("nan"))}, ValueError, "v_threshold"),
+        ({"v_threshold": torch.tensor(math.inf)}, ValueError, "v_threshold must be finite"),
+        ({"v_threshold": math.inf}, ValueError, "v_threshold must be finite"),
         ({"v_threshold": torch.tensor(1, dtype=torch.int64)}, TypeError, "v_threshold"),
         ({"v_reset": float("inf")}, ValueError, "v_reset"),
+        ({"v_reset": float("nan")}, ValueError, "v_reset must be finite"),
+        ({"v_reset": torch.tensor(0.0)}, TypeError, "v_reset must be a number, got Tensor"),
         ({"v0": torch.zeros(3)}, ValueError, "v0"),
         ({"v0": torch.zeros(4, dtype=torch.float64)}, TypeError, "v0"),
         ({"v0": torch.zeros(4, device="meta")}, ValueError, "v0"),
@@ -280,6 +298,7 @@ def test_torch_compile_fullgraph_small_snn():
         ({"surrogate": "relu"}, ValueError, "surrogate"),
         ({"alpha": 0.0}, ValueError, "alpha"),
         ({"alpha": float("nan")}, ValueError, "alpha"),
+        ({"alpha": torch.tensor(2.0)}, TypeError, "alpha must be a number, got Tensor"),
         ({"backend": "fast"}, ValueError, "backend"),
     ],
 )
@@ -290,6 +309,26 @@ def test_bad_arguments_raise_naming_the_argument(kwargs, error, needle):
     with pytest.raises(error, match=None) as info:
         lif(x, v0, **kw)
     assert needle in str(info.value)
+
+
+def test_tensor_tau_and_k_follow_the_rules_of_numbers():
+    """tau=inf (k = 0) with decay_input=True scales the input by 0: the number raised, a tensor with an inf entry
+    returned zeros; now both raise, and lif_decay's k = 0 as well. With decay_input=False (an IF neuron) tensors and
+    numbers give the same spikes."""
+    x = torch.rand(6, 4) * 2
+    for tau in (torch.tensor(math.inf), torch.tensor([2.0, math.inf, 3.0, 4.0]),
+                torch.full((4,), math.inf, requires_grad=True)):
+        with pytest.raises(ValueError, match=r"tau has k=0 \(tau=inf\) entries: .* decay_input=False"):
+            lif(x, tau=tau)
+    for k in (0.0, torch.tensor(0.0), torch.tensor([0.5, 0.0, 0.5, 0.5])):
+        with pytest.raises(ValueError, match=r"k=0 .*decay_input=False"):
+            lif_decay(x, k=k)
+    want = lif(x, tau=math.inf, decay_input=False)
+    assert want.any()
+    for tau in (torch.tensor(math.inf), torch.full((4,), math.inf)):
+        assert torch.equal(lif(x, tau=tau, decay_input=False), want)
+    for k in (0.0, torch.zeros(4)):
+        assert torch.equal(lif_decay(x, k=k, decay_input=False), want)
 
 
 def test_bad_arguments_to_the_raw_op_raise_value_and_type_errors():
@@ -417,9 +456,12 @@ def test_no_constant_is_cached_while_a_cuda_graph_is_captured(monkeypatch):
     # Nor are tensor hyperparameters range-checked then (the check's device sync would end the capture with an
     # error): the documented exception, as under torch.compile.
     lif(x, v_threshold=torch.full((6,), -1.0))
+    lif(x, tau=torch.full((6,), math.inf))
     monkeypatch.setattr(lif_module, "_capturing", lambda device: False)
     with pytest.raises(ValueError, match="v_threshold must be finite and > 0"):
         lif(x, v_threshold=torch.full((6,), -1.0))
+    with pytest.raises(ValueError, match="decay_input=False"):
+        lif(x, tau=torch.full((6,), math.inf))
 
 
 # ---------------------------------------------------------------------------------------------------- tier 4

@@ -19,6 +19,7 @@ pytest.importorskip("triton")
 
 import pyfast
 from pyfast import _extension
+from pyfast._dtypes import acc_dtype
 from pyfast.reference.lif import SURROGATES, lif_ref
 from pyfast.testing import TOLERANCES, assert_half_error_within, assert_triton_schema_matches
 
@@ -131,7 +132,7 @@ def _check_against_reference(shape, dtype, mode, seed, tol=None, **case_kwargs):
     spikes, v_last, grads = _run("triton", x, v0, tau, v_th, mode, grad_s, grad_v)
     assert spikes.dtype == dtype and v_last.dtype == dtype
     # Truth: the reference at float32 (float64 for float64) on the same, dtype-representable, inputs.
-    truth_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    truth_dtype = acc_dtype(dtype)
     ref_spikes, ref_v, ref_grads = _run("reference", x, v0, tau, v_th, mode, grad_s, grad_v, dtype=truth_dtype)
     assert ref_spikes.sum() > 0 and (ref_spikes == 0).any(), "inputs should make some neurons fire and some not"
     assert torch.equal(spikes.to(truth_dtype), ref_spikes), "spikes differ from the reference"
@@ -184,7 +185,7 @@ def test_other_dtypes_match_reference(dtype, surrogate):
     x, v0, _, _, _ = _case((3, 5), dtype, mode, seed=7, tau=tau, v_th=v_th)
     g_s, g_v = _loss_weights((3, 5), dtype, 7)
     spikes, v_last, grads = _run("triton", x, v0, tau, v_th, mode, g_s, g_v, alpha=alpha)
-    truth_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    truth_dtype = acc_dtype(dtype)
     ref_spikes, ref_v, ref_grads = _run("reference", x, v0, tau, v_th, mode, g_s, g_v, dtype=truth_dtype, alpha=alpha)
     assert torch.equal(spikes.to(truth_dtype), ref_spikes)
     if dtype == torch.float64:

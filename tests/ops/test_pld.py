@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pyfast._dtypes import acc_dtype
 from pyfast.losses import PLDLoss, pld_loss
 from pyfast.ops.pld import CUDA_MAX_CLASSES, pld_rows
 from pyfast.reference.pld import pld_ranking, pld_ref
@@ -129,6 +130,29 @@ def test_large_logits_stay_finite(backend):
 # --------------------------------------------------------------------------------------------------------------
 
 
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize(("student_scale", "teacher_scale"), [(1.0, 1.0), (1e2, 1.0), (1e30, 1.0), (1.0, 1e30),
+                                                              (1e30, 1e30), (1e30, 1e-30)])
+def test_reference_matches_cpp_at_any_logit_scale(student_scale, teacher_scale, dtype):
+    """The reference's reverse log-sum-exp was logcumsumexp, whose backward adds log(grad) to its result: at 1e30
+    student logits the gradients' weights were lost (rows summed to about the number of suffix maxima instead of 0),
+    and in float32 they were 3e-5 relative off already at 1e2. The C++ kernel's scan is exact at any scale."""
+    s, t, y = pld_inputs(16, 100, dtype, seed=3)
+    ref = [(s * student_scale).requires_grad_(), (t * teacher_scale).requires_grad_()]
+    cpp = [x.detach().clone().requires_grad_() for x in ref]
+    loss_ref, loss_cpp = pld_ref(*ref, y, 0.7), torch.ops.pyfast.pld_fwd(*cpp, y, 0.7)[0]
+    g = torch.rand(16, dtype=dtype, generator=torch.Generator().manual_seed(4))
+    grads_ref = torch.autograd.grad((loss_ref * g).sum(), ref)
+    grads_cpp = torch.autograd.grad((loss_cpp * g).sum(), cpp)
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    for name, want, got in zip(("loss", "student", "teacher"), (loss_cpp, *grads_cpp), (loss_ref, *grads_ref)):
+        unit = want.abs().max().clamp_min(1.0)  # compare relative to the largest entry: values span 30 decades
+        torch.testing.assert_close(got / unit, want / unit, rtol=rtol, atol=rtol, msg=name)
+    # L is invariant to s + c per row: each row of the student's gradient sums to 0.
+    torch.testing.assert_close(grads_ref[0].sum(1), torch.zeros(16, dtype=dtype), rtol=0, atol=1e-5)
+
+
 def _compare(backend, b, c, dtype, seed=0, device="cpu", tau=0.7, ties=False, non_contiguous=False):
     s, t, y = pld_inputs(b, c, dtype, seed, device, ties)
     if non_contiguous:
@@ -139,7 +163,7 @@ def _compare(backend, b, c, dtype, seed=0, device="cpu", tau=0.7, ties=False, no
     loss, perm, lse = op(*leaves, y, tau)
     ref = [x.detach().cpu().clone().requires_grad_() for x in (s, t)]
     loss_ref = pld_ref(*ref, y.cpu(), tau)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = acc_dtype(dtype)
     assert loss.dtype == acc and perm.dtype == torch.int32 and lse.dtype == acc
     assert not perm.requires_grad and not lse.requires_grad
     assert torch.equal(perm.cpu().long(), pld_ranking(t.cpu(), y.cpu()))
@@ -271,6 +295,17 @@ def test_bad_input_errors(backend):
         pld_loss(s, t, y, reduction="avg", backend=backend)
     with pytest.raises(ValueError, match="backend must be one of"):
         pld_loss(s, t, y, backend="fast")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pld_rows_rejects_a_non_finite_or_tensor_tau_on_every_backend(backend):
+    """pld_rows (the dispatch behind pld_loss, public in pyfast.ops) left tau_t to the C++ op, which rejects NaN /
+    inf / <= 0 (and took a 0-d tensor); the reference returned NaN losses for tau_t=nan and finite ones for +-inf.
+    Now every backend raises the C++ op's error, tensors included (as pld_loss)."""
+    s, t, y = pld_inputs(5, 7, torch.float32)
+    for bad in (float("nan"), float("inf"), float("-inf"), 0.0, -1.0, torch.tensor(0.5), torch.tensor(float("nan"))):
+        with pytest.raises(ValueError, match="pld: tau_t must be a finite number > 0"):
+            pld_rows(s, t, y, bad, backend=backend)
 
 
 @needs_cpp

@@ -14,6 +14,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from pyfast import _extension
+from pyfast._dtypes import acc_dtype
 from pyfast.losses import pld_loss
 from pyfast.ops.pld import pld_rows
 from pyfast.reference.pld import pld_ranking, pld_ref
@@ -29,7 +30,7 @@ _inputs = functools.partial(pld_inputs, device=DEVICE)
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_matches_reference(dtype):
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = acc_dtype(dtype)
     for i, (b, c) in enumerate(CASES):
         for tau, ties in ((0.7, False), (2.0, True)):
             s, t, y = _inputs(b, c, dtype, seed=i, ties=ties)
@@ -94,11 +95,11 @@ def test_launcher_rejects_bad_arguments():
     from pyfast._triton import pld as kernels
 
     s, t, y = _inputs(3, 4, torch.float32)
-    with pytest.raises(TypeError, match="teacher must be one of torch.float32"):
+    with pytest.raises(TypeError, match="teacher must be one of float32"):
         kernels.pld_fwd(s, t.double(), y, 1.0)
     with pytest.raises(ValueError, match="student must be a contiguous tensor"):
         kernels.pld_fwd(s.t(), t.t(), y, 1.0)
     with pytest.raises(ValueError, match=r"must be \[B, C\] of one shape"):
         kernels.pld_fwd(s, t[:, :3].contiguous(), y, 1.0)
-    with pytest.raises(TypeError, match="labels must be one of torch.int64"):
+    with pytest.raises(TypeError, match="labels must be one of int64"):
         kernels.pld_fwd(s, t, y.int(), 1.0)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import pyfast
 from pyfast import _extension
+from pyfast._dtypes import acc_dtype
 from pyfast.ops.wconv import pack_den, wconv, wconv_weight
 from pyfast.reference.wconv import (
     DEFAULT_DEN,
@@ -39,7 +40,7 @@ CASE_IDS = ["x".join(map(str, s)) for s, _ in WEIGHT_CASES]
 def _leaves(shape, den, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(shape, generator=g).to(dtype).requires_grad_()
-    d = pack_den(den, shape[2:], dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    d = pack_den(den, shape[2:], dtype=acc_dtype(dtype))
     return w, d.detach().clone().requires_grad_()
 
 

@@ -16,6 +16,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from pyfast import _extension
+from pyfast._dtypes import acc_dtype
 from pyfast.ops.wconv import pack_den, wconv, wconv_weight
 from pyfast.reference.wconv import wconv_den_grad_ref, wconv_ref, wconv_weight_ref
 from pyfast.testing import assert_triton_schema_matches
@@ -36,7 +37,7 @@ CASES = [
 def _leaves(shape, den, dtype, seed=0, device=DEVICE):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(shape, generator=g).to(dtype)
-    d = pack_den(den, shape[2:], dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    d = pack_den(den, shape[2:], dtype=acc_dtype(dtype))
     return w.to(device).requires_grad_(), d.to(device).requires_grad_()
 
 
@@ -129,7 +130,7 @@ def test_launcher_rejects_bad_arguments():
         kernels.wconv_scale(w.int(), torch.ones(1), torch.empty(2, 2, 3, 3))
     with pytest.raises(ValueError, match="x must be a contiguous tensor"):
         kernels.wconv_scale(w.transpose(2, 3), torch.ones(1), torch.empty(2, 2, 3, 3))
-    with pytest.raises(TypeError, match="den must be one of"):
+    with pytest.raises(TypeError, match="den must be one of float32/float64, got"):
         kernels.wconv_scale(w, torch.ones(1, dtype=torch.float16), torch.empty(2, 2, 3, 3))
     with pytest.raises(ValueError, match="weight is required for grad_den"):
         torch.ops.pyfast.wconv_weight_bwd_triton(w, None, torch.ones(1), True, True)
