@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from pyfast import _extension
+from pyfast._dtypes import acc_dtype
 from pyfast.backends import availability
 from pyfast.bench import harness
 from pyfast.ops.crrelu import crrelu
@@ -88,7 +89,7 @@ def _crrelu(provider, case, device, dtype):
     shape, dim = case
     x = torch.randn(shape, device=device, dtype=dtype) * 2
     c = 1 if dim is None else shape[dim]
-    eps = torch.full((c,), 0.01, device=device, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    eps = torch.full((c,), 0.01, device=device, dtype=acc_dtype(dtype))
     d = 1 if dim is None else dim
     if provider == "reference":
         fn = lambda x, e: crrelu_ref(x, e, d)
@@ -109,7 +110,7 @@ def _ghost_bn(provider, case, device, dtype):
     shape, ghost = case
     c = shape[1]
     x = torch.randn(shape, device=device, dtype=dtype) + 0.5
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = acc_dtype(dtype)
     w = torch.ones(c, device=device, dtype=acc)
     b = torch.zeros(c, device=device, dtype=acc)
     rm, rv = torch.zeros(c, device=device, dtype=acc), torch.ones(c, device=device, dtype=acc)

@@ -81,7 +81,7 @@ def densify(sparse: Sparse | tuple[torch.Tensor, torch.Tensor], num_classes: int
     ordered = indices.sort(-1).values
     if k > 1 and bool((ordered[..., 1:] == ordered[..., :-1]).any()):
         raise ValueError("sparse indices must name distinct classes in every row (a repeated class would lose mass)")
-    v = values if values.dtype == torch.float64 else values.float()
+    v = float_logits(values)
     total = v.sum(-1, keepdim=True)
     if k == num_classes:  # every class is in the top-k: nothing to give the leftover mass to
         rounding = (total - 1).abs() <= k * torch.finfo(values.dtype).eps  # a probability vector: kept as it is

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyfast._dtypes import acc_dtype
 from pyfast.losses._checks import check_labels, check_logits, check_nonnegative, check_positive, reduce
 from pyfast.ops.pld import pld_rows
 
@@ -31,8 +32,8 @@ def kl_rows(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
 
 
 def float_logits(z: torch.Tensor) -> torch.Tensor:
-    """Logits in float32, or float64 when they are (the losses are computed in float32 or wider)."""
-    return z if z.dtype in (torch.float32, torch.float64) else z.float()
+    """Logits in their arithmetic dtype (:func:`pyfast._dtypes.acc_dtype`: float64 stays, the rest is float32)."""
+    return z.to(acc_dtype(z.dtype))
 
 
 # --------------------------------------------------------------------------------------------------------------

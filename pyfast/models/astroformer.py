@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyfast.models.options import choice, int_sequence, multiple_of, positive_int, probability
+from pyfast._checks import check_choice, check_int, check_int_sequence, check_multiple_of, check_rate
 from pyfast.nn.spectral import DropPath
 from pyfast.registry import MODELS
 
@@ -162,18 +162,18 @@ class Astroformer(nn.Module):
         super().__init__()
         for name, value in (("num_classes", num_classes), ("image_size", image_size), ("in_channels", in_channels),
                             ("stem_width", stem_width), ("head_hidden", head_hidden), ("dim_head", dim_head)):
-            positive_int("Astroformer", name, value)
-        embed_dims = int_sequence("Astroformer", "embed_dims", embed_dims)
-        depths = int_sequence("Astroformer", "depths", depths)
+            check_int("Astroformer", name, value)
+        embed_dims = check_int_sequence("Astroformer", "embed_dims", embed_dims)
+        depths = check_int_sequence("Astroformer", "depths", depths)
         if len(embed_dims) != len(depths) or len(depths) < 2:
             raise ValueError(f"Astroformer: embed_dims {embed_dims} and depths {depths} need one entry per stage "
                              f"(>= 2 stages) each")
-        multiple_of("Astroformer", "embed_dims[-1]", embed_dims[-1], "dim_head", dim_head)  # the attention stage
+        check_multiple_of("Astroformer", "embed_dims[-1]", embed_dims[-1], "dim_head", dim_head)  # the attention stage
         for name, value in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
-            probability("Astroformer", name, value)
+            check_rate("Astroformer", name, value)
         if stem_stride is None:
             stem_stride = 1 if image_size <= 64 else 2
-        positive_int("Astroformer", "stem_stride", stem_stride)
+        check_int("Astroformer", "stem_stride", stem_stride)
         final = image_size // stem_stride // 2 ** len(depths)
         if final < 1 or image_size % (stem_stride * 2 ** len(depths)):
             raise ValueError(f"Astroformer: image_size {image_size} with stem_stride {stem_stride} and {len(depths)} "
@@ -212,7 +212,7 @@ class Astroformer(nn.Module):
 
 @MODELS.register("astroformer", "Astroformer C-C-C-T hybrid (variant 0 by default; stem stride 1 at 32x32)")
 def astroformer(num_classes: int, in_channels: int = 3, image_size: int = 32, variant: int = 0, **kw) -> Astroformer:
-    choice("astroformer", "variant", variant, sorted(VARIANTS))
+    check_choice("astroformer", "variant", variant, sorted(VARIANTS))
     embed, depths, stem, hidden = VARIANTS[variant]
     kw = {"embed_dims": embed, "depths": depths, "stem_width": stem, "head_hidden": hidden, **kw}
     return Astroformer(num_classes, image_size=image_size, in_channels=in_channels, **kw)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pyfast.models.options import int_sequence, mlp_width, multiple_of, positive_int, positive_number, probability
+from pyfast._checks import check_int, check_int_sequence, check_mlp_width, check_multiple_of, check_positive, check_rate
 from pyfast.models.vit import Mlp, init_vit_weights
 from pyfast.nn.spectral import DropPath
 from pyfast.registry import MODELS
@@ -47,8 +47,7 @@ class WindowAttention(nn.Module):
 
     def __init__(self, dim: int, window: int, num_heads: int, qkv_bias: bool = True):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"WindowAttention: dim ({dim}) must be divisible by num_heads ({num_heads})")
+        check_multiple_of("WindowAttention", "dim", dim, "num_heads", num_heads)
         self.window, self.num_heads = window, num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
@@ -156,20 +155,20 @@ class CoSwin(nn.Module):
         super().__init__()
         for name, value in (("num_classes", num_classes), ("image_size", image_size), ("in_channels", in_channels),
                             ("patch", patch), ("embed_dim", embed_dim), ("window", window)):
-            positive_int("CoSwin", name, value)
-        depths, heads = int_sequence("CoSwin", "depths", depths), int_sequence("CoSwin", "heads", heads)
+            check_int("CoSwin", name, value)
+        depths, heads = check_int_sequence("CoSwin", "depths", depths), check_int_sequence("CoSwin", "heads", heads)
         if len(depths) != len(heads):
             raise ValueError(f"CoSwin: depths {depths} and heads {heads} need one entry per stage each")
         if image_size % (patch * 2 ** (len(depths) - 1)):
             raise ValueError(f"CoSwin: image_size ({image_size}) must be divisible by patch x 2^(stages - 1)")
         for s, nh in enumerate(heads):
-            multiple_of("CoSwin", f"embed_dim x 2^{s}", embed_dim * 2**s, f"heads[{s}]", nh)
+            check_multiple_of("CoSwin", f"embed_dim x 2^{s}", embed_dim * 2**s, f"heads[{s}]", nh)
             res = image_size // patch // 2**s
             if res > window and res % window:
                 raise ValueError(f"CoSwin: window ({window}) must divide the resolution of stage {s} (image_size / "
                                  f"patch / 2^{s} = {res})")
-        mlp_width("CoSwin", "embed_dim", embed_dim, "mlp_ratio", positive_number("CoSwin", "mlp_ratio", mlp_ratio))
-        probability("CoSwin", "drop_path", drop_path)
+        check_mlp_width("CoSwin", "embed_dim", embed_dim, "mlp_ratio", check_positive("CoSwin", "mlp_ratio", mlp_ratio))
+        check_rate("CoSwin", "drop_path", drop_path)
         self.image_size, self.in_channels = image_size, in_channels
         self.patch_embed = nn.Conv2d(in_channels, embed_dim, patch, stride=patch)
         self.patch_norm = nn.LayerNorm(embed_dim)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyfast.models.options import positive_int, positive_number
+from pyfast._checks import check_int, check_positive
 from pyfast.models.vit import Block, check_vit_options, init_vit_weights
 from pyfast.nn.gated import GatedClassAttentionBlock
 from pyfast.registry import MODELS
@@ -29,9 +29,9 @@ class GCABViT(nn.Module):
         super().__init__()
         check_vit_options("GCABViT", num_classes=num_classes, image_size=image_size, patch=patch,
                           in_channels=in_channels, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio)
-        if num_classes % positive_int("GCABViT", "num_tasks", num_tasks):
+        if num_classes % check_int("GCABViT", "num_tasks", num_tasks):
             raise ValueError(f"GCABViT: num_tasks ({num_tasks}) must divide num_classes ({num_classes})")
-        positive_number("GCABViT", "s_max", s_max)
+        check_positive("GCABViT", "s_max", s_max)
         self.num_tasks, self.classes_per_task = num_tasks, num_classes // num_tasks
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
         self.pos_embed = nn.Parameter(torch.zeros(1, (image_size // patch) ** 2, dim))

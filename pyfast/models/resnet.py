@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyfast.models.options import int_sequence, positive_int, positive_number
+from pyfast._checks import check_int, check_int_sequence, check_positive
 from pyfast.registry import MODELS
 
 
@@ -41,10 +41,10 @@ class ResNet(nn.Module):
 
     def __init__(self, num_classes: int, blocks=(2, 2, 2, 2), in_channels: int = 3, width: float = 1.0):
         super().__init__()
-        positive_int("ResNet", "num_classes", num_classes)
-        positive_int("ResNet", "in_channels", in_channels)
-        int_sequence("ResNet", "blocks", blocks, length=4)
-        positive_number("ResNet", "width", width)
+        check_int("ResNet", "num_classes", num_classes)
+        check_int("ResNet", "in_channels", in_channels)
+        check_int_sequence("ResNet", "blocks", blocks, length=4)
+        check_positive("ResNet", "width", width)
         chans = [max(1, round(c * width)) for c in (64, 128, 256, 512)]
         self.stem = nn.Sequential(nn.Conv2d(in_channels, chans[0], 3, 1, 1, bias=False), nn.BatchNorm2d(chans[0]),
                                   nn.ReLU(inplace=True))
@@ -66,5 +66,5 @@ class ResNet(nn.Module):
 
 @MODELS.register("resnet18", "ResNet-18, CIFAR variant (3x3 stem, no max-pool; 11.2M parameters at width 1)")
 def resnet18(num_classes: int, in_channels: int = 3, image_size: int = 32, width: float = 1.0) -> ResNet:
-    positive_int("resnet18", "image_size", image_size)  # checked, not used: global pooling takes any size
+    check_int("resnet18", "image_size", image_size)  # checked, not used: global pooling takes any size
     return ResNet(num_classes, (2, 2, 2, 2), in_channels, width)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyfast.models.options import fraction, int_sequence, positive_int
+from pyfast._checks import check_int, check_int_sequence, check_number
 from pyfast.nn import LIF
 from pyfast.registry import MODELS
 
@@ -69,12 +69,12 @@ class ConvSNN(nn.Module):
         super().__init__()
         for name, value in (("T", T), ("num_classes", num_classes), ("in_channels", in_channels),
                             ("image_size", image_size), ("hidden", hidden)):
-            positive_int("ConvSNN", name, value)
+            check_int("ConvSNN", name, value)
         if image_size % 4:
             raise ValueError(f"ConvSNN: image_size must be a multiple of 4, got {image_size}")
-        c1, c2 = int_sequence("ConvSNN", "channels", channels, length=2)
+        c1, c2 = check_int_sequence("ConvSNN", "channels", channels, length=2)
         if bn_momentum is not None:
-            fraction("ConvSNN", "bn_momentum", bn_momentum, include_zero=False, include_one=True)
+            check_number("ConvSNN", "bn_momentum", bn_momentum, low=0, high=1, low_open=True)
         self.T, self.in_shape = T, (in_channels, image_size, image_size)
         self.features = nn.Sequential(
             MultiStep(nn.Conv2d(in_channels, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1, momentum=bn_momentum)),

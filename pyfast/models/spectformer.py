@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyfast.models.options import int_at_least, multiple_of, probability
+from pyfast._checks import check_int, check_multiple_of, check_rate
 from pyfast.models.vit import Block, Mlp, check_vit_options, init_vit_weights
 from pyfast.nn.spectral import DropPath, SpectralGating
 from pyfast.registry import MODELS
@@ -56,11 +56,11 @@ class SpectFormer(nn.Module):
         check_vit_options("SpectFormer", num_classes=num_classes, image_size=image_size, patch=patch,
                           in_channels=in_channels, dim=dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
                           drop=drop, heads_used=False)
-        if int_at_least("SpectFormer", "alpha", alpha, 0) > depth:
+        if check_int("SpectFormer", "alpha", alpha, 0) > depth:
             raise ValueError(f"SpectFormer: alpha must be in [0, depth={depth}], got {alpha}")
         if alpha < depth:  # attention blocks follow the spectral ones
-            multiple_of("SpectFormer", "dim", dim, "num_heads", num_heads)
-        probability("SpectFormer", "drop_path", drop_path)
+            check_multiple_of("SpectFormer", "dim", dim, "num_heads", num_heads)
+        check_rate("SpectFormer", "drop_path", drop_path)
         self.image_size, self.in_channels = image_size, in_channels
         grid = image_size // patch
         self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)

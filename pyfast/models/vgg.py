@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pyfast._checks import check_choice, check_int, check_number, check_positive, check_rate
 from pyfast.backends import BACKENDS
-from pyfast.models.options import choice, fraction, positive_int, positive_number, probability
 from pyfast.nn import LIF
 from pyfast.reference.lif import SURROGATES
 from pyfast.registry import MODELS
@@ -32,9 +32,9 @@ VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "
 def _check_options(owner: str, num_classes: int, in_channels: int, width: float, hidden: int, dropout: float) -> None:
     """The options VGG16 and SpikingVGG16 share: sizes >= 1, ``width`` a finite number > 0, ``dropout`` in [0, 1)."""
     for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("hidden", hidden)):
-        positive_int(owner, name, value)
-    positive_number(owner, "width", width)
-    probability(owner, "dropout", dropout)
+        check_int(owner, name, value)
+    check_positive(owner, "width", width)
+    check_rate(owner, "dropout", dropout)
 
 
 def _features(width: float, in_channels: int, activation, pool) -> nn.Sequential:
@@ -76,11 +76,11 @@ def iir_neuron(threshold: float = 0.4, leak: float = 1.0, surrogate: str = "tria
     ``threshold`` and ``alpha`` (the surrogate's sharpness) are finite numbers > 0, ``leak`` is in [0, 1] (1: no
     leak), ``surrogate`` one of :data:`pyfast.reference.lif.SURROGATES`, ``backend`` one of
     :data:`pyfast.backends.BACKENDS`; checked here, when the layer is built, rather than at its first forward."""
-    positive_number("iir_neuron", "threshold", threshold)
-    fraction("iir_neuron", "leak", leak, include_one=True)
-    choice("iir_neuron", "surrogate", surrogate, SURROGATES)
-    positive_number("iir_neuron", "alpha", alpha)
-    choice("iir_neuron", "backend", backend, BACKENDS)
+    check_positive("iir_neuron", "threshold", threshold)
+    check_number("iir_neuron", "leak", leak, low=0, high=1)
+    check_choice("iir_neuron", "surrogate", surrogate, SURROGATES)
+    check_positive("iir_neuron", "alpha", alpha)
+    check_choice("iir_neuron", "backend", backend, BACKENDS)
     return LIF(tau=1.0 / (1.0 - leak) if leak < 1 else float("inf"), v_threshold=threshold, v_reset=None,
                decay_input=False, surrogate=surrogate, alpha=alpha, backend=backend, learnable_leak=True,
                learnable_threshold=True)
@@ -97,7 +97,7 @@ class SpikingVGG16(nn.Module):
                  dropout: float = 0.2, **neuron):
         super().__init__()
         _check_options("SpikingVGG16", num_classes, in_channels, width, hidden, dropout)
-        self.T = positive_int("SpikingVGG16", "T", T)
+        self.T = check_int("SpikingVGG16", "T", T)
         self.features = _features(width, in_channels, lambda: iir_neuron(**neuron), lambda: nn.AvgPool2d(2))
         c, h = max(1, round(512 * width)), max(1, round(hidden * width))
         self.classifier = nn.Sequential(
@@ -149,7 +149,7 @@ def fuse_bn(model: nn.Module) -> nn.Module:
 
 def _check_image_size(builder: str, image_size: int) -> None:
     """The VGG builders take 32x32 input only: five 2x2 pools leave the classifier a 1x1 map."""
-    if positive_int(builder, "image_size", image_size) != 32:
+    if check_int(builder, "image_size", image_size) != 32:
         raise ValueError(f"{builder}: built for 32x32 input (5 pools to 1x1), got image_size {image_size}")
 
 

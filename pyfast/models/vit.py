@@ -21,7 +21,7 @@ import inspect
 import torch
 from torch import nn
 
-from pyfast.models.options import mlp_width, multiple_of, positive_int, positive_number, probability
+from pyfast._checks import check_int, check_mlp_width, check_multiple_of, check_positive, check_rate
 from pyfast.nn import mesa as mesa_nn
 from pyfast.nn.karat import FourierKArAtAttention
 from pyfast.registry import ATTENTIONS, MODELS
@@ -35,10 +35,10 @@ class Attention(nn.Module):
                  proj_drop: float = 0.0):
         super().__init__()
         for name, value in (("dim", dim), ("num_heads", num_heads)):
-            positive_int("Attention", name, value)
-        multiple_of("Attention", "dim", dim, "num_heads", num_heads)
+            check_int("Attention", name, value)
+        check_multiple_of("Attention", "dim", dim, "num_heads", num_heads)
         for name, value in (("attn_drop", attn_drop), ("proj_drop", proj_drop)):
-            probability("Attention", name, value)
+            check_rate("Attention", name, value)
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
@@ -163,12 +163,12 @@ def check_vit_options(owner: str, *, num_classes: int, image_size: int, patch: i
     least one hidden unit, ``drop`` in [0, 1)."""
     for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("image_size", image_size),
                         ("patch", patch), ("dim", dim), ("depth", depth), ("num_heads", num_heads)):
-        positive_int(owner, name, value)
-    multiple_of(owner, "image_size", image_size, "patch", patch)
+        check_int(owner, name, value)
+    check_multiple_of(owner, "image_size", image_size, "patch", patch)
     if heads_used:
-        multiple_of(owner, "dim", dim, "num_heads", num_heads)
-    mlp_width(owner, "dim", dim, "mlp_ratio", positive_number(owner, "mlp_ratio", mlp_ratio))
-    probability(owner, "drop", drop)
+        check_multiple_of(owner, "dim", dim, "num_heads", num_heads)
+    check_mlp_width(owner, "dim", dim, "mlp_ratio", check_positive(owner, "mlp_ratio", mlp_ratio))
+    check_rate(owner, "drop", drop)
 
 
 def init_vit_weights(m: nn.Module) -> None:

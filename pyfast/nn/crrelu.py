@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyfast.nn._checks import check_backend, check_bool, check_int, check_number
+from pyfast._checks import check_bool, check_int, check_number
+from pyfast.nn._checks import check_backend
 from pyfast.ops.crrelu import crrelu
 
 __all__ = ["CRReLU"]

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyfast.nn._checks import check_backend, check_bool, check_heads, check_int, check_number
+from pyfast._checks import check_bool, check_int, check_number
+from pyfast.nn._checks import check_backend, check_heads
 from pyfast.ops.gated import gated_class_attention, gated_route_
 
 __all__ = ["GatedClassAttention", "GatedClassAttentionBlock", "GradientRouting", "HardAttentionGate", "anneal_s"]

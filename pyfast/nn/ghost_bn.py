@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyfast.nn._checks import check_backend, check_int
+from pyfast._checks import check_int
+from pyfast.nn._checks import check_backend
 from pyfast.ops.ghost_bn import check_hyperparameters, ghost_batch_norm, ghost_count
 
 __all__ = ["GhostBatchNorm1d", "GhostBatchNorm2d", "convert_to_ghost_bn"]

@@ -13,15 +13,8 @@ import math
 import torch
 from torch import nn
 
-from pyfast.nn._checks import (
-    check_backend,
-    check_bool,
-    check_choice,
-    check_heads,
-    check_int,
-    check_number,
-    check_tokens,
-)
+from pyfast._checks import check_bool, check_choice, check_int, check_number
+from pyfast.nn._checks import check_backend, check_heads, check_tokens
 from pyfast.ops.karat import karat_attention
 from pyfast.reference.karat import BASE_ACTIVATIONS
 

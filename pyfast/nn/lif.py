@@ -7,7 +7,8 @@ import math
 import torch
 from torch import nn
 
-from pyfast.nn._checks import check_backend, check_bool, check_choice, check_number, check_shape
+from pyfast._checks import check_bool, check_choice, check_number
+from pyfast.nn._checks import check_backend, check_shape
 from pyfast.ops.lif import lif_decay
 from pyfast.reference.lif import SURROGATES
 

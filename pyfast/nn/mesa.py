@@ -25,16 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyfast._checks import check_bool, check_choice, check_int, check_number
 from pyfast.backends import resolve
-from pyfast.nn._checks import (
-    check_backend,
-    check_bool,
-    check_choice,
-    check_int,
-    check_number,
-    check_shape,
-    check_tokens,
-)
+from pyfast.nn._checks import check_backend, check_shape, check_tokens
 from pyfast.ops import mesa as ops
 
 __all__ = ["GELU", "Attention", "Conv2d", "LayerNorm", "Linear", "MatMul", "Quantizer", "Softmax"]

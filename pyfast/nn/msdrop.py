@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyfast.nn._checks import check_backend, check_int
+from pyfast._checks import check_int
+from pyfast.nn._checks import check_backend
 from pyfast.ops.msdrop import check_hyperparameters, multi_sample_dropout_loss, new_seed
 from pyfast.reference.msdrop import msdrop_logits_ref
 

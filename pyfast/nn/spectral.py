@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyfast.nn._checks import check_int, check_number, check_tokens
+from pyfast._checks import check_int, check_number
+from pyfast.nn._checks import check_tokens
 
 __all__ = ["DropPath", "SpectralGating"]
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pyfast.nn._checks import check_backend, check_bool, check_int
+from pyfast._checks import check_bool, check_int
+from pyfast._dtypes import acc_dtype
+from pyfast.nn._checks import check_backend
 from pyfast.ops.wconv import check_den_values, check_kernel_size, pack_den, weight_of_packed_den
-from pyfast.reference.wconv import DEFAULT_DEN, acc_dtype, density_ref, split_den
+from pyfast.reference.wconv import DEFAULT_DEN, density_ref, split_den
 
 __all__ = ["WeightedConv1d", "WeightedConv2d", "WeightedConv3d", "default_den"]
 

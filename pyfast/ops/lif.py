@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from pyfast import _extension
+from pyfast._dtypes import acc_dtype
 from pyfast._numbers import is_inf, is_nan, is_number
 from pyfast.backends import resolve
 from pyfast.reference.lif import DEFAULT_ALPHA, SURROGATES, lif_ref
@@ -100,7 +101,7 @@ def lif_fwd_triton(
 
     x = x.contiguous()
     spikes, h_seq, v_last = _fwd_fake(x, v0, k, v_th, v_reset, decay_input, surrogate, alpha, detach_reset, store_h)
-    acc = _param_dtype(x)
+    acc = acc_dtype(x.dtype)
     kernels.lif_fwd(
         x, None if v0 is None else v0.contiguous(), k.to(acc).contiguous(), v_th.to(acc).contiguous(), v_reset,
         decay_input, surrogate, alpha, detach_reset, spikes, h_seq if store_h else None, v_last,
@@ -120,7 +121,7 @@ def lif_bwd_triton(
     n = h_seq[0].numel()
     grad_x = torch.empty_like(h_seq)
     grad_v0 = h_seq.new_empty(h_seq.shape[1:])
-    acc = _param_dtype(h_seq)
+    acc = acc_dtype(h_seq.dtype)
     grad_k_n = h_seq.new_zeros((n,), dtype=acc) if need_grad_k else None
     grad_v_th_n = h_seq.new_zeros((n,), dtype=acc) if need_grad_v_th else None
     kernels.lif_bwd(
@@ -205,19 +206,14 @@ _CONSTANTS: dict[tuple[float, torch.device, torch.dtype], torch.Tensor] = {}
 _MAX_CONSTANTS = 64
 
 
-def _param_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype the kernels compute k and v_th in: float64 for float64 x (unrounded hyperparameters), else float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def _constant(value: float, x: torch.Tensor) -> torch.Tensor:
-    """A [1] tensor of :func:`_param_dtype` holding ``value`` on x's device, made once per (value, device, dtype) and
+    """A [1] tensor of :func:`pyfast._dtypes.acc_dtype` of x holding ``value`` on x's device, made once per (value, device, dtype) and
     reused: a fresh one would cost an allocation and a fill launch per call and per hyperparameter, host time that
     bounds a GPU step of a few hundred microseconds. (torch.tensor(value, device="cuda") would even synchronise the
     stream.) The ops only read it. Made outside inference mode, so a tensor first made under torch.inference_mode can
     still be saved for a later backward; while torch.compile traces, a traced torch.full instead of a captured
     global."""
-    dtype = _param_dtype(x)
+    dtype = acc_dtype(x.dtype)
     if torch.compiler.is_compiling():
         return torch.full((1,), float(value), dtype=dtype, device=x.device)
     key = (float(value), x.device, dtype)
@@ -234,9 +230,9 @@ def _constant(value: float, x: torch.Tensor) -> torch.Tensor:
 
 
 def _as_neuron_param(p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Tensor of :func:`_param_dtype` with 1 element or one per neuron (N = x[0].numel()), as the kernels take it.
+    """Tensor of :func:`pyfast._dtypes.acc_dtype` of x with 1 element or one per neuron (N = x[0].numel()), as the kernels take it.
     Differentiable."""
-    p = p.to(_param_dtype(x))
+    p = p.to(acc_dtype(x.dtype))
     if p.numel() == 1:
         return p.reshape(1)
     return p.expand(x.shape[1:]).reshape(-1)
