@@ -45,7 +45,7 @@ def lif_calls(args, device):
     for name in args.providers:
         try:
             provider = bench_lif.make_provider(name, device)
-        except bench_lif.Unavailable as err:
+        except harness.Unavailable as err:
             print(f"skip {name}: {err}")
             continue
         yield name, bench_lif.make_call(provider.prepare(), x, "fwd+bwd")

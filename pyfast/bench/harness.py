@@ -32,6 +32,9 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from pyfast import _extension
+from pyfast.backends import availability
+
 # The directory above the pyfast package: the source checkout (whose git sha a CSV row records), or site-packages.
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -499,3 +502,61 @@ def resolve_common_args(args, name: str, providers: Sequence[str], rounds: int) 
                       args.rounds or (1 if args.quick else rounds),
                       args.min_run_time or (0.02 if args.quick else 0.5),
                       args.csv or default_csv(name, device.type))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Providers: availability, compilation, saved bytes
+# --------------------------------------------------------------------------------------------------------------
+
+
+class Unavailable(Exception):
+    """A provider cannot run here: it is skipped with this reason."""
+
+
+def check_provider(provider: str, device: torch.device) -> None:
+    """Raise :class:`Unavailable` (with the reason) unless pyfast's backend ``provider`` can be timed on ``device``:
+    the Triton interpreter on a CPU is a correctness tool, not a timing target."""
+    if provider == "triton" and device.type == "cpu":
+        raise Unavailable("the Triton interpreter on CPU is a correctness tool, not a timing target")
+    reason = availability(provider, device)
+    if not reason and provider == "cuda" and not _extension.has_cuda():
+        reason = _extension.cuda_reason()
+    if reason:
+        raise Unavailable(reason)
+
+
+def timed_providers(device: torch.device) -> list[str]:
+    """The pyfast providers a benchmark times on ``device``: the eager and compiled reference, then each backend
+    built here (Triton not in the CPU interpreter, a correctness tool)."""
+    out = ["reference", "reference+compile"]
+    if device.type == "cpu" and _extension.has_cpp():
+        out.append("cpp")
+    if device.type == "cuda" and _extension.has_cuda():
+        out.append("cuda")
+    if _extension.has_triton(device) and (device.type == "cuda" or not _extension.triton_interpret()):
+        out.append("triton")
+    return out
+
+
+def compiled(fn):
+    """``torch.compile(fn)`` after a dynamo reset, so each provider compiles afresh (no cache from another case)."""
+    torch._dynamo.reset()
+    return torch.compile(fn)
+
+
+def saved_bytes(fn, params) -> int:
+    """Bytes of the distinct non-parameter storages autograd saves while ``fn()`` runs (the graph is kept alive
+    until the count is done, then freed)."""
+    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in param_ptrs:
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(storages.values())

@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 
 import pyfast
-from pyfast import _extension
 from pyfast.bench import harness
 from pyfast.ops.karat import karat_attention
 from pyfast.reference.karat import karat_attention_ref
@@ -40,32 +39,8 @@ TARGET_VS_COMPILED = 2.0  # compiled reference fwd+bwd ms / fused fwd+bwd ms
 PROVIDERS = ("reference", "reference+compile", "cpp", "cuda", "triton", "sdpa")
 
 
-def saved_bytes(fn, params) -> int:
-    """Bytes of the distinct non-parameter storages autograd saves while ``fn()`` runs."""
-    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
-    storages: dict[int, int] = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in param_ptrs:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    del out
-    return sum(storages.values())
-
-
 def available(device: torch.device) -> list[str]:
-    out = ["reference", "reference+compile"]
-    if device.type == "cpu" and _extension.has_cpp():
-        out.append("cpp")
-    if device.type == "cuda" and _extension.has_cuda():
-        out.append("cuda")
-    if _extension.has_triton(device) and (device.type == "cuda" or not _extension.triton_interpret()):
-        out.append("triton")  # not timed in the CPU interpreter (it is a correctness tool)
-    return [*out, "sdpa"]
+    return [*harness.timed_providers(device), "sdpa"]
 
 
 def _forward(provider: str, compiled_ref):
@@ -116,7 +91,7 @@ def run_case(B, H, N, D, G, r, dtype, device, providers, min_run_time, sha
         steps[provider] = fwd_bwd_step(provider, compiled_ref, inputs, g)
         steps[provider]()  # warm-up (compilation)
         forwards[provider] = lambda fwd=fwd: fwd(*inputs)
-        saved[provider] = saved_bytes(forwards[provider], [a, b, W])
+        saved[provider] = harness.saved_bytes(forwards[provider], [a, b, W])
         peak[provider] = harness.peak_memory_bytes(steps[provider], device) / 2**20
     # The providers' timings interleave (harness.time_rounds): the ratios are this benchmark's result, and on
     # a shared machine one provider timed after another saw different load.

@@ -33,9 +33,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from pyfast import _extension
 from pyfast._dtypes import acc_dtype
-from pyfast.backends import availability
 from pyfast.bench import harness
 from pyfast.ops.crrelu import crrelu
 from pyfast.ops.ghost_bn import ghost_batch_norm
@@ -62,24 +60,6 @@ QUICK_CASES = {
 }
 
 
-class Unavailable(Exception):
-    """A provider cannot run here: skipped with this reason."""
-
-
-def check_kernel(provider, device):
-    if provider == "triton" and device.type == "cpu":
-        raise Unavailable("the Triton interpreter on CPU is a correctness tool, not a timing target")
-    reason = availability(provider, device)
-    if not reason and provider == "cuda" and not _extension.has_cuda():
-        reason = _extension.cuda_reason()
-    if reason:
-        raise Unavailable(reason)
-
-
-def compiled(fn):
-    torch._dynamo.reset()
-    return torch.compile(fn)
-
 
 # Each builder returns (name of the case, inputs that need grad, function of those inputs, bytes of fwd traffic,
 # bytes of bwd traffic).
@@ -94,11 +74,11 @@ def _crrelu(provider, case, device, dtype):
     if provider == "reference":
         fn = lambda x, e: crrelu_ref(x, e, d)
     elif provider == "reference+compile":
-        fn = compiled(lambda x, e: crrelu_ref(x, e, d))
+        fn = harness.compiled(lambda x, e: crrelu_ref(x, e, d))
     elif provider == "peer":
         fn = lambda x, e: F.gelu(x)
     else:
-        check_kernel(provider, device)
+        harness.check_provider(provider, device)
         fn = lambda x, e: crrelu(x, e, d, backend=provider)
     name = "x".join(map(str, shape)) + ("" if dim is None else f"/C@{dim}")
     nbytes = x.numel() * x.element_size()
@@ -125,11 +105,11 @@ def _ghost_bn(provider, case, device, dtype):
     if provider == "reference":
         fn = ref
     elif provider == "reference+compile":
-        fn = compiled(ref)
+        fn = harness.compiled(ref)
     elif provider == "peer":
         fn = lambda x, w, b: ghost_batch_norm_loop_ref(x, rm, rv, w, b, ghost, 0.1, 1e-5)
     else:
-        check_kernel(provider, device)
+        harness.check_provider(provider, device)
         fn = lambda x, w, b: ghost_batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5, ghost, backend=provider)
     nbytes = x.numel() * x.element_size()
     return "x".join(map(str, shape)) + f"/B{ghost}", [x, w, b], fn, 2 * nbytes, 3 * nbytes
@@ -145,11 +125,11 @@ def _msdrop(provider, case, device, dtype):
     if provider == "reference":
         fn = lambda h, w, b: msdrop_loss_ref(h, w, b, y, seed, m, p)[0]
     elif provider == "reference+compile":
-        fn = compiled(lambda h, w, b: msdrop_loss_ref(h, w, b, y, seed, m, p)[0])
+        fn = harness.compiled(lambda h, w, b: msdrop_loss_ref(h, w, b, y, seed, m, p)[0])
     elif provider == "peer":
         fn = lambda h, w, b: sum(F.cross_entropy(F.linear(F.dropout(h, p, True), w, b), y) for _ in range(m)) / m
     else:
-        check_kernel(provider, device)
+        harness.check_provider(provider, device)
         fn = lambda h, w, b: multi_sample_dropout_loss(h, w, b, y, m, p, seed=seed, backend=provider)[0]
     nbytes = m * h.numel() * h.element_size()  # the M masked copies of h, written and read by the GEMM
     return f"B{bsz}xD{d}xC{c}/M{m}", [h, w, b], fn, 2 * nbytes, 3 * nbytes
@@ -187,7 +167,7 @@ def bench_op(op, cases, device, dtype, modes, providers, min_run_time, rounds, m
             for p in providers:
                 try:
                     name, inputs, fn, fwd_bytes, bwd_bytes = builder(p, case, device, dtype)
-                except Unavailable as err:
+                except harness.Unavailable as err:
                     harness.log_once(f"skip {p}: {err}")
                     continue
                 calls[p] = _calls(inputs, fn, mode)

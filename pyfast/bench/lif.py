@@ -65,10 +65,6 @@ LIF_KW = {"tau": 2.0, "v_threshold": 1.0, "v_reset": 0.0, "decay_input": True, "
           "detach_reset": False}
 
 
-class Unavailable(Exception):
-    """A provider cannot run on this machine/device: skipped with this reason, not counted as a failure."""
-
-
 @dataclasses.dataclass
 class Provider:
     name: str
@@ -83,10 +79,10 @@ class Provider:
 
 def _pyfast_provider(name: str, device: torch.device) -> Provider:
     if name == "triton" and device.type == "cpu":
-        raise Unavailable("Triton runs on the CPU only in its interpreter (TRITON_INTERPRET=1); not worth timing")
+        raise harness.Unavailable("Triton runs on the CPU only in its interpreter (TRITON_INTERPRET=1); not worth timing")
     reason = availability(name, device) if name != "reference" else ""
     if reason:
-        raise Unavailable(reason)
+        raise harness.Unavailable(reason)
     if name == "triton":
         import importlib.util
 
@@ -95,7 +91,7 @@ def _pyfast_provider(name: str, device: torch.device) -> Provider:
         except ImportError:
             found = False
         if not found:
-            raise Unavailable("pyfast._triton.lif is not importable (kernels/lif.py missing or pyfast not installed)")
+            raise harness.Unavailable("pyfast._triton.lif is not importable (kernels/lif.py missing or pyfast not installed)")
 
     def forward(x):
         return pyfast.ops.lif(x, backend=name, **LIF_KW)
@@ -108,7 +104,7 @@ def _compile_provider(device: torch.device) -> Provider:
         import importlib.util
 
         if importlib.util.find_spec("triton") is None:
-            raise Unavailable("torch.compile on CUDA needs triton (pip install triton)")
+            raise harness.Unavailable("torch.compile on CUDA needs triton (pip install triton)")
 
     def prepare():
         # A fresh compilation per case: shapes and dtypes change between cases, and reusing one compiled function
@@ -122,11 +118,11 @@ def _compile_provider(device: torch.device) -> Provider:
 def _sj_provider(name: str, device: torch.device) -> Provider:
     impl = name.removeprefix("sj-")
     if impl != "torch" and device.type != "cuda":
-        raise Unavailable(f"SpikingJelly's {impl} implementation runs on CUDA tensors; this run is on {device}")
+        raise harness.Unavailable(f"SpikingJelly's {impl} implementation runs on CUDA tensors; this run is on {device}")
     try:
         from spikingjelly.activation_based import neuron, surrogate
     except ImportError as err:
-        raise Unavailable(f"spikingjelly is not importable ({err}); pip install spikingjelly") from err
+        raise harness.Unavailable(f"spikingjelly is not importable ({err}); pip install spikingjelly") from err
     surrogate_fn = surrogate.Sigmoid(alpha=LIF_KW["alpha"])
 
     if "backend" in inspect.signature(neuron.LIFNode.__init__).parameters:
@@ -136,7 +132,7 @@ def _sj_provider(name: str, device: torch.device) -> Provider:
                               decay_input=LIF_KW["decay_input"], surrogate_function=surrogate_fn,
                               detach_reset=LIF_KW["detach_reset"], step_mode="m", backend="torch").to(device)
         if backend not in node.supported_backends:
-            raise Unavailable(f"this SpikingJelly's LIFNode supports backends {node.supported_backends}, not {backend}")
+            raise harness.Unavailable(f"this SpikingJelly's LIFNode supports backends {node.supported_backends}, not {backend}")
         node.backend = backend
 
         def forward_old(x):
@@ -184,13 +180,13 @@ def _sj_select(impl: str, device: torch.device) -> None:
         selection._selections.clear()
         selection._compiled_selections.clear()
     except (ImportError, AttributeError) as err:
-        raise Unavailable(f"cannot select SpikingJelly's LIF implementation in this version ({err})") from err
+        raise harness.Unavailable(f"cannot select SpikingJelly's LIF implementation in this version ({err})") from err
     try:
         got = selection.diagnostics(device)["implementation"]
     except (RuntimeError, ImportError, OSError) as err:
-        raise Unavailable(" ".join(str(err).split())[:300]) from err
+        raise harness.Unavailable(" ".join(str(err).split())[:300]) from err
     if got != impl:
-        raise Unavailable(f"SpikingJelly selected its {got!r} implementation when asked for {impl!r}")
+        raise harness.Unavailable(f"SpikingJelly selected its {got!r} implementation when asked for {impl!r}")
 
 
 def make_provider(name: str, device: torch.device) -> Provider:
@@ -263,7 +259,7 @@ def run_case(providers, x, mode, device, min_run_time, sha, failures) -> tuple[l
             call = make_call(p.prepare(), x, mode)
             out = call()  # warm-up: compilation, autotuning, lazy imports; also the correctness probe
             harness.synchronize(device)
-        except Unavailable as err:
+        except harness.Unavailable as err:
             harness.log(f"skip {p.name}: {err}")
             providers.remove(p)
             continue
@@ -402,7 +398,7 @@ def main(argv=None) -> int:
     for name in args.providers:
         try:
             providers.append(make_provider(name, device))
-        except Unavailable as err:
+        except harness.Unavailable as err:
             print(f"skip {name}: {err}")
     print(f"providers: {', '.join(p.name for p in providers)}", flush=True)
     names = [p.name for p in providers]

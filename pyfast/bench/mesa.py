@@ -30,7 +30,6 @@ import torch
 
 import pyfast
 import pyfast.convert.mesa
-from pyfast import _extension
 from pyfast.bench import harness
 from pyfast.models.vit import Block
 from pyfast.ops.mesa import dequantize_fn, quantize_fn
@@ -42,23 +41,6 @@ TARGET_BF16 = 0.55  # Mesa saved bytes / bf16-autocast baseline
 TARGET_COS = 0.99
 TARGET_TIME_CPU = 1.5
 
-
-def saved_bytes(fn, params) -> int:
-    """Bytes of the distinct non-parameter storages autograd saves while ``fn()`` runs (the graph is kept alive
-    until the count is done, then freed)."""
-    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
-    storages: dict[int, int] = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in param_ptrs:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    del out
-    return sum(storages.values())
 
 
 def _autocast(device: torch.device, on: bool):
@@ -89,7 +71,7 @@ def block_measurements(B, N, C, H, device, min_run_time, time_it=True) -> dict:
                 with _autocast(device, amp):
                     return m(x)
 
-            res[f"bytes_{label}_{'bf16' if amp else 'fp32'}"] = saved_bytes(run, list(m.parameters()))
+            res[f"bytes_{label}_{'bf16' if amp else 'fp32'}"] = harness.saved_bytes(run, list(m.parameters()))
 
     if time_it:
         for label, m in (("base", base), ("mesa", mesa)):
@@ -101,14 +83,7 @@ def block_measurements(B, N, C, H, device, min_run_time, time_it=True) -> dict:
 
 
 def _providers(device: torch.device) -> list[str]:
-    out = ["reference", "reference+compile"]
-    if device.type == "cpu" and _extension.has_cpp():
-        out.append("cpp")
-    if device.type == "cuda" and _extension.has_cuda():
-        out.append("cuda")
-    if _extension.has_triton(device) and (device.type == "cuda" or not _extension.triton_interpret()):
-        out.append("triton")  # not timed in the CPU interpreter (it is a correctness tool)
-    return out
+    return harness.timed_providers(device)
 
 
 def quantize_microbench(B, N, C, G, device, min_run_time, sha) -> list[harness.Row]:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from pyfast.bench import harness
-from pyfast.bench.layers import KERNELS, Unavailable, bench_op, check_kernel, compile_table, compiled
+from pyfast.bench.layers import KERNELS, bench_op, compile_table
 from pyfast.losses import kd_loss, pld_loss
 
 PROVIDERS = ("reference", "reference+compile", "cpp", "cuda", "triton", "peer")
@@ -51,14 +51,14 @@ def _pld(provider, case, device, dtype):
     if provider == "reference":
         fn = lambda s: pld_loss(s, t, y, TAU, backend="reference")
     elif provider == "reference+compile":
-        fn = compiled(lambda s: pld_loss(s, t, y, TAU, backend="reference"))
+        fn = harness.compiled(lambda s: pld_loss(s, t, y, TAU, backend="reference"))
     elif provider == "peer":
         fn = lambda s: F.cross_entropy(s, y) + kd_loss(s, t, 4.0)
     elif provider in KERNELS:
-        check_kernel(provider, device)
+        harness.check_provider(provider, device)
         fn = lambda s: pld_loss(s, t, y, TAU, backend=provider)
     else:
-        raise Unavailable(f"unknown provider {provider!r}")
+        raise harness.Unavailable(f"unknown provider {provider!r}")
     nbytes = s.numel() * s.element_size()
     return f"B{bsz}xC{c}", [s], fn, 2 * nbytes, 3 * nbytes
 

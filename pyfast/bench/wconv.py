@@ -40,8 +40,6 @@ import sys
 import torch
 
 import pyfast
-from pyfast import _extension
-from pyfast.backends import availability
 from pyfast.bench import harness
 from pyfast.nn.wconv import default_den
 from pyfast.ops.wconv import pack_den, weight_of_packed_den
@@ -188,23 +186,13 @@ def layer_table(rows, providers, batch, layers) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
-class Unavailable(Exception):
-    """A provider cannot run on this machine/device: skipped with this reason."""
-
-
 def _op_fn(provider, device):
     if provider == "reference":
         return wconv_weight_ref
     if provider == "reference+compile":
         torch._dynamo.reset()
         return torch.compile(wconv_weight_ref)
-    if provider == "triton" and device.type == "cpu":
-        raise Unavailable("the Triton interpreter on CPU is a correctness tool, not a timing target")
-    reason = availability(provider, device)
-    if not reason and provider == "cuda" and not _extension.has_cuda():
-        reason = _extension.cuda_reason()
-    if reason:
-        raise Unavailable(reason)
+    harness.check_provider(provider, device)
     return lambda w, d: weight_of_packed_den(w, d, provider)
 
 
@@ -219,7 +207,7 @@ def bench_op(shapes, device, dtype, providers, min_run_time, sha, writer):
         for provider in providers:
             try:
                 fn = _op_fn(provider, device)
-            except Unavailable as err:
+            except harness.Unavailable as err:
                 harness.log_once(f"skip {provider}: {err}")
                 continue
             wl, dl = w.clone().requires_grad_(), d.clone().requires_grad_()

@@ -280,7 +280,7 @@ def test_torch_compile_fullgraph_cpu():
 @needs_cpp
 @pytest.mark.parametrize("N", [65, 197])
 def test_fused_saves_q_k_v_and_z_only_at_most_a_fifth_of_the_reference(N):
-    from pyfast.bench.karat import saved_bytes  # the benchmark's counter: distinct storages, parameters excluded
+    from pyfast.bench.harness import saved_bytes  # the benchmark's counter: distinct storages, parameters excluded
 
     # The shapes, ViT-Tiny at 32^2 (N = 65) and 224^2 (N = 197), at batch 2.
     B, H, D, r = 2, 3, 64, 12
