@@ -185,7 +185,11 @@ def ghost_batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running
     if not training:
         if running_mean is None:
             raise ValueError("ghost_batch_norm: training=False needs running_mean and running_var")
-        return F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)
+        # The buffers and affine parameters in x's arithmetic dtype: F.batch_norm refuses float64 x with float32
+        # statistics (a float32 module applied to float64 data), which the training path accepts.
+        acc = acc_dtype(x.dtype)
+        rm, rv, w, b = (None if t is None else t.to(acc) for t in (running_mean, running_var, weight, bias))
+        return F.batch_norm(x, rm, rv, w, b, False, 0.0, eps)
     n, spatial = x.shape[0], math.prod(x.shape[2:])
     smallest = (n - (num_ghosts(n, ghost_batch_size) - 1) * ghost_batch_size) * spatial  # the last ghost batch
     if smallest < 2:

@@ -101,19 +101,43 @@ pld_fwd_triton.register_autograd(_make_backward(torch.ops.pyfast.pld_bwd_triton)
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _check_rows(student, teacher, labels) -> None:
+    """The inputs every backend takes: floating [B, C] logits of one shape and device, int64 labels [B] in [0, C)
+    (the values are read back eagerly, one device sync; not while torch.compile traces, where the kernels clamp)."""
+    for name, t in (("student", student), ("teacher", teacher)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"pld: {name} must be a floating-point tensor of logits, got "
+                            f"{getattr(t, 'dtype', type(t).__name__)}")
+    if student.dim() != 2 or student.shape[1] < 1:
+        raise ValueError(f"pld: student must be [B, C] with C >= 1, got shape {tuple(student.shape)}")
+    if teacher.shape != student.shape or teacher.device != student.device:
+        raise ValueError(f"pld: teacher must have student's shape {tuple(student.shape)} and device {student.device}, "
+                         f"got {tuple(teacher.shape)} on {teacher.device}")
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
+        raise TypeError(f"pld: labels must be an int64 tensor, got {getattr(labels, 'dtype', type(labels).__name__)}")
+    if labels.shape != student.shape[:1] or labels.device != student.device:
+        raise ValueError(f"pld: labels must be [B] = [{student.shape[0]}] on {student.device}, got "
+                         f"{tuple(labels.shape)} on {labels.device}")
+    if labels.numel() and not torch.compiler.is_compiling() and (int(labels.min()) < 0 or
+                                                                  int(labels.max()) >= student.shape[1]):
+        raise ValueError(f"pld: labels must hold class indices in [0, {student.shape[1]}), got values in "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+
+
 def pld_rows(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, tau_t: float = 1.0, *,
              backend: str = "auto") -> torch.Tensor:
     """Per-row Plackett-Luce distillation loss [B] (float32; float64 for float64 logits), differentiable in both
     logits. Call :func:`pyfast.losses.pld_loss` for checked inputs and reductions; this is its backend dispatch.
 
     ``student`` / ``teacher``: [B, C] floating logits (of different dtypes, both are cast to the promoted one: an
-    up-cast, which keeps the teacher's ranking); ``labels``: int64 [B]; ``tau_t``: a finite number > 0 (checked
-    here for every backend). ``backend``: ``"auto"``, ``"cpp"``, ``"cuda"``, ``"triton"`` or ``"reference"`` (see
+    up-cast, which keeps the teacher's ranking); ``labels``: int64 [B] in [0, C); ``tau_t``: a finite number > 0
+    (all checked here, for every backend). ``backend``: ``"auto"``, ``"cpp"``, ``"cuda"``, ``"triton"`` or ``"reference"`` (see
     pyfast.backends). The CUDA kernel serves C <= 1024 (:data:`CUDA_MAX_CLASSES`); above that ``"auto"`` on a CUDA
     tensor uses the reference (warning once) and an explicit ``"cuda"`` raises.
     """
     if not is_number(tau_t) or not is_finite(tau_t) or tau_t <= 0:
         raise ValueError(f"pld: tau_t must be a finite number > 0, got {tau_t!r}")
+    _check_rows(student, teacher, labels)
     if student.dtype != teacher.dtype:
         common = torch.promote_types(student.dtype, teacher.dtype)
         student, teacher = student.to(common), teacher.to(common)

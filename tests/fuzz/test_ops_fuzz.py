@@ -3,10 +3,11 @@ and hyperparameters. Each draw must end one of two ways:
 
 * the ``cpp`` and ``reference`` backends both raise a ValueError or TypeError whose message names an argument of the
   op (the checks run before dispatch, so both backends say the same), or
-* both return, and the C++ results (outputs and gradients) equal the reference's within the dtype's tolerance:
-  float32 / float64 as :data:`pyfast.testing.TOLERANCES`; float16 / bfloat16 by the project's half rule, an error
-  against the float64 truth (the reference run on the same inputs in float64) at most twice the eager reference's
-  own error at that dtype, plus a floor relative to the magnitude.
+* both return, and the C++ results (outputs and gradients) equal the reference's within the dtype's tolerance
+  (:data:`pyfast.testing.TOLERANCES`), or, where they do not (always in half precision, and for large inputs in
+  float32), by the project's half rule: an error against the float64 truth (the reference run on the same inputs in
+  float64) at most twice the eager reference's own error at that dtype, plus a floor of the dtype's rounding at the
+  magnitude of the truth.
 
 Any other exception, a backend that raises where the other returns, or a mismatch fails with the draw. The example
 counts are bounded (and the draws derandomised) so the tier costs CI well under a minute or two.
@@ -30,6 +31,14 @@ pytestmark = needs_cpp
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 DTYPES = st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16])
 SIZES = st.sampled_from([1, 2, 3, 1, 2, 3, 0])  # a dimension is 0 in one draw of seven
+
+
+def seeded(data):
+    """``data.draw``, after seeding torch's global generator from a draw: the example's random tensors are then a
+    function of the draws alone, so a failure replays (hypothesis reruns the same draws) and CI sees the same
+    examples every run (``derandomize``)."""
+    torch.manual_seed(data.draw(st.integers(0, 2**16), label="seed"))
+    return data.draw
 
 
 class Raised:
@@ -96,25 +105,31 @@ def check(call, argnames: tuple[str, ...], dtype: torch.dtype, what: str) -> Non
             assert any(name in message for name in argnames), f"{what}: {message!r} names none of {argnames}"
         return
     assert len(ref) == len(cpp), what
-    if dtype in HALF_TYPES:
-        truth = call("reference", True)
-        for i, (t, r, c) in enumerate(zip(truth, ref, cpp)):
-            if not t.is_floating_point():
-                assert torch.equal(c, r), f"{what}: result {i}"
-                continue
-            finite = torch.isfinite(t)
-            assert torch.equal(finite, torch.isfinite(c.double())), f"{what}: result {i} finite where truth is not"
-            scale = 1.0 + t[finite].abs().max().item() if finite.any() else 1.0
-            err = (c.double() - t).abs()[finite].max().item() if finite.any() else 0.0
-            ref_err = (r.double() - t).abs()[finite].max().item() if finite.any() else 0.0
-            floor = (4e-2 if dtype == torch.bfloat16 else 5e-3) * scale
-            assert err <= 2 * ref_err + floor, f"{what}: result {i}: cpp error {err:.3g} > 2 x {ref_err:.3g} + {floor}"
-        return
     rtol, atol = TOLERANCES[dtype]
+    truth = None
     for i, (r, c) in enumerate(zip(ref, cpp)):
         assert r.shape == c.shape and r.dtype == c.dtype, f"{what}: result {i}: {c.shape}/{c.dtype} vs {r.shape}/{r.dtype}"
-        torch.testing.assert_close(c.double(), r.double(), rtol=rtol, atol=atol, equal_nan=True,
-                                   msg=lambda m, i=i: f"{what}: result {i}: {m}")
+        if not r.is_floating_point():
+            assert torch.equal(c, r), f"{what}: result {i}"
+        elif not torch.allclose(c.double(), r.double(), rtol=rtol, atol=atol, equal_nan=True):
+            # Not equal at the dtype's tolerance (always so in half precision, where the eager reference rounds every
+            # step): the rule against the float64 truth of the same inputs decides.
+            truth = call("reference", True) if truth is None else truth
+            within_rounding(truth[i], r, c, dtype, f"{what}: result {i}")
+
+
+def within_rounding(t: torch.Tensor, r: torch.Tensor, c: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    """The kernel's error against the float64 truth ``t`` is at most twice the eager reference's ``r``, plus a floor
+    of the dtype's rounding at the magnitude of the truth; NaN and infinity where the truth has them."""
+    finite = torch.isfinite(t)
+    assert torch.equal(finite, torch.isfinite(c.double())), f"{what}: finite where the truth is not, or the reverse"
+    if not finite.any():
+        return
+    scale = 1.0 + t[finite].abs().max().item()
+    err = (c.double() - t).abs()[finite].max().item()
+    ref_err = (r.double() - t).abs()[finite].max().item()
+    floor = {torch.bfloat16: 4e-2, torch.float16: 5e-3, torch.float32: 1e-5, torch.float64: 1e-12}[dtype] * scale
+    assert err <= 2 * ref_err + floor, f"{what}: cpp error {err:.3g} > 2 x the reference's {ref_err:.3g} + {floor:.3g}"
 
 
 def pick(draw, valid, invalid=(), tensor_ok=False):
@@ -134,7 +149,7 @@ def pick(draw, valid, invalid=(), tensor_ok=False):
 @FUZZ
 @given(data=st.data())
 def test_lif(data):
-    draw = data.draw
+    draw = seeded(data)
     dtype = draw(DTYPES)
     shape = (draw(SIZES), *draw(st.lists(SIZES, min_size=0, max_size=2)))
     tau = pick(draw, [2.0, 1.0, 4.0], [0.5, 0.0, -1.0, math.nan, math.inf], tensor_ok=True)
@@ -171,7 +186,7 @@ def test_lif(data):
 @FUZZ
 @given(data=st.data())
 def test_crrelu(data):
-    draw = data.draw
+    draw = seeded(data)
     dtype = draw(DTYPES)
     shape = (draw(SIZES), draw(SIZES), *draw(st.lists(SIZES, max_size=1)))
     dim = pick(draw, [1, -1, 0], [5, -7])
@@ -191,7 +206,7 @@ def test_crrelu(data):
 @FUZZ
 @given(data=st.data())
 def test_ghost_batch_norm(data):
-    draw = data.draw
+    draw = seeded(data)
     dtype = draw(DTYPES)
     shape = (draw(SIZES), draw(SIZES), *draw(st.lists(SIZES, max_size=2)))
     c = shape[1]
@@ -225,7 +240,7 @@ def test_ghost_batch_norm(data):
 @FUZZ
 @given(data=st.data())
 def test_multi_sample_dropout_loss(data):
-    draw = data.draw
+    draw = seeded(data)
     dtype = draw(DTYPES)
     b, d, c = draw(SIZES), draw(SIZES), draw(st.sampled_from([1, 2, 5]))
     bias_kind = pick(draw, ["none", "ok"], ["int64", "wrong shape"])
@@ -257,7 +272,7 @@ def test_multi_sample_dropout_loss(data):
 @FUZZ
 @given(data=st.data())
 def test_pld_rows(data):
-    draw = data.draw
+    draw = seeded(data)
     dtype = draw(st.sampled_from([torch.float32, torch.float64]))  # the loss is computed in float32 or float64
     b, c = draw(SIZES), draw(st.sampled_from([1, 2, 5]))
     tau = pick(draw, [1.0, 0.5, 4.0], [0.0, -1.0, math.nan, math.inf])
@@ -281,7 +296,7 @@ def test_pld_rows(data):
 @FUZZ
 @given(data=st.data())
 def test_wconv_weight(data):
-    draw = data.draw
+    draw = seeded(data)
     dtype = draw(DTYPES)
     d = draw(st.sampled_from([1, 2, 3]))
     ks = tuple(pick(draw, [1, 3, 5], [2]) for _ in range(d))
@@ -310,7 +325,7 @@ def test_wconv_weight(data):
 @FUZZ
 @given(data=st.data())
 def test_karat_attention(data):
-    draw = data.draw
+    draw = seeded(data)
     dtype = draw(DTYPES)
     bsz, heads, n, d = draw(SIZES), draw(st.sampled_from([1, 2])), pick(draw, [1, 3], [0]), \
         draw(st.sampled_from([1, 4]))
@@ -337,7 +352,7 @@ def test_karat_attention(data):
 @FUZZ
 @given(data=st.data())
 def test_gated_class_attention(data):
-    draw = data.draw
+    draw = seeded(data)
     dtype = draw(DTYPES)
     bsz, tokens, c = draw(SIZES), pick(draw, [1, 3], [0]), draw(st.sampled_from([4, 6]))
     heads = pick(draw, [1, 2], [3, 0, 5])
@@ -363,7 +378,7 @@ def test_gated_class_attention(data):
 @FUZZ
 @given(data=st.data())
 def test_mesa_quantize_and_dequantize(data):
-    draw = data.draw
+    draw = seeded(data)
     dtype = draw(DTYPES)
     groups = draw(st.sampled_from([1, 2, 3]))
     shape = (draw(SIZES), 6 * pick(draw, [1, 2], [0]))

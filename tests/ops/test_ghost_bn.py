@@ -302,3 +302,17 @@ def test_cuda_matches_reference(dtype):
     for i, (shape, ghost) in enumerate(CASES):
         _compare("cuda", shape, ghost, dtype, seed=i, device="cuda")
     _compare("cuda", (256, 64, 16, 16), 32, dtype, seed=9, device="cuda")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_eval_takes_statistics_of_another_dtype(dtype):
+    # A float32 module applied to float64 data: F.batch_norm refused the mixed dtypes with a RuntimeError (found by
+    # the fuzz tier); the statistics and affine parameters are used in x's arithmetic dtype.
+    x = torch.randn(4, 3, 5, dtype=torch.float64).to(dtype)
+    mean, var, w, b = torch.randn(3), torch.rand(3) + 0.5, torch.randn(3), torch.randn(3)
+    y = ghost_batch_norm(x, mean, var, w, b, False, 0.1, 1e-5, 2)
+    expected = torch.nn.functional.batch_norm(x.double(), mean.double(), var.double(), w.double(), b.double(), False,
+                                              0.0, 1e-5)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.double(), expected, rtol=1e-2 if dtype != torch.float64 else 1e-7,
+                               atol=1e-2 if dtype != torch.float64 else 1e-7)
