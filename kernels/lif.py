@@ -256,12 +256,10 @@ def lif_bwd_kernel(
 # --------------------------------------------------------------------------------------------------------------
 
 
-# (BLOCK, num_warps) per kernel on a GPU. Measured on an H100 (Triton 3.6) over T x N = 8 x 8.4M, 4 x 1M, 4 x 64K
-# and 16 x 64K, float32 and bfloat16, against every BLOCK in {256, 512, 1024} x num_warps in {2, 4, 8}: the forward
-# is best with 4 neurons per thread in small programs (256 / 2 warps: 2.7 TB/s at 8 x 8.4M for both dtypes, within
-# 3% of the best config everywhere); the backward, with more live values per neuron, with one neuron per thread
-# (256 / 8 warps: best everywhere, 2.6 TB/s float32, 2.0 TB/s bfloat16, vs 1.7 / 1.1 TB/s at 1024 / 4 warps).
-# BLOCK = 256 also gives the most programs for small N. The time loop is sequential, so nothing else is tuned.
+# (BLOCK, num_warps) per kernel on a GPU, the best of a sweep of BLOCK x num_warps (bench/RESULTS.md, "Launch
+# choices"): the forward with 4 neurons per thread in small programs, the backward, with more live values per neuron,
+# with one neuron per thread. BLOCK = 256 also gives the most programs for small N. The time loop is sequential, so
+# nothing else is tuned.
 _FWD_CONFIG = (256, 2)
 _BWD_CONFIG = (256, 8)
 

@@ -23,8 +23,8 @@ import triton.language as tl
 from .common import INTERPRET, TL_DTYPES, to_storage
 
 _BLOCK = 128 if INTERPRET else 1024
-# Elements of one group per reduction program: 4096 keeps a ViT activation's min / max spread over hundreds of programs
-# (at 2^16 a [64, 65, 384] activation in 6 head groups was 30 programs on a 132-SM H200, which took 71 us for it).
+# Elements of one group per reduction program: 4096 keeps a ViT activation's min / max spread over hundreds of programs,
+# where 2^16 left most of a large GPU idle (bench/RESULTS.md, "Launch choices").
 _CHUNK = 1 << 12
 
 

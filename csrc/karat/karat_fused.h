@@ -56,15 +56,11 @@ constexpr int kVec = 4;    // floats per vector load
 PYFAST_HD constexpr int64_t padded_rank(int64_t r) { return (r + kVec - 1) / kVec * kVec; }
 
 // Parts of the key (row) range per score row (column) in the fused kernels, for `rows` = B H N score rows (columns):
-// about kFusedTargetThreads threads in all, one to two waves of a large GPU (at G=3, r=12 an H100 holds 68K to 152K
-// of them at once: 132 SMs, the registers of 16 warps of the coefficient-gradient kernel, 114 each, to 36 of the
-// forward, 52), each thread still covering at least 4 keys. The threads are latency-bound, so the more in flight the
-// better: on an H100 at B=32, H=3, N=197, D=64, G=3, r=12 the three kernels took 0.86, 0.84 and 0.47 ms with one
-// thread per row and the dot products in the threads (2^15 target), 0.19, 0.30 and 0.14 ms with 6 parts and the
-// scores from cuBLAS (scalar coefficient loads, loops sized for kMaxG and kMaxR; the vector loads and shape templates
-// are not timed yet; bench/kernel_sweep.cu times other part counts beside this one). The partial sums cost a
-// [parts, ...] buffer (the coefficient gradient's, [parts * B, 2, H, r, N, G], is most of the fused path's peak
-// memory) and one sum.
+// about kFusedTargetThreads threads in all, one to two waves of a large GPU, each thread still covering at least 4
+// keys. The threads are latency-bound, so the more in flight the better (the measurements: bench/RESULTS.md, "Launch
+// choices"; bench/kernel_sweep.cu times other part counts beside this one). The partial sums cost a [parts, ...]
+// buffer (the coefficient gradient's, [parts * B, 2, H, r, N, G], is most of the fused path's peak memory) and one
+// sum.
 constexpr int64_t kFusedTargetThreads = int64_t{1} << 17;
 
 inline int64_t parts_for(int64_t rows, int64_t N) {

@@ -18,8 +18,8 @@ namespace mesa {
 namespace {
 
 constexpr int kThreads = 256;
-// Elements of one group per reduction block: 4096 spreads a ViT activation's min / max over hundreds of blocks (at
-// 2^16 a [64, 65, 384] activation in 6 head groups made 30 blocks for a 132-SM H200, and quantize took 144 us).
+// Elements of one group per reduction block: 4096 spreads a ViT activation's min / max over hundreds of blocks, where
+// 2^16 left most of a large GPU idle (bench/RESULTS.md, "Launch choices").
 constexpr int64_t kChunk = int64_t{1} << 12;
 
 __device__ __forceinline__ float to_f32(float v) { return v; }

@@ -141,11 +141,10 @@ def time_rounds(fns: dict[str, Callable[[], object]], device: torch.device, min_
     CPU: each round times one block (about ``block_s`` seconds of calls) of every function, starting at a different
     one each round, until ``min_run_time`` seconds per function have been spent (at least three rounds). CUDA: three
     rounds of :func:`time_ms` (a third of ``min_run_time`` each) per function, the order rotating, after one such
-    round that is not kept: on an H100 the first case of a benchmark ran 2.6x slower for every provider in two runs
-    out of three (the eager KArAt reference's forward: 0.53 ms against 0.20 ms), as if the GPU were still warming up.
-    On a shared machine whose speed drifts (CPU load; GPU clocks, a neighbour's work), the functions of one round see
-    the same conditions: compare them round by round (:func:`paired_ratio`) or by their medians. (On an H100 one
-    provider's fwd+bwd took 0.81 ms in one run and 1.07 ms in the next, timed one provider after another.)
+    round that is not kept: a GPU's first case can run several times slower for every provider, as if still warming
+    up (bench/RESULTS.md, "Launch choices"). On a shared machine whose speed drifts (CPU load; GPU clocks, a
+    neighbour's work), the functions of one round see the same conditions: compare them round by round
+    (:func:`paired_ratio`) or by their medians.
     """
     names = list(fns)
 
