@@ -1,6 +1,7 @@
 # The README's commands. Each creates .venv on first use (torch 2.14.1 and the pinned tools of requirements/), builds
 # the extension pyfast._C (incrementally after the first time) and then runs.
 #   make run    the main job: a short weighted-convolution ResNet-18 training on scikit-learn's embedded digits
+#               (--overwrite: each make run starts its run directory over)
 #   make test   the whole test suite (what CI runs)
 #   make bench  every op benchmark at its default sizes (CSV + PNG under bench/results)
 
@@ -27,7 +28,7 @@ build: setup
 
 run: build
 	$(PY) -m pyfast info
-	$(PY) -m pyfast train --method weighted-conv --model resnet18 --data digits --epochs 3
+	$(PY) -m pyfast train --method weighted-conv --model resnet18 --data digits --epochs 3 --overwrite
 
 test: build
 	$(PY) -m pytest -q
