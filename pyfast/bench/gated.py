@@ -56,14 +56,7 @@ def sdpa_class_attention(x, gate, wq, bq, wk, wv, bv, wp, bp, num_heads, gated=T
 
 
 def _providers(device: torch.device) -> list[str]:
-    out = ["reference", "reference+compile", "sdpa", "sdpa+gates", "sdpa+gates+compile"]
-    if device.type == "cpu" and _extension.has_cpp():
-        out.append("cpp")
-    if device.type == "cuda" and _extension.has_cuda():
-        out.append("cuda")
-    if _extension.has_triton(device) and (device.type == "cuda" or not _extension.triton_interpret()):
-        out.append("triton")
-    return out
+    return [*harness.timed_providers(device), "sdpa", "sdpa+gates", "sdpa+gates+compile"]
 
 
 def _fn(provider: str):

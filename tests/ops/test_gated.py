@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 
-from pyfast import _extension
 from pyfast.ops.gated import gate_compensation, gated_class_attention, gated_route_
 from pyfast.reference.gated import gated_class_attention_ref, gated_route_ref
 from pyfast.testing import assert_half_error_within, named
@@ -222,11 +221,9 @@ def _route_case(dtype=torch.float32, seed=0):
     return grads, mo, mi, emb_grads, embs
 
 
-@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=needs_cpp), "reference"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 def test_route_matches_reference(backend, dtype):
-    if backend == "cpp" and not _extension.has_cpp():
-        pytest.skip(_extension.cpp_reason())
     grads, mo, mi, eg, embs = _route_case(dtype)
     want, want_e = gated_route_ref(grads, mo, mi, eg, embs, 3.0, 800.0)
     grads[0] = grads[0].t().contiguous().t()  # a non-contiguous gradient is routed in place too
@@ -259,13 +256,11 @@ def test_route_bad_input(fn, match):
         fn()
 
 
-@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=needs_cpp), "reference"])
 def test_route_refuses_tensors_that_require_grad_and_routes_gradients(backend):
     """The routing writes in place without an autograd formula. A parameter passed instead of its gradient (a leaf
     that requires grad) was overwritten silently; it raises now, in grad mode and under torch.no_grad, as does a
     non-leaf that requires grad in grad mode. The parameters' .grad, the intended input, are routed."""
-    if backend == "cpp" and not _extension.has_cpp():
-        pytest.skip(_extension.cpp_reason())
     layer = torch.nn.Linear(3, 4)
     mo, mi = torch.ones(4), torch.ones(3)
     weight = layer.weight.detach().clone()
