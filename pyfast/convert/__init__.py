@@ -3,10 +3,15 @@
 * :mod:`pyfast.convert.mesa` (also ``pyfast.mesa``): Linear / Conv2d / GELU / LayerNorm and timm-style attention ->
   Mesa layers that save 8-bit activations;
 * :mod:`pyfast.convert.wconv` (also ``pyfast.wconv``): ``nn.Conv1d/2d/3d`` -> weighted convolutions, and back;
-* :func:`convert_to_ghost_bn`: ``nn.BatchNorm1d/2d`` -> ghost batch norm (defined in :mod:`pyfast.nn.ghost_bn`).
+* :func:`convert_attention`: timm-style self-attention -> Fourier-KArAt attention (:mod:`pyfast.convert.attention`);
+* :func:`convert_to_ghost_bn`: ``nn.BatchNorm1d/2d`` -> ghost batch norm (:mod:`pyfast.convert.ghost_bn`).
+
+Each takes ``verbose=True`` to print one line: what it converted, and what it left and why
+(:mod:`pyfast.convert.report`).
 """
 
 from pyfast.convert import mesa, wconv
-from pyfast.nn.ghost_bn import convert_to_ghost_bn
+from pyfast.convert.attention import convert_attention
+from pyfast.convert.ghost_bn import convert_to_ghost_bn
 
-__all__ = ["convert_to_ghost_bn", "mesa", "wconv"]
+__all__ = ["convert_attention", "convert_to_ghost_bn", "mesa", "wconv"]

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from pyfast.convert.report import Report
 from pyfast.nn.wconv import WEIGHTED_CONVS, WeightedConv1d, WeightedConv2d, WeightedConv3d, default_den
 
 __all__ = ["convert", "den_parameters", "param_groups", "revert", "weighted_layers"]
@@ -38,30 +39,42 @@ def _den_for(den, name: str, conv: nn.Module):
 
 
 def convert(model: nn.Module, den=None, *, learnable_den: bool = False, allow_negative_den: bool = False,
-            backend: str = "auto") -> nn.Module:
+            backend: str = "auto", verbose: bool = False) -> nn.Module:
     """Replace every ``nn.Conv1d/2d/3d`` of ``model`` (in place) by its ``pyfast.nn.WeightedConv*d``; returns model.
 
     The new layer has the old one's hyperparameters, device, dtype and training mode, and *the same* ``weight`` /
     ``bias`` Parameter objects (so nothing is copied and optimizers built before still see them). Forward hooks of
     replaced layers are not carried over. Left as they are: layers whose kernel is 1 on every axis (the density is
     the identity there; e.g. ResNet's 1x1 shortcuts), layers with an even kernel size (no centre tap), subclasses of
-    nn.Conv*d (their forward may differ) and transposed convolutions.
+    nn.Conv*d (their forward may differ, e.g. timm's Conv2dSame), transposed convolutions, and every other module
+    (pooling layers, whose ``kernel_size`` may be an int, included). ``verbose=True`` prints one line: what was
+    converted, by kernel size, and what was left and why.
 
     ``den``: ``None`` (the suggested den for each layer's kernel size, :func:`pyfast.nn.wconv.default_den`); one den
     for every converted layer (as ``WeightedConv2d(den=...)`` takes it); a mapping from kernel size (``3`` or
     ``(3, 5)``) to den, the suggested den for sizes not in it; or a callable ``(name, conv) -> den``, returning
     ``False`` to skip that layer. Errors name the layer.
     """
+    report = Report("wconv.convert")
     for parent_name, parent in list(model.named_modules()):
         for child_name, child in list(parent.named_children()):
             cls = WEIGHTED_CONVS.get(type(child))
-            ks = tuple(getattr(child, "kernel_size", ()))
-            if cls is None or all(k == 1 for k in ks) or any(k % 2 == 0 for k in ks):
+            if cls is None:
+                if isinstance(child, tuple(WEIGHTED_CONVS)):
+                    report.leave_kind(type(child).__name__, "a subclass with its own forward")
+                continue
+            ks = tuple(child.kernel_size)
+            if all(k == 1 for k in ks):
+                report.leave_kind("1x1 conv", "its density is the identity")
+                continue
+            if any(k % 2 == 0 for k in ks):
+                report.leave_kind("even-kernel conv", "no centre tap")
                 continue
             name = f"{parent_name}.{child_name}" if parent_name else child_name
             try:
                 layer_den = _den_for(den, name, child)
                 if layer_den is False:
+                    report.leave(name, "skipped by den")
                     continue
                 new = cls(child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
                           child.dilation, child.groups, child.bias is not None, child.padding_mode,
@@ -73,6 +86,9 @@ def convert(model: nn.Module, den=None, *, learnable_den: bool = False, allow_ne
             new.bias = child.bias
             new.train(child.training)
             setattr(parent, child_name, new)
+            report.swap(f"{'x'.join(map(str, ks))} {type(child).__name__}")
+    if verbose:
+        print(report.line(), flush=True)
     return model
 
 

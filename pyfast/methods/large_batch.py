@@ -24,8 +24,8 @@ from __future__ import annotations
 import math
 from typing import ClassVar
 
+from pyfast.convert.ghost_bn import convert_to_ghost_bn
 from pyfast.methods.base import Method, Stage
-from pyfast.nn.ghost_bn import convert_to_ghost_bn
 from pyfast.registry import METHODS
 
 LR_SCALINGS = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}  # lr multiplier = (B_L / B_S) ** exponent

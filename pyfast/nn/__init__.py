@@ -9,7 +9,7 @@ from pyfast.nn.gated import (
     HardAttentionGate,
     anneal_s,
 )
-from pyfast.nn.ghost_bn import GhostBatchNorm1d, GhostBatchNorm2d, convert_to_ghost_bn
+from pyfast.nn.ghost_bn import GhostBatchNorm1d, GhostBatchNorm2d
 from pyfast.nn.karat import FourierKArAtAttention, KArAtCoefficients
 from pyfast.nn.lif import IF, LIF
 from pyfast.nn.msdrop import MultiSampleDropoutHead
@@ -35,6 +35,5 @@ __all__ = [
     "WeightedConv2d",
     "WeightedConv3d",
     "anneal_s",
-    "convert_to_ghost_bn",
     "mesa",
 ]

@@ -16,7 +16,7 @@ from pyfast._checks import check_int
 from pyfast.nn._checks import check_backend
 from pyfast.ops.ghost_bn import check_hyperparameters, ghost_batch_norm, ghost_count
 
-__all__ = ["GhostBatchNorm1d", "GhostBatchNorm2d", "convert_to_ghost_bn"]
+__all__ = ["GhostBatchNorm1d", "GhostBatchNorm2d"]
 
 
 class _GhostMixin:
@@ -60,22 +60,3 @@ class GhostBatchNorm1d(_GhostMixin, nn.BatchNorm1d):
 
 class GhostBatchNorm2d(_GhostMixin, nn.BatchNorm2d):
     """Ghost batch norm over [N, C, H, W]; ``nn.BatchNorm2d``'s arguments plus ``ghost_batch_size``."""
-
-
-def convert_to_ghost_bn(module: nn.Module, ghost_batch_size: int, backend: str = "auto") -> nn.Module:
-    """Replace every ``nn.BatchNorm1d/2d`` in ``module`` (recursively, in place; the module itself too) by the ghost
-    version with the same hyperparameters, parameters and buffers. Returns the converted module."""
-    check_int("convert_to_ghost_bn", "ghost_batch_size", ghost_batch_size)  # also where module has no batch norm
-    check_backend("convert_to_ghost_bn", backend)
-    kinds = {nn.BatchNorm1d: GhostBatchNorm1d, nn.BatchNorm2d: GhostBatchNorm2d}
-    cls = kinds.get(type(module))
-    if cls is not None:
-        ghost = cls(module.num_features, ghost_batch_size, module.eps, module.momentum, module.affine,
-                    module.track_running_stats, backend=backend)
-        ghost.to(device=next(module.buffers(), torch.empty(0)).device)
-        ghost.load_state_dict(module.state_dict())
-        ghost.train(module.training)
-        return ghost
-    for name, child in module.named_children():
-        setattr(module, name, convert_to_ghost_bn(child, ghost_batch_size, backend))
-    return module

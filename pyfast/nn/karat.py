@@ -112,7 +112,12 @@ class FourierKArAtAttention(nn.Module):
         else:
             self.coef = make()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        """``x [B, N, C] -> [B, N, C]``. ``attn_mask`` / ``is_causal`` are taken for the call of timm's attention
+        (its blocks pass them) and must be ``None`` / ``False``: the row operator has no masked form."""
+        if attn_mask is not None or is_causal:
+            raise ValueError("FourierKArAtAttention: attn_mask and is_causal are not supported (the learned row "
+                             "operator W Phi(A) has no masked form)")
         check_tokens("FourierKArAtAttention", x, c=self.qkv.in_features)
         B, N, C = x.shape
         if N != self.coef.n_tokens:

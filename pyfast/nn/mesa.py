@@ -30,7 +30,7 @@ from pyfast.backends import resolve
 from pyfast.nn._checks import check_backend, check_shape, check_tokens
 from pyfast.ops import mesa as ops
 
-__all__ = ["GELU", "Attention", "Conv2d", "LayerNorm", "Linear", "MatMul", "Quantizer", "Softmax"]
+__all__ = ["GELU", "Attention", "Conv2d", "LayerNorm", "LayerNorm2d", "Linear", "MatMul", "Quantizer", "Softmax"]
 
 GELU_APPROXIMATIONS = ("none", "tanh")  # nn.GELU's, which it checks only at the first forward
 
@@ -222,6 +222,16 @@ class LayerNorm(nn.LayerNorm):
         return y
 
 
+class LayerNorm2d(LayerNorm):
+    """LayerNorm over the channels of ``[B, C, H, W]`` (timm's and torchvision's ``LayerNorm2d``: normalise axis 1
+    at every position), storing its input as uint8; computed on the channels-last view, as theirs are."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"mesa.LayerNorm2d: x must have shape [B, C, H, W], got {tuple(x.shape)}")
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 class MatMul(nn.Module):
     """``a @ b`` storing both operands as uint8, each with its own estimates (``quant_a``, ``quant_b``). Groups: axis
     1 of 4-D ``[B, H, ., .]`` operands (one per head with ``quant_groups = H``), else chunks of the last axis."""
@@ -249,11 +259,21 @@ class MatMul(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention ``[B, N, C] -> [B, N, C]`` with Mesa's quantized ``q @ k^T``, softmax and
-    ``attn @ v`` (grouped per head); ``qkv`` / ``proj`` are whatever modules it is given (Mesa or plain Linear)."""
+    """Multi-head self-attention ``[B, N, C] -> [B, N, C_out]`` with Mesa's quantized ``q @ k^T``, softmax and
+    ``attn @ v`` (grouped per head): a drop-in for timm's ``vision_transformer.Attention`` (and pyfast's ViT
+    attention), with its call ``forward(x, attn_mask=None, is_causal=False)``.
+
+    ``qkv`` / ``proj`` are whatever modules it is given (Mesa or plain Linear; ``qkv`` maps C to ``3 H D``).
+    The optional timm parts keep their roles: ``q_norm`` / ``k_norm`` on each head's queries and keys, ``norm`` on
+    the attention output before ``proj``, ``gate`` (a Linear on x whose sigmoid scales that output). ``attn_mask``:
+    an additive float mask, or a bool mask where True keeps a score (as ``F.scaled_dot_product_attention``);
+    ``is_causal`` masks the upper triangle (it takes precedence over ``attn_mask``, as in timm).
+    """
 
     def __init__(self, qkv: nn.Module, proj: nn.Module, num_heads: int, scale: float, attn_drop: nn.Module | None = None,
-                 proj_drop: nn.Module | None = None, *, matmul: bool = True, softmax: bool = True, **quant):
+                 proj_drop: nn.Module | None = None, *, q_norm: nn.Module | None = None,
+                 k_norm: nn.Module | None = None, norm: nn.Module | None = None, gate: nn.Module | None = None,
+                 matmul: bool = True, softmax: bool = True, **quant):
         super().__init__()
         for name, module in (("qkv", qkv), ("proj", proj)):
             if not isinstance(module, nn.Module):
@@ -265,24 +285,41 @@ class Attention(nn.Module):
         self.qkv, self.proj = qkv, proj
         self.attn_drop = attn_drop if attn_drop is not None else nn.Identity()
         self.proj_drop = proj_drop if proj_drop is not None else nn.Identity()
+        self.q_norm = q_norm if q_norm is not None else nn.Identity()
+        self.k_norm = k_norm if k_norm is not None else nn.Identity()
+        self.norm = norm if norm is not None else nn.Identity()
+        self.gate = gate
         self.matmul_qk = MatMul(quant_groups=num_heads, **quant) if matmul else None
         self.matmul_av = MatMul(quant_groups=num_heads, **quant) if matmul else None
         self.softmax = Softmax(-1, quant_groups=num_heads, **quant) if softmax else nn.Softmax(-1)
 
     @classmethod
     def from_timm(cls, attn: nn.Module, *, matmul: bool = True, softmax: bool = True, **quant) -> Attention:
-        return cls(attn.qkv, attn.proj, attn.num_heads, attn.scale, getattr(attn, "attn_drop", None),
-                   getattr(attn, "proj_drop", None), matmul=matmul, softmax=softmax, **quant)
+        """The Mesa twin of a timm-style attention module, sharing its submodules (so its parameters)."""
+        parts = {name: getattr(attn, name, None) for name in ("attn_drop", "proj_drop", "q_norm", "k_norm", "norm",
+                                                              "gate")}
+        return cls(attn.qkv, attn.proj, attn.num_heads, attn.scale, matmul=matmul, softmax=softmax, **parts, **quant)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         check_tokens("mesa.Attention", x, c=getattr(self.qkv, "in_features", None))  # qkv may be any module
-        B, N, C = x.shape
-        if C % self.num_heads:
-            raise ValueError(f"mesa.Attention: the channels C = {C} of x {tuple(x.shape)} must be divisible by "
-                             f"num_heads ({self.num_heads})")
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        B, N, _ = x.shape
+        qkv = self.qkv(x)
+        if qkv.shape[-1] % (3 * self.num_heads):
+            raise ValueError(f"mesa.Attention: qkv gives {qkv.shape[-1]} features, not 3 x num_heads ({self.num_heads})"
+                             " x a head width")
+        head_dim = qkv.shape[-1] // (3 * self.num_heads)
+        q, k, v = qkv.reshape(B, N, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
         kt = k.transpose(-2, -1)
-        scores = self.matmul_qk(q, kt) if self.matmul_qk is not None else q @ kt
-        attn = self.attn_drop(self.softmax(scores * self.scale))  # [B, heads, N, N]
+        scores = (self.matmul_qk(q, kt) if self.matmul_qk is not None else q @ kt) * self.scale  # [B, heads, N, N]
+        if is_causal:
+            scores = scores + scores.new_full((N, N), float("-inf")).triu_(1)
+        elif attn_mask is not None:
+            scores = scores + (attn_mask if attn_mask.dtype != torch.bool else
+                               torch.zeros_like(attn_mask, dtype=scores.dtype).masked_fill_(~attn_mask, float("-inf")))
+        attn = self.attn_drop(self.softmax(scores))
         out = self.matmul_av(attn, v) if self.matmul_av is not None else attn @ v
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
+        out = self.norm(out.transpose(1, 2).reshape(B, N, self.num_heads * head_dim))
+        if self.gate is not None:
+            out = out * self.gate(x).sigmoid()
+        return self.proj_drop(self.proj(out))

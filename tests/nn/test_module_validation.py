@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+import pyfast.convert
 import pyfast.nn as pnn
 from pyfast.nn import mesa
 
@@ -130,7 +131,7 @@ CONSTRUCTORS = [
     case(pnn.GhostBatchNorm2d, 4, momentum=NAN, error=ValueError, fragment="momentum must be a finite number in [0, 1]"),
     case(pnn.GhostBatchNorm2d, 4, eps=0.0, error=ValueError, fragment="eps must be a finite number > 0, got 0.0"),
     case(pnn.GhostBatchNorm2d, 4, backend="gpu", error=ValueError, fragment=f"GhostBatchNorm2d: {BACKENDS}"),
-    case(pnn.convert_to_ghost_bn, nn.Linear(2, 2), 0, error=ValueError,
+    case(pyfast.convert.convert_to_ghost_bn, nn.Linear(2, 2), 0, error=ValueError,
          fragment="convert_to_ghost_bn: ghost_batch_size must be an int >= 1, got 0"),
     case(pnn.MultiSampleDropoutHead, -1, 10, error=ValueError,
          fragment="MultiSampleDropoutHead: in_features must be an int >= 1, got -1"),

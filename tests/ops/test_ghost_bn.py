@@ -283,7 +283,7 @@ def test_convert_to_ghost_bn_keeps_state():
                           nn.BatchNorm1d(5))
     model(torch.randn(8, 3, 8, 8))  # move the running statistics
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    pyfast.nn.convert_to_ghost_bn(model, 4)
+    pyfast.convert.convert_to_ghost_bn(model, 4)
     assert isinstance(model[1], pyfast.nn.GhostBatchNorm2d) and isinstance(model[5], pyfast.nn.GhostBatchNorm1d)
     assert model[1].ghost_batch_size == 4
     for k, v in model.state_dict().items():
