@@ -229,7 +229,7 @@ FORWARDS = [
     pytest.param(lambda: mesa.Attention(nn.Linear(8, 24), nn.Linear(8, 8), 2, 0.5), (3, 8),
                  "mesa.Attention: x must have shape [B, N, C] with C=8, got (3, 8)", id="mesa-attention-2d"),
     pytest.param(lambda: mesa.Attention(nn.Sequential(nn.Linear(6, 18)), nn.Linear(6, 6), 4, 0.5), (1, 3, 6),
-                 "mesa.Attention: the channels C = 6 of x (1, 3, 6) must be divisible by num_heads (4)",
+                 "mesa.Attention: qkv gives 18 features, not 3 x num_heads (4) x a head width",
                  id="mesa-attention-heads"),
     pytest.param(lambda: pnn.HardAttentionGate(4, channel_dim=3), (2, 4, 3),
                  "HardAttentionGate: x must have 4 channels on dim 3 (after the batch axis), got shape (2, 4, 3)",
