@@ -3,10 +3,22 @@
 * :mod:`pyfast.convert.mesa` (also ``pyfast.mesa``): Linear / Conv2d / GELU / LayerNorm and timm-style attention ->
   Mesa layers that save 8-bit activations;
 * :mod:`pyfast.convert.wconv` (also ``pyfast.wconv``): ``nn.Conv1d/2d/3d`` -> weighted convolutions, and back;
-* :func:`convert_to_ghost_bn`: ``nn.BatchNorm1d/2d`` -> ghost batch norm (defined in :mod:`pyfast.nn.ghost_bn`).
+* :func:`convert_to_ghost_bn`: ``nn.BatchNorm1d/2d`` -> ghost batch norm (defined in :mod:`pyfast.nn.ghost_bn`);
+* :func:`convert_spikingjelly` (:mod:`pyfast.convert.spikingjelly`): SpikingJelly's multi-step LIF / IF / PLIF nodes
+  -> pyfast's neurons, with SpikingJelly's state semantics. It needs SpikingJelly, so its module is imported on first
+  use of the name.
 """
 
 from pyfast.convert import mesa, wconv
 from pyfast.nn.ghost_bn import convert_to_ghost_bn
 
-__all__ = ["convert_to_ghost_bn", "mesa", "wconv"]
+__all__ = ["convert_spikingjelly", "convert_to_ghost_bn", "mesa", "wconv"]
+
+
+def __getattr__(name: str):
+    # SpikingJelly is an optional peer (requirements/peers.txt): `import pyfast` neither needs nor imports it.
+    if name == "convert_spikingjelly":
+        from pyfast.convert.spikingjelly import convert_spikingjelly
+
+        return convert_spikingjelly
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
