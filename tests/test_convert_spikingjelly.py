@@ -270,11 +270,13 @@ def test_a_node_at_two_paths_becomes_one_module_with_one_state(capsys):
 
 def test_a_changed_reset_value_is_kept():
     node = neuron.LIFNode(step_mode="m")
-    node.set_reset_value("v", 0.25)
-    functional.reset_net(node)  # v = 0.25: the next call starts there, and so does every call after a reset
+    node.set_reset_value("v", 0.75)
+    functional.reset_net(node)  # v = 0.75: the next call starts there, and so does every call after a reset
     converted = convert_spikingjelly(copy.deepcopy(node))
-    x = net_input(shape=(4, 9))
+    x = net_input(shape=(4, 64))
     with torch.no_grad():
+        assert not torch.equal(node(x), neuron.LIFNode(step_mode="m")(x))  # the start matters on this input
+        functional.reset_net(node)
         for _ in range(2):
             assert torch.equal(converted(x), node(x))
             functional.reset_net(node)
