@@ -281,3 +281,17 @@ def test_a_changed_reset_value_is_kept():
             assert torch.equal(converted(x), node(x))
             functional.reset_net(node)
             functional.reset_net(converted)
+
+
+def test_bench_lif_sj_model_quick_cpu(run_bench_quick):
+    out, rows = run_bench_quick("lif", "--sj-model", "--threads", "1", timeout=300)
+    assert "convert_spikingjelly: converted 4 nodes (LIFNode 2, ParametricLIFNode 1, IFNode 1); left 0" in out
+    assert "SpikingJelly conv SNN against its convert_spikingjelly copy" in out
+    assert [(r["op"], r["provider"], r["mode"], r["shape"], r["dtype"]) for r in rows] == [
+        ("lif-sj-model", provider, "fwd+bwd", "4x2x3x8x8", "fp32") for provider in ("spikingjelly", "pyfast")]
+    sj_row, pyfast_row = rows
+    assert float(sj_row["ratio_vs_reference"]) == 1.0
+    assert float(pyfast_row["ratio_vs_reference"]) == pytest.approx(  # the CSV holds 6 significant digits
+        float(sj_row["median_ms"]) / float(pyfast_row["median_ms"]), rel=1e-4)
+    assert pyfast_row["note"].startswith("spikes!=ref 0.0000%; max|dW-dW_ref| ")
+    assert all(float(r["median_ms"]) > 0 and float(r["peak_mem_MB"]) > 0 for r in rows)
