@@ -208,20 +208,24 @@ def test_verbose_prints_one_line_of_what_was_converted_and_what_was_left(capsys)
         neuron.IFNode(v_threshold=-1.0, step_mode="m"),
         _MyLIF(step_mode="m"),
         nn.Linear(2, 2),
+        neuron.ParametricLIFNode(step_mode="m"),
     )
+    net[-1]._neuron_precision = (torch.float16, "fp32", "fp32")  # what spikingjelly...precision sets
     convert_spikingjelly(net, verbose=True)
     lines = capsys.readouterr().out.splitlines()
     assert lines == [(
-        "convert_spikingjelly: converted 3 nodes (LIFNode 1, ParametricLIFNode 1, IFNode 1); left 6: "
+        "convert_spikingjelly: converted 3 nodes (LIFNode 1, ParametricLIFNode 1, IFNode 1); left 7: "
         "'2.1' (LIFNode: step_mode='s' (pyfast's neurons are multi-step)); "
         "'3' (LIFNode: surrogate PiecewiseQuadratic (pyfast has Sigmoid and ATan)); "
         "'4' (LIFNode: surrogate Sigmoid(spiking=False) fires its primitive function, not spikes); "
         "'5' (IFNode: store_v_seq=True (pyfast's neurons return the final membrane only)); "
         "'6' (IFNode: IF: v_threshold must be a finite number > 0, got -1.0); "
-        "'7' (_MyLIF: a subclass of LIFNode, whose dynamics may differ)"
+        "'7' (_MyLIF: a subclass of LIFNode, whose dynamics may differ); "
+        "'9' (ParametricLIFNode: explicit neuron precision (spikingjelly.activation_based.precision))"
     )]
     assert [type(m).__name__ for m in net] == ["SpikingJellyNeuron", "SpikingJellyNeuron", "Sequential", "LIFNode",
-                                               "LIFNode", "IFNode", "IFNode", "_MyLIF", "Linear"]
+                                               "LIFNode", "IFNode", "IFNode", "_MyLIF", "Linear",
+                                               "ParametricLIFNode"]
     assert isinstance(net[2][0], SpikingJellyNeuron) and isinstance(net[2][1], neuron.LIFNode)
 
 

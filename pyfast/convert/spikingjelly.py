@@ -32,7 +32,7 @@ from pyfast.nn.lif import IF, LIF
 __all__ = ["SpikingJellyNeuron", "convert_spikingjelly"]
 
 NODE_TYPES = (neuron.LIFNode, neuron.ParametricLIFNode, neuron.IFNode)
-SURROGATES = {surrogate.Sigmoid: "sigmoid", surrogate.ATan: "atan"}
+SURROGATE_NAMES = {surrogate.Sigmoid: "sigmoid", surrogate.ATan: "atan"}  # SpikingJelly class -> pyfast name
 
 
 class SpikingJellyNeuron(base.MemoryModule):
@@ -44,8 +44,8 @@ class SpikingJellyNeuron(base.MemoryModule):
     soft reset); each call starts from the ``v`` the previous one left, with its autograd graph, so gradients flow
     back into earlier calls until ``functional.detach_net`` (``detach()``) or ``functional.reset_net``
     (``reset()``, back to the reset value). A call whose time step has another shape than the kept ``v`` (a smaller
-    last batch) starts from the reset value, and a kept ``v`` of another dtype or device is moved to the input's,
-    as SpikingJelly's nodes do.
+    last batch) starts from ``v_reset`` (0 for soft reset), and a kept ``v`` of another dtype or device is moved to
+    the input's, as SpikingJelly's nodes do.
     """
 
     def __init__(self, pyfast_neuron: LIF, v=None):
@@ -84,15 +84,15 @@ class SpikingJellyNeuron(base.MemoryModule):
         return spikes
 
 
-def _surrogate_of(node) -> tuple[str, float] | str:
+def _surrogate_of(node) -> tuple[str, object] | str:
     """(pyfast surrogate name, alpha) of a node's surrogate function, or why pyfast has no equal of it. pyfast's
     neuron checks alpha itself."""
     fn = node.surrogate_function
-    if type(fn) not in SURROGATES:
+    if type(fn) not in SURROGATE_NAMES:
         return f"surrogate {type(fn).__name__} (pyfast has Sigmoid and ATan)"
     if not fn.spiking:
         return f"surrogate {type(fn).__name__}(spiking=False) fires its primitive function, not spikes"
-    return SURROGATES[type(fn)], fn.alpha
+    return SURROGATE_NAMES[type(fn)], fn.alpha
 
 
 def _pyfast_neuron(node, backend: str) -> SpikingJellyNeuron | str:
