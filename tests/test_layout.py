@@ -4,8 +4,8 @@ The module graph is read from the source (``ast``), with an edge for every ``imp
 pyfast module anywhere in a file (function bodies included) and for the parent packages that importing a submodule
 runs first. A strongly connected component of more than one module is a loop that only some import order keeps
 alive. Function-local imports of pyfast modules are allowed only for what is optional or generated: the Triton
-kernels (``pyfast._triton``, imported on first use because triton is optional) and ``pyfast._build_info`` (written
-by setup.py).
+kernels (``pyfast._triton``, imported on first use because triton is optional), the SpikingJelly converter
+(``pyfast.convert.spikingjelly``, the same for SpikingJelly) and ``pyfast._build_info`` (written by setup.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pyfast"
-LAZY_ALLOWED = ("pyfast._triton", "pyfast._build_info", "pyfast._C")
+LAZY_ALLOWED = ("pyfast._triton", "pyfast._build_info", "pyfast._C", "pyfast.convert.spikingjelly")
 
 
 def _modules() -> dict[str, Path]:

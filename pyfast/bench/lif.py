@@ -31,14 +31,23 @@ differences near the threshold are expected. Then the providers of a case are ti
 (``harness.time_rounds``; the CSV holds each one's median) and, where the run covers the foundation issue's target
 case (CPU: T=8 fp32 fwd+bwd; GPU: T=32 fp16 fwd+bwd), a last table checks its targets (``target_table``).
 
+--sj-model (instead of the neuron cases): a small SpikingJelly conv SNN (:func:`sj_model`: conv-BN-LIF,
+conv-BN-PLIF, max-pool, conv-BN-IF, pool, linear-LIF; input [T, 16, 3, 32, 32], --quick [T, 2, 3, 8, 8]; default T=4
+fp32 fwd+bwd) against its ``pyfast.convert.convert_spikingjelly`` copy, side by side in interleaved rounds. A call is
+one training step's worth: ``functional.reset_net``, forward, and in fwd+bwd the backward of the spikes' sum into
+every parameter. The CSV rows (op ``lif-sj-model``) take SpikingJelly as the ratio's reference; the converted
+copy's note holds its spike mismatch and the largest difference in the first convolution's weight gradient.
+
 Examples:
   python -m pyfast.bench.lif --quick --device cpu
   python -m pyfast.bench.lif --device cuda --T 1 4 8 32 --dtype fp32 bf16 fp16 --neurons 4194304
+  python -m pyfast.bench.lif --sj-model --device cpu
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import inspect
 import statistics
@@ -46,6 +55,7 @@ import sys
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 import pyfast
 from pyfast.backends import availability
@@ -225,14 +235,15 @@ def make_call(forward, x: torch.Tensor, mode: str):
     return call
 
 
-def compare(out, ref) -> tuple[str, float]:
-    """Note for the CSV and the fraction of spikes that differ from the reference."""
+def compare(out, ref, grad_name: str = "dx") -> tuple[str, float]:
+    """Note for the CSV and the fraction of spikes that differ from the reference; ``out`` and ``ref`` are
+    (spikes, gradient or None), the gradient named ``grad_name`` in the note."""
     spikes, grad = out
     ref_spikes, ref_grad = ref
     mismatch = (spikes.float() != ref_spikes.float()).float().mean().item()
     note = f"spikes!=ref {mismatch:.4%}"
     if grad is not None and ref_grad is not None:
-        note += f"; max|dx-dx_ref| {(grad.float() - ref_grad.float()).abs().max().item():.3g}"
+        note += f"; max|{grad_name}-{grad_name}_ref| {(grad.float() - ref_grad.float()).abs().max().item():.3g}"
     return note, mismatch
 
 
@@ -331,6 +342,110 @@ def target_table(rows: list[harness.Row], rounds_by_case: dict, device: torch.de
 
 
 # --------------------------------------------------------------------------------------------------------------
+# --sj-model: a SpikingJelly conv SNN against its convert_spikingjelly copy
+# --------------------------------------------------------------------------------------------------------------
+
+SJ_MODEL_OP = "lif-sj-model"
+# (batch, channels of the first convolution, image side) of the --sj-model input [T, batch, 3, side, side].
+SJ_MODEL_SIZE = (16, 32, 32)
+SJ_MODEL_QUICK_SIZE = (2, 4, 8)
+
+
+def sj_model(channels: int) -> nn.Sequential:
+    """A small multi-step SpikingJelly conv SNN, [T, B, 3, H, W] -> spikes [T, B, 10]: conv-BN-LIF (tau 2),
+    conv-BN-PLIF (init tau 2), 2x2 max-pool, conv-BN-IF, global average pool, linear-LIF; sigmoid surrogate
+    (alpha 4), hard reset to 0. Raises :class:`harness.Unavailable` without SpikingJelly."""
+    try:
+        from spikingjelly.activation_based import layer, neuron, surrogate
+    except ImportError as err:
+        raise harness.Unavailable(f"spikingjelly is not importable ({err}); pip install -r requirements/peers.txt") \
+            from err
+
+    def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
+        return [layer.Conv2d(c_in, c_out, 3, padding=1, bias=False, step_mode="m"),
+                layer.BatchNorm2d(c_out, step_mode="m")]
+
+    node = {"surrogate_function": surrogate.Sigmoid(alpha=4.0), "step_mode": "m"}
+    return nn.Sequential(
+        *conv_bn(3, channels), neuron.LIFNode(tau=2.0, **node),
+        *conv_bn(channels, 2 * channels), neuron.ParametricLIFNode(init_tau=2.0, **node),
+        layer.MaxPool2d(2, step_mode="m"),
+        *conv_bn(2 * channels, 2 * channels), neuron.IFNode(**node),
+        layer.AdaptiveAvgPool2d(1, step_mode="m"), layer.Flatten(step_mode="m"),
+        layer.Linear(2 * channels, 10, step_mode="m"), neuron.LIFNode(tau=2.0, **node),
+    )
+
+
+def sj_model_call(net: nn.Module, x: torch.Tensor, mode: str):
+    """The timed callable of --sj-model: a new sequence (``functional.reset_net``), the forward, and in fwd+bwd the
+    backward of the spikes' sum into every parameter. Returns (spikes, the first convolution's weight gradient or
+    None)."""
+    from spikingjelly.activation_based import functional  # importable: sj_model() made the net
+
+    if mode == "fwd":
+        def call():
+            functional.reset_net(net)
+            with torch.no_grad():
+                return net(x), None
+
+        return call
+
+    def call():
+        functional.reset_net(net)
+        net.zero_grad(set_to_none=True)
+        spikes = net(x)
+        spikes.sum().backward()
+        return spikes, net[0].weight.grad
+
+    return call
+
+
+def run_sj_model(args, device: torch.device, sha: str) -> int:
+    """--sj-model: every (T, dtype, mode) case, SpikingJelly's model against its converted copy; prints the speedups
+    and writes the CSV rows. Returns the exit status."""
+    batch, channels, side = SJ_MODEL_QUICK_SIZE if args.quick else SJ_MODEL_SIZE
+    try:
+        base = sj_model(channels).to(device)
+    except harness.Unavailable as err:
+        print(f"--sj-model: {err}")
+        return 1
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    rows, body = [], []
+    with harness.CsvWriter(args.csv) as writer:
+        for t in args.T:
+            for dt in args.dtype:
+                nets = {"spikingjelly": copy.deepcopy(base).to(dt)}
+                first = (t, dt) == (args.T[0], args.dtype[0])  # its one-line summary once
+                nets["pyfast"] = pyfast.convert.convert_spikingjelly(copy.deepcopy(nets["spikingjelly"]), verbose=first)
+                x = torch.rand((t, batch, 3, side, side), generator=gen, device=device).to(dt)
+                for mode in args.modes:
+                    calls = {name: sj_model_call(net, x, mode) for name, net in nets.items()}
+                    want = calls["spikingjelly"]()
+                    note, mismatch = compare(calls["pyfast"](), want, grad_name="dW")
+                    if mismatch > 0 and dt == torch.float32:
+                        harness.log(f"WARNING pyfast (T={t} fp32 {mode}): {note}")
+                    del want
+                    rounds = harness.time_rounds(calls, device, args.min_run_time)
+                    case_rows = [harness.Row(
+                        op=SJ_MODEL_OP, provider=name, mode=mode, shape="x".join(map(str, x.shape)), T=t,
+                        dtype=harness.dtype_name(dt), device=device.type, median_ms=statistics.median(rounds[name]),
+                        peak_mem_MB=harness.peak_memory_bytes(call, device) / 2**20, git_sha=sha,
+                        note=note if name == "pyfast" else "",
+                    ) for name, call in calls.items()]
+                    harness.fill_ratios(case_rows, reference="spikingjelly")
+                    writer.write(case_rows)
+                    rows += case_rows
+                    sj_ms, pf_ms = (r.median_ms for r in case_rows)
+                    body.append([case_rows[0].shape, harness.dtype_name(dt), mode, f"{sj_ms:.4g}", f"{pf_ms:.4g}",
+                                 f"{harness.paired_ratio(rounds['spikingjelly'], rounds['pyfast']):.2f}x", note])
+    print(f"\nSpikingJelly conv SNN against its convert_spikingjelly copy, device={device.type} (speedup: median of "
+          "per-round ratios, >1: the converted copy is faster)")
+    print(harness._render(["shape", "dtype", "mode", "spikingjelly ms", "pyfast ms", "speedup", "pyfast vs sj"], body))
+    print(f"\nCSV: {args.csv} ({len(rows)} rows)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------------------
 
@@ -352,10 +467,13 @@ def parse_args(argv=None):
                     help="CPU: torch.set_num_threads (default torch's choice). On a loaded machine, OpenMP regions of "
                          "more threads than free cores stall at their barriers and dominate small cases")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sj-model", action="store_true",
+                    help="time a small SpikingJelly conv SNN against its convert_spikingjelly copy instead of the neuron "
+                         "cases (default T=4, fp32, fwd+bwd; CSV bench/results/lif-sj-model_<device>.csv)")
     args = ap.parse_args(argv)
 
-    args.T = harness.parse_list(args.T, int) or ([1, 4] if args.quick else [1, 4, 8, 32])
-    dtypes = harness.parse_list(args.dtype) or ["fp32", "bf16"]
+    args.T = harness.parse_list(args.T, int) or ([4] if args.sj_model else [1, 4] if args.quick else [1, 4, 8, 32])
+    dtypes = harness.parse_list(args.dtype) or (["fp32"] if args.sj_model else ["fp32", "bf16"])
     bad = [d for d in dtypes if d not in harness.DTYPES]
     if bad:
         ap.error(f"--dtype: unknown {bad}; choose from fp32, bf16, fp16")
@@ -369,7 +487,7 @@ def parse_args(argv=None):
         args.providers.insert(0, "reference")  # every ratio is taken against it
     else:
         args.providers.insert(0, args.providers.pop(args.providers.index("reference")))
-    args.modes = harness.parse_list(args.modes) or list(MODES)
+    args.modes = harness.parse_list(args.modes) or (["fwd+bwd"] if args.sj_model else list(MODES))
     bad = [m for m in args.modes if m not in MODES]
     if bad:
         ap.error(f"--modes: unknown {bad}; choose from {', '.join(MODES)}")
@@ -380,7 +498,7 @@ def parse_args(argv=None):
         ap.error("--device cuda: no CUDA device is visible to torch")
     if args.min_run_time is None:
         args.min_run_time = 0.02 if args.quick else (0.1 if args.device == "cuda" else 0.5)
-    args.csv = args.csv or harness.default_csv("lif", args.device)
+    args.csv = args.csv or harness.default_csv(SJ_MODEL_OP if args.sj_model else "lif", args.device)
     return args
 
 
@@ -390,7 +508,10 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     sha = harness.git_sha()
-    print(f"pyfast bench: {OP} on {harness.device_name(device)}; torch {torch.__version__}; git {sha}")
+    print(f"pyfast bench: {SJ_MODEL_OP if args.sj_model else OP} on {harness.device_name(device)}; torch "
+          f"{torch.__version__}; git {sha}")
+    if args.sj_model:
+        return run_sj_model(args, device, sha)
     print(f"N={args.neurons} T={args.T} dtypes={[harness.dtype_name(d) for d in args.dtype]} modes={args.modes} "
           f"min_run_time={args.min_run_time}")
 

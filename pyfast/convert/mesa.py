@@ -7,11 +7,18 @@
 Policy: which layer kinds to quantize, from :data:`KINDS`:
 
 * ``linear``, ``conv2d``, ``gelu``, ``layernorm``: every ``nn.Linear`` / ``nn.Conv2d`` / ``nn.GELU`` /
-  ``nn.LayerNorm`` (exact types: subclasses such as ``nn.MultiheadAttention``'s projection are left alone);
-* ``matmul``, ``softmax``: inside timm-style attention modules (attributes ``qkv``: Linear(C, 3C), ``proj``: Linear,
-  ``num_heads``, ``scale``; ``softmax((q @ k^T) * scale) @ v``), which are replaced by
-  :class:`pyfast.nn.mesa.Attention`: the same
-  parameters and state_dict keys, with ``q @ k^T``, the softmax and ``attn @ v`` quantized head by head.
+  ``nn.LayerNorm``, and the subclasses known to compute the same (timm's ``LayerNorm``, timm's and torchvision's
+  ``LayerNorm2d``); other subclasses (their forward may differ) are left and reported;
+* ``matmul``, ``softmax``: inside timm-style attention modules (timm's ``vision_transformer.Attention``, pyfast's ViT
+  attention: :func:`attention_mismatch` says what else is refused, e.g. Swin's relative-position attention), which
+  are replaced by :class:`pyfast.nn.mesa.Attention`: the same parameters, state_dict keys and call, with ``q @ k^T``,
+  the softmax and ``attn @ v`` quantized head by head.
+
+Mesa's layers are a transformer's. In a CNN the batch norms and activations (ReLU, SiLU) keep their own float32
+copies of the activations, so converting a ResNet stores no less (a timm / torchvision ResNet-18 at 32x32: 1.03x the
+unconverted saved bytes, since the quantized conv inputs come beside the ReLU outputs); ``verbose=True`` names these
+layers. torchvision's ``nn.MultiheadAttention`` is left too (its projections run inside
+``F.multi_head_attention_forward``).
 
 The Mesa paper's DeiT policy quantizes all six (the default). ``quant_groups=None`` uses the model's ``num_heads``
 (the first module that has one) for every layer whose channel count it divides, else 1.
