@@ -214,14 +214,14 @@ def test_verbose_prints_one_line_of_what_was_converted_and_what_was_left(capsys)
     convert_spikingjelly(net, verbose=True)
     lines = capsys.readouterr().out.splitlines()
     assert lines == [(
-        "convert_spikingjelly: converted 3 nodes (LIFNode 1, ParametricLIFNode 1, IFNode 1); left 7: "
-        "'2.1' (LIFNode: step_mode='s' (pyfast's neurons are multi-step)); "
-        "'3' (LIFNode: surrogate PiecewiseQuadratic (pyfast has Sigmoid and ATan)); "
-        "'4' (LIFNode: surrogate Sigmoid(spiking=False) fires its primitive function, not spikes); "
-        "'5' (IFNode: store_v_seq=True (pyfast's neurons return the final membrane only)); "
-        "'6' (IFNode: IF: v_threshold must be a finite number > 0, got -1.0); "
-        "'7' (_MyLIF: a subclass of LIFNode, whose dynamics may differ); "
-        "'9' (ParametricLIFNode: explicit neuron precision (spikingjelly.activation_based.precision))"
+        "convert_spikingjelly: converted 3 modules (1 LIFNode, 1 ParametricLIFNode, 1 IFNode); left 7: "
+        "2.1 (LIFNode: step_mode='s' (pyfast's neurons are multi-step)), "
+        "3 (LIFNode: surrogate PiecewiseQuadratic (pyfast has Sigmoid and ATan)), "
+        "4 (LIFNode: surrogate Sigmoid(spiking=False) fires its primitive function, not spikes), "
+        "5 (IFNode: store_v_seq=True (pyfast's neurons return the final membrane only)), "
+        "6 (IFNode: IF: v_threshold must be a finite number > 0, got -1.0), "
+        "7 (_MyLIF: a subclass of LIFNode, whose dynamics may differ), "
+        "9 (ParametricLIFNode: explicit neuron precision (spikingjelly.activation_based.precision))"
     )]
     assert [type(m).__name__ for m in net] == ["SpikingJellyNeuron", "SpikingJellyNeuron", "Sequential", "LIFNode",
                                                "LIFNode", "IFNode", "IFNode", "_MyLIF", "Linear",
@@ -231,7 +231,7 @@ def test_verbose_prints_one_line_of_what_was_converted_and_what_was_left(capsys)
 
 def test_verbose_summary_of_a_model_without_nodes(capsys):
     convert_spikingjelly(nn.Linear(2, 2), verbose=True)
-    assert capsys.readouterr().out == "convert_spikingjelly: converted 0 nodes; left 0\n"
+    assert capsys.readouterr().out == "convert_spikingjelly: converted 0 modules\n"
 
 
 @pytest.mark.parametrize(("node", "match"), [
@@ -265,7 +265,7 @@ def test_a_node_at_two_paths_becomes_one_module_with_one_state(capsys):
     net = nn.Sequential(shared, layer.Linear(7, 7, step_mode="m"), shared)
     converted = convert_spikingjelly(copy.deepcopy(net), verbose=True)
     assert converted[0] is converted[2] and isinstance(converted[0], SpikingJellyNeuron)
-    assert capsys.readouterr().out == "convert_spikingjelly: converted 1 node (LIFNode 1); left 0\n"
+    assert capsys.readouterr().out == "convert_spikingjelly: converted 1 module (1 LIFNode)\n"
     x = net_input(shape=(4, 3, 7)) * 3
     with torch.no_grad():
         assert torch.equal(converted(x), net(x))
@@ -289,7 +289,7 @@ def test_a_changed_reset_value_is_kept():
 
 def test_bench_lif_sj_model_quick_cpu(run_bench_quick):
     out, rows = run_bench_quick("lif", "--sj-model", "--threads", "1", timeout=300)
-    assert "convert_spikingjelly: converted 4 nodes (LIFNode 2, ParametricLIFNode 1, IFNode 1); left 0" in out
+    assert "convert_spikingjelly: converted 4 modules (2 LIFNode, 1 ParametricLIFNode, 1 IFNode)" in out
     assert "SpikingJelly conv SNN against its convert_spikingjelly copy" in out
     assert [(r["op"], r["provider"], r["mode"], r["shape"], r["dtype"]) for r in rows] == [
         ("lif-sj-model", provider, "fwd+bwd", "4x2x3x8x8", "fp32") for provider in ("spikingjelly", "pyfast")]

@@ -34,7 +34,7 @@ class Report:
     def total(self) -> int:
         return sum(self.converted.values())
 
-    def line(self, most: int = 4) -> str:
+    def line(self, most: int = 8) -> str:
         done = ", ".join(f"{n} {kind}" for kind, n in self.converted.most_common())
         text = f"{self.converter}: converted {self.total} module{'s' if self.total != 1 else ''}"
         text += f" ({done})" if done else ""

@@ -13,8 +13,6 @@ It lives here, in :mod:`pyfast.convert` with the other model converters, and not
 
 from __future__ import annotations
 
-import collections
-
 import torch
 from torch import nn
 
@@ -26,6 +24,7 @@ except ImportError as err:
                       "requirements/peers.txt") from err
 
 from pyfast._checks import check_bool
+from pyfast.convert.report import Report
 from pyfast.nn._checks import check_backend
 from pyfast.nn.lif import IF, LIF
 
@@ -161,8 +160,7 @@ def convert_spikingjelly(model: nn.Module, *, backend: str = "auto", strict: boo
     backend = check_backend("convert_spikingjelly", backend)
     check_bool("convert_spikingjelly", "strict", strict)
     check_bool("convert_spikingjelly", "verbose", verbose)
-    converted: collections.Counter[str] = collections.Counter()
-    left: list[str] = []
+    report = Report("convert_spikingjelly")
     # By id: a node that appears at several paths is one state, so it gets one new module (and one line).
     outcome: dict[int, nn.Module | str] = {}
     for name, module in list(model.named_modules(remove_duplicate=False)):
@@ -174,9 +172,9 @@ def convert_spikingjelly(model: nn.Module, *, backend: str = "auto", strict: boo
                 if strict:
                     raise ValueError(f"convert_spikingjelly: cannot convert {name or '<model>'!r} "
                                      f"({type(module).__name__}): {new}")
-                left.append(f"{name or '<model>'!r} ({type(module).__name__}: {new})")
+                report.leave(name or "<model>", f"{type(module).__name__}: {new}")
             else:
-                converted[type(module).__name__] += 1
+                report.swap(type(module).__name__)
         new = outcome[id(module)]
         if isinstance(new, str):
             continue
@@ -188,9 +186,6 @@ def convert_spikingjelly(model: nn.Module, *, backend: str = "auto", strict: boo
     for module in model.modules():
         invalidate_reset_cache(module)
     if verbose:
-        by_type = ", ".join(f"{t} {n}" for t, n in converted.items())
-        total = sum(converted.values())
-        print(f"convert_spikingjelly: converted {total} node{'s' * (total != 1)}"
-              f"{f' ({by_type})' if by_type else ''}; left {len(left)}{': ' if left else ''}{'; '.join(left)}")
+        print(report.line(), flush=True)
     return model
 
