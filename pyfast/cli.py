@@ -1,6 +1,7 @@
 """The ``pyfast`` command (also ``python -m pyfast``).
 
     pyfast train --list                                  methods, models and datasets
+    pyfast train --model timm:resnet18 ...               a timm / torchvision model
     pyfast train --method iir-snn --data digits --epochs 2 [--model --batch-size --lr --seed --out --resume --amp ...]
     pyfast train --config run.yaml [--flags override the file]
     pyfast reinforce --teacher DIR [--teacher DIR ...] --samples 4 --topk 5 --out FILE   Dataset Reinforcement
@@ -118,7 +119,7 @@ def _add_train(sub) -> None:
     p.add_argument("--list", action="store_true", help="list the methods, models and datasets, then exit")
     p.add_argument("--config", help="YAML, TOML or JSON file of options (keys as the flags, e.g. batch_size)")
     p.add_argument("--method", help=f"training method (see --list; default {d.method})")
-    p.add_argument("--model", help="model name (default: the method's default)")
+    p.add_argument("--model", help="model name, timm:NAME or torchvision:NAME (default: the method's default)")
     p.add_argument("--data", help="dataset name (default: the method's default, digits)")
     p.add_argument("--data-dir", help="directory with the dataset files (CIFAR)")
     p.add_argument("--epochs", type=_positive_int, help=f"epochs (per stage for multi-stage methods; default "
@@ -157,8 +158,9 @@ def _list_registries() -> str:
     lines = []
     for title, registry in (("methods", METHODS), ("models", MODELS), ("datasets", DATASETS)):
         lines.append(f"{title}:")
-        width = max(len(n) for n in registry.names())
-        for e in registry.entries():
+        entries = registry.entries() + registry.prefixes()
+        width = max(len(e.name) for e in entries)
+        for e in entries:
             extra = ""
             if registry is METHODS:
                 extra = f" (default model {e.builder.default_model})"

@@ -140,7 +140,7 @@ class BDKD(Method):
 
     def check_args(self) -> None:
         if self.args["teacher_model"] not in MODELS:
-            raise ValueError(f"method_args: teacher_model must be one of {', '.join(MODELS.names())}, got "
+            raise ValueError(f"method_args: teacher_model must be one of {', '.join(MODELS.choices())}, got "
                              f"{self.args['teacher_model']!r}")
         if not isinstance(self.args["teacher_model_args"], dict):
             raise TypeError("method_args: teacher_model_args must be a mapping of model options")
