@@ -1,7 +1,7 @@
 """The ``pyfast`` command (also ``python -m pyfast``).
 
     pyfast train --list                                  methods, models and datasets
-    pyfast train --model timm:resnet18 ...               a timm / torchvision model
+    pyfast train --model timm:resnet18 [--pretrained FILE] ...   a timm / torchvision model, local weights
     pyfast train --method iir-snn --data digits --epochs 2 [--model --batch-size --lr --seed --out --resume --amp ...]
     pyfast train --config run.yaml [--flags override the file]
     pyfast reinforce --teacher DIR [--teacher DIR ...] --samples 4 --topk 5 --out FILE   Dataset Reinforcement
@@ -120,6 +120,10 @@ def _add_train(sub) -> None:
     p.add_argument("--config", help="YAML, TOML or JSON file of options (keys as the flags, e.g. batch_size)")
     p.add_argument("--method", help=f"training method (see --list; default {d.method})")
     p.add_argument("--model", help="model name, timm:NAME or torchvision:NAME (default: the method's default)")
+    p.add_argument("--pretrained", metavar="FILE",
+                   help="local weights loaded into the model before the method prepares it: a .pth/.pt state dict, "
+                        "a pyfast last.pt or a .safetensors file (tensors of another shape, e.g. the head, are "
+                        "skipped; nothing is downloaded)")
     p.add_argument("--data", help="dataset name (default: the method's default, digits)")
     p.add_argument("--data-dir", help="directory with the dataset files (CIFAR)")
     p.add_argument("--epochs", type=_positive_int, help=f"epochs (per stage for multi-stage methods; default "

@@ -42,7 +42,10 @@ class TrainConfig:
     ``out`` that already holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (start over).
     ``on_nonfinite``: a step whose loss is NaN or infinite stops the run (``"stop"``, naming the step; the last
     checkpoint is kept) or is skipped without an optimiser step (``"skip"``, counted in the metrics).
-    ``model`` may also be ``timm:NAME`` or ``torchvision:NAME`` (:mod:`pyfast.models.zoo`).
+    ``model`` may also be ``timm:NAME`` or ``torchvision:NAME`` (:mod:`pyfast.models.zoo`). ``pretrained``: a local
+    weights file (``.pth`` / ``.pt`` state dict, a pyfast ``last.pt``, or ``.safetensors``) loaded into the model
+    before the method prepares it, tensors whose shape differs (a head for other classes) left as initialised; a
+    resumed run takes its weights from the checkpoint instead.
     """
 
     method: str = "standard"
@@ -66,6 +69,7 @@ class TrainConfig:
     device: str = "auto"
     backend: str = "auto"
     model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pretrained: str | None = None
     method_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     max_steps_per_epoch: int | None = None
     eval_batch_size: int = 500

@@ -3,8 +3,9 @@
 A zoo name is resolved when it is looked up (the libraries' names are not listed here): an unknown NAME is a
 :class:`~pyfast.registry.RegistryError` saying how to list the library's names. The builders take the harness's
 ``(num_classes, in_channels=3, image_size=32, **options)`` and build the architecture without weights; pyfast never
-downloads anything (no ``pretrained=True``, no hub names such as ``hf-hub:...``). The libraries are imported on the
-first lookup of one of their names, so pyfast runs without them.
+downloads anything (no ``pretrained=True``, no hub names such as ``hf-hub:...``): pretrained weights come from a local
+file (``pyfast train --pretrained FILE``). The libraries are imported on the first lookup of one of their names, so
+pyfast runs without them.
 
 * ``timm:NAME``: ``timm.create_model(NAME, pretrained=False, num_classes=..., in_chans=..., **options)``, with
   ``img_size=image_size`` for the models that timm's config marks as having a fixed input size (ViTs, Swin,
@@ -59,14 +60,14 @@ def check_input(model: nn.Module, label: str, num_classes: int, in_channels: int
     return model
 
 
-@MODELS.register_prefix("timm", "any timm model, randomly initialised, e.g. timm:resnet18; names: "
-                                "python -c \"import timm; print(timm.list_models())\"")
+@MODELS.register_prefix("timm", "any timm model, randomly initialised (weights: --pretrained FILE), e.g. "
+                                "timm:resnet18; names: python -c \"import timm; print(timm.list_models())\"")
 def timm_model(name: str) -> Builder:
     timm = _library("timm", "timm")
     if not timm.is_model(name):
         raise RegistryError(f"unknown timm model {name!r}; list timm's names with python -c \"import timm; "
                             "print(timm.list_models('*resnet*'))\" (hub names such as hf-hub:... are not taken: "
-                            "pyfast downloads nothing)")
+                            "pyfast downloads nothing; name the architecture and pass weights with --pretrained FILE)")
     fixed_size = getattr(timm.models.get_pretrained_cfg(name), "fixed_input_size", False)
 
     def build(num_classes: int, in_channels: int = 3, image_size: int = 32, **options) -> nn.Module:
@@ -78,8 +79,8 @@ def timm_model(name: str) -> Builder:
     return build
 
 
-@MODELS.register_prefix("torchvision", "any torchvision classification model, randomly initialised; names: "
-                                       "python -c \"import torchvision as tv; "
+@MODELS.register_prefix("torchvision", "any torchvision classification model, randomly initialised (weights: "
+                                       "--pretrained FILE); names: python -c \"import torchvision as tv; "
                                        "print(tv.models.list_models(module=tv.models))\"")
 def torchvision_model(name: str) -> Builder:
     models = _library("torchvision.models", "torchvision")

@@ -1,5 +1,5 @@
-"""The model zoo in ``pyfast train``: ``timm:NAME`` / ``torchvision:NAME`` models. Every test runs with network
-connections refused: nothing may be downloaded."""
+"""The model zoo in ``pyfast train``: ``timm:NAME`` / ``torchvision:NAME`` models and ``--pretrained FILE``. Every
+test runs with network connections refused: nothing may be downloaded."""
 
 import contextlib
 import io
@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from pyfast import cli
 from pyfast.harness import load_checkpoint
+from pyfast.harness.build import build_model, load_data, make_method
 from pyfast.harness.config import TrainConfig
 from pyfast.registry import MODELS
 
@@ -120,3 +122,70 @@ def test_methods_train_zoo_models(zoo_run, tmp_path, method, request):
     assert status == 0 and f"{method} | {model}" in out, out
     ckpt = load_checkpoint(tmp_path / "last.pt")
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def build(cfg: TrainConfig, log=lambda line: None) -> torch.nn.Module:
+    """The model of ``cfg`` on digits as ``pyfast train`` builds it, with its ``pretrained`` weights."""
+    cfg = cfg.resolved()
+    data = load_data("digits", None)
+    return build_model(cfg, make_method(cfg, data), data, load_pretrained=True, log=log)
+
+
+@pytest.mark.parametrize("save", [torch.save, save_file], ids=["pth", "safetensors"])
+def test_pretrained_weights_load_what_fits_and_say_what_they_left(tmp_path, save):
+    source = MODELS.get("timm:resnet18").builder(5, **TIMM_RESNET)  # the same architecture, for 5 classes
+    n = len(source.state_dict())
+    state = {k: v.contiguous() for k, v in source.state_dict().items() if k != "conv1.weight"}
+    state["extra.weight"] = torch.zeros(3)
+    path = tmp_path / ("w.safetensors" if save is save_file else "w.pth")
+    save(state, str(path))
+    lines = []
+    loaded = build(TrainConfig(model="timm:resnet18", model_args=TIMM_RESNET, pretrained=str(path)),
+                   lines.append).state_dict()
+    assert [k for k in state if k in loaded and not torch.equal(loaded[k], state[k])] == ["fc.weight", "fc.bias"]
+    assert loaded["fc.weight"].shape == (10, 128)
+    (line,) = lines
+    assert line == (f"pretrained {path}: loaded {n - 3} of the model's {n} tensors; left as initialised: "
+                    "conv1.weight (not in the file), fc.weight (file [5, 128], model [10, 128]), fc.bias (file [5], "
+                    "model [10]); unused from the file: extra.weight")
+
+
+def test_a_pyfast_checkpoint_is_a_pretrained_file(zoo_run):
+    model, teacher = zoo_run
+    saved = load_checkpoint(teacher / "last.pt")["model"]
+    cfg = load_checkpoint(teacher / "last.pt")["config"]
+    loaded = build(TrainConfig(model=model, model_args=cfg["model_args"], pretrained=str(teacher / "last.pt")))
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())
+    assert loaded.state_dict().keys() == saved.keys()
+
+
+def test_pretrained_run_says_what_it_loaded_and_resume_does_not_reload(tmp_path):
+    weights = tmp_path / "w.pth"
+    state = MODELS.get("timm:resnet18").builder(10, **TIMM_RESNET).state_dict()
+    torch.save(state, weights)
+    argv = ["--model", "timm:resnet18", "--pretrained", weights, "--out", tmp_path / "run", *ZOO["timm:resnet18"],
+            *TINY]
+    status, out = run(*argv)
+    assert status == 0 and f"pretrained {weights}: loaded {len(state)} of the model's {len(state)} tensors\n" in out
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["pretrained"] == str(weights)
+    weights.unlink()  # the checkpoint has the weights: resuming must not need the file
+    status, out = run(*argv, "--resume")
+    assert status == 0 and "loaded" not in out and "nothing to do" in out, out
+    assert_fails("pretrained=", *argv[:2], "--pretrained", tmp_path / "other.pth", *argv[4:], "--resume")
+
+
+def test_pretrained_file_errors_name_the_file_and_where_weights_come_from(tmp_path):
+    garbage, foreign, listed = tmp_path / "garbage.pth", tmp_path / "linear.pth", tmp_path / "list.pt"
+    garbage.write_bytes(b"not a weights file")
+    torch.save(torch.nn.Linear(3, 4).state_dict(), foreign)
+    torch.save([1, 2], listed)
+    where = "weights are never downloaded"
+    resnet = ["--model", "timm:resnet18", *ZOO["timm:resnet18"], "--out", tmp_path / "run"]
+    assert_fails(f"pretrained '{tmp_path / 'missing.pth'}': no such file; {where}", *resnet, "--pretrained",
+                 tmp_path / "missing.pth")
+    assert_fails(f"pretrained {garbage} is unreadable", *resnet, "--pretrained", garbage)
+    assert_fails(f"pretrained {tmp_path / 'garbage.safetensors'} is unreadable", *resnet, "--pretrained",
+                 shutil.copy(garbage, tmp_path / "garbage.safetensors"))
+    out = assert_fails(f"pretrained {foreign}: none of its 2 tensors fits ResNet", *resnet, "--pretrained", foreign)
+    assert "a file of another model?" in out and where in out
+    assert_fails(f"pretrained {listed} holds no state dict", *resnet, "--pretrained", listed)
