@@ -1,6 +1,6 @@
 """The ``pyfast`` command (also ``python -m pyfast``).
 
-    pyfast train --list                                  methods, models and datasets
+    pyfast train --list                                  methods (and the models they need), models, datasets
     pyfast train --model timm:resnet18 [--pretrained FILE] ...   a timm / torchvision model, local weights
     pyfast train --method iir-snn --data digits --epochs 2 [--model --batch-size --lr --seed --out --resume --amp ...]
     pyfast train --config run.yaml [--flags override the file]
@@ -116,7 +116,8 @@ def _add_train(sub) -> None:
                     "epoch, atomically), OUT/metrics.jsonl|csv and OUT/curves.png. Options come from the defaults, "
                     "then --config FILE, then the flags given here. Under torchrun every process runs this command.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=argparse.SUPPRESS)
-    p.add_argument("--list", action="store_true", help="list the methods, models and datasets, then exit")
+    p.add_argument("--list", action="store_true",
+                   help="list the methods (with the models each needs), models and datasets, then exit")
     p.add_argument("--config", help="YAML, TOML or JSON file of options (keys as the flags, e.g. batch_size)")
     p.add_argument("--method", help=f"training method (see --list; default {d.method})")
     p.add_argument("--model", help="model name, timm:NAME or torchvision:NAME (default: the method's default)")
@@ -165,10 +166,10 @@ def _list_registries() -> str:
         entries = registry.entries() + registry.prefixes()
         width = max(len(e.name) for e in entries)
         for e in entries:
-            extra = ""
+            lines.append(f"  {e.name.ljust(width)}  {e.description}")
             if registry is METHODS:
-                extra = f" (default model {e.builder.default_model})"
-            lines.append(f"  {e.name.ljust(width)}  {e.description}{extra}")
+                lines.append(f"  {''.ljust(width)}  needs {e.builder.model_requirement}; default model "
+                             f"{e.builder.default_model}")
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from pyfast.harness.config import ConfigError, TrainConfig, config_from_dict
 from pyfast.harness.distributed import World
 from pyfast.harness.rng import seed_everything
 from pyfast.harness.signals import GracefulInterrupt
-from pyfast.methods.base import Method, Stage
+from pyfast.methods.base import Method, ModelMismatchError, Stage
 from pyfast.registry import DATASETS, METHODS, MODELS
 
 
@@ -44,11 +44,19 @@ WEIGHTS_HELP = ("weights are never downloaded: fetch them yourself, e.g. timm's 
                 "pass a pyfast run's last.pt")
 
 
+def _mismatch(cfg: TrainConfig, method: Method, why: str = "") -> ConfigError:
+    return ConfigError(f"method {cfg.method!r} needs {method.model_requirement}, got model {cfg.model!r}"
+                       f"{f' ({why})' if why else ''}")
+
+
 def build_model(cfg: TrainConfig, method: Method, data: ImageData, load_pretrained: bool = False,
                 log: Callable[[str], None] = print) -> nn.Module:
     """The model of a resolved ``cfg`` for ``data``: the registry's builder with the method's and the config's
     options, the weights of ``cfg.pretrained`` if ``load_pretrained`` (:func:`load_pretrained_weights`; ``log`` gets
-    its one-line summary), then the method's :meth:`~pyfast.methods.Method.prepare_model` (on the CPU)."""
+    its one-line summary), then the method's :meth:`~pyfast.methods.Method.prepare_model` (on the CPU). A model the
+    method cannot train is a :class:`ConfigError` giving the method's ``model_requirement``."""
+    if method.supported_models is not None and cfg.model not in method.supported_models:
+        raise _mismatch(cfg, method)
     channels, size, _ = data.image_shape
     options = {**method.model_options(), **cfg.model_args}
     try:
@@ -59,6 +67,8 @@ def build_model(cfg: TrainConfig, method: Method, data: ImageData, load_pretrain
         log(load_pretrained_weights(model, cfg.pretrained))
     try:
         return method.prepare_model(model)
+    except ModelMismatchError as err:
+        raise _mismatch(cfg, method, str(err)) from err
     except (ValueError, TypeError) as err:  # e.g. a method_args value that does not fit this model
         raise ConfigError(f"method {cfg.method!r}: {err}") from err
 

@@ -1,5 +1,5 @@
-"""The model zoo in ``pyfast train``: ``timm:NAME`` / ``torchvision:NAME`` models and ``--pretrained FILE``. Every
-test runs with network connections refused: nothing may be downloaded."""
+"""The model zoo in ``pyfast train``: ``timm:NAME`` / ``torchvision:NAME`` models, ``--pretrained FILE`` and the
+model each method needs (``--list``). Every test runs with network connections refused: nothing may be downloaded."""
 
 import contextlib
 import io
@@ -15,7 +15,7 @@ from pyfast import cli
 from pyfast.harness import load_checkpoint
 from pyfast.harness.build import build_model, load_data, make_method
 from pyfast.harness.config import TrainConfig
-from pyfast.registry import MODELS
+from pyfast.registry import METHODS, MODELS
 
 # Small zoo models (seconds a step on 2 busy cores): a narrow timm ResNet-18 and a torchvision MobileNetV3.
 TIMM_RESNET = {"channels": [16, 32, 64, 128], "stem_width": 16}
@@ -189,3 +189,33 @@ def test_pretrained_file_errors_name_the_file_and_where_weights_come_from(tmp_pa
     out = assert_fails(f"pretrained {foreign}: none of its 2 tensors fits ResNet", *resnet, "--pretrained", foreign)
     assert "a file of another model?" in out and where in out
     assert_fails(f"pretrained {listed} holds no state dict", *resnet, "--pretrained", listed)
+
+
+def test_list_shows_what_each_method_needs():
+    status, out = run("--list")
+    assert status == 0
+    for entry in METHODS.entries():
+        assert f"needs {entry.builder.model_requirement}; default model {entry.builder.default_model}" in out
+
+
+@pytest.mark.parametrize("method, model, message", [
+    ("karat", "timm:resnet18", "needs a pyfast ViT, vit-tiny or vit-small"),
+    ("iir-snn", "timm:resnet18", "needs a spiking model with time steps T"),
+    ("gcab", "torchvision:mobilenet_v3_small", "needs the gcab-vit model"),
+    ("hag-gr", "torchvision:mobilenet_v3_small", "MobileNetV3 has no pyfast.models.vit.Block"),
+    ("uskd", "timm:resnet18", "its top-level modules: conv1, bn1, act1, maxpool, layer1"),
+    ("lsskd", "torchvision:mobilenet_v3_small", "'layers.1' is not a submodule of MobileNetV3"),
+])
+def test_a_method_refuses_a_model_it_cannot_train(method, model, message):
+    out = assert_fails(message, "--method", method, "--model", model)
+    assert f"method {method!r} needs {METHODS.get(method).builder.model_requirement}, got model {model!r}" in out
+
+
+@pytest.mark.parametrize("method, args, message", [
+    ("large-batch", [], "VisionTransformer has no BatchNorm1d/2d layer"),  # it would train without ghost batch norm
+    ("weighted-conv", [], "VisionTransformer has no k x k convolution"),  # nothing to weight (patch 4 is even)
+    ("lsskd", ["--method-arg", "layers=[blocks.0]"], "layers must name modules with [B, C, H, W] outputs"),
+])
+def test_a_method_refuses_a_timm_vit_without_what_it_needs(method, args, message):
+    out = assert_fails(message, "--method", method, *TIMM_VIT, *args)
+    assert f"method {method!r} needs {METHODS.get(method).builder.model_requirement}" in out
