@@ -1,6 +1,7 @@
 """The ``pyfast`` command (also ``python -m pyfast``).
 
-    pyfast train --list                                  methods, models and datasets
+    pyfast train --list                                  methods (and the models they need), models, datasets
+    pyfast train --model timm:resnet18 [--pretrained FILE] ...   a timm / torchvision model, local weights
     pyfast train --method iir-snn --data digits --epochs 2 [--model --batch-size --lr --seed --out --resume --amp ...]
     pyfast train --config run.yaml [--flags override the file]
     pyfast reinforce --teacher DIR [--teacher DIR ...] --samples 4 --topk 5 --out FILE   Dataset Reinforcement
@@ -115,10 +116,15 @@ def _add_train(sub) -> None:
                     "epoch, atomically), OUT/metrics.jsonl|csv and OUT/curves.png. Options come from the defaults, "
                     "then --config FILE, then the flags given here. Under torchrun every process runs this command.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=argparse.SUPPRESS)
-    p.add_argument("--list", action="store_true", help="list the methods, models and datasets, then exit")
+    p.add_argument("--list", action="store_true",
+                   help="list the methods (with the models each needs), models and datasets, then exit")
     p.add_argument("--config", help="YAML, TOML or JSON file of options (keys as the flags, e.g. batch_size)")
     p.add_argument("--method", help=f"training method (see --list; default {d.method})")
-    p.add_argument("--model", help="model name (default: the method's default)")
+    p.add_argument("--model", help="model name, timm:NAME or torchvision:NAME (default: the method's default)")
+    p.add_argument("--pretrained", metavar="FILE",
+                   help="local weights loaded into the model before the method prepares it: a .pth/.pt state dict, "
+                        "a pyfast last.pt or a .safetensors file (tensors of another shape, e.g. the head, are "
+                        "skipped; nothing is downloaded)")
     p.add_argument("--data", help="dataset name (default: the method's default, digits)")
     p.add_argument("--data-dir", help="directory with the dataset files (CIFAR)")
     p.add_argument("--epochs", type=_positive_int, help=f"epochs (per stage for multi-stage methods; default "
@@ -157,12 +163,13 @@ def _list_registries() -> str:
     lines = []
     for title, registry in (("methods", METHODS), ("models", MODELS), ("datasets", DATASETS)):
         lines.append(f"{title}:")
-        width = max(len(n) for n in registry.names())
-        for e in registry.entries():
-            extra = ""
+        entries = registry.entries() + registry.prefixes()
+        width = max(len(e.name) for e in entries)
+        for e in entries:
+            lines.append(f"  {e.name.ljust(width)}  {e.description}")
             if registry is METHODS:
-                extra = f" (default model {e.builder.default_model})"
-            lines.append(f"  {e.name.ljust(width)}  {e.description}{extra}")
+                lines.append(f"  {''.ljust(width)}  needs {e.builder.model_requirement}; default model "
+                             f"{e.builder.default_model}")
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from pyfast.harness.config import ConfigError, TrainConfig, config_from_dict
 from pyfast.harness.distributed import World
 from pyfast.harness.rng import seed_everything
 from pyfast.harness.signals import GracefulInterrupt
-from pyfast.methods.base import Method, Stage
+from pyfast.methods.base import Method, ModelMismatchError, Stage
 from pyfast.registry import DATASETS, METHODS, MODELS
 
 
@@ -37,19 +38,93 @@ class Run:
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
-def build_model(cfg: TrainConfig, method: Method, data: ImageData) -> nn.Module:
+WEIGHTS_HELP = ("weights are never downloaded: fetch them yourself, e.g. timm's from the Hugging Face hub "
+                "(huggingface_hub.hf_hub_download('timm/NAME', 'model.safetensors'), https://huggingface.co/timm) or "
+                "torchvision's from the URL of the weights enum (https://pytorch.org/vision/stable/models.html), or "
+                "pass a pyfast run's last.pt")
+
+
+def _mismatch(cfg: TrainConfig, method: Method, why: str = "") -> ConfigError:
+    return ConfigError(f"method {cfg.method!r} needs {method.model_requirement}, got model {cfg.model!r}"
+                       f"{f' ({why})' if why else ''}")
+
+
+def build_model(cfg: TrainConfig, method: Method, data: ImageData, load_pretrained: bool = False,
+                log: Callable[[str], None] = print) -> nn.Module:
     """The model of a resolved ``cfg`` for ``data``: the registry's builder with the method's and the config's
-    options, then the method's :meth:`~pyfast.methods.Method.prepare_model` (on the CPU, freshly initialised)."""
+    options, the weights of ``cfg.pretrained`` if ``load_pretrained`` (:func:`load_pretrained_weights`; ``log`` gets
+    its one-line summary), then the method's :meth:`~pyfast.methods.Method.prepare_model` (on the CPU). A model the
+    method cannot train is a :class:`ConfigError` giving the method's ``model_requirement``."""
+    if method.supported_models is not None and cfg.model not in method.supported_models:
+        raise _mismatch(cfg, method)
     channels, size, _ = data.image_shape
     options = {**method.model_options(), **cfg.model_args}
     try:
         model = MODELS.get(cfg.model).builder(data.num_classes, in_channels=channels, image_size=size, **options)
     except (TypeError, ValueError) as err:  # an option the builder does not take, or a value it refuses
         raise ConfigError(f"model {cfg.model!r} rejects model_args {options}: {err}") from err
+    if load_pretrained and cfg.pretrained is not None:
+        log(load_pretrained_weights(model, cfg.pretrained))
     try:
         return method.prepare_model(model)
+    except ModelMismatchError as err:
+        raise _mismatch(cfg, method, str(err)) from err
     except (ValueError, TypeError) as err:  # e.g. a method_args value that does not fit this model
         raise ConfigError(f"method {cfg.method!r}: {err}") from err
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: a ``.safetensors`` file, or a ``torch.save`` of a state dict or of a checkpoint
+    holding one under ``"model"`` (pyfast's ``last.pt``) or ``"state_dict"`` (timm's training scripts)."""
+    try:
+        if path.suffix == ".safetensors":
+            import safetensors.torch  # optional: only safetensors files need it
+
+            state = safetensors.torch.load_file(path, device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError as err:
+        raise ConfigError(f"pretrained {path}: reading .safetensors needs the safetensors package "
+                          f"(pip install safetensors): {err}") from None
+    except Exception as err:  # each format has its own errors (unpickling, a bad header, a torn file)
+        raise ConfigError(f"pretrained {path} is unreadable as a .safetensors / torch.save weights file "
+                          f"({type(err).__name__}: {err}); {WEIGHTS_HELP}") from err
+    if not isinstance(state, dict):
+        state = {}
+    state = next((state[k] for k in ("model", "state_dict") if isinstance(state.get(k), dict)), state)
+    tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ConfigError(f"pretrained {path} holds no state dict (a mapping of parameter names to tensors); "
+                          f"{WEIGHTS_HELP}")
+    return tensors
+
+
+def _some(names: list[str], limit: int = 4) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def load_pretrained_weights(model: nn.Module, path: str | os.PathLike) -> str:
+    """Load into ``model`` every tensor of the weights file ``path`` whose name and shape fit (see
+    :func:`_read_state_dict` for the formats); a tensor whose shape differs, such as a classifier head trained for
+    another number of classes, is left as initialised. Returns a one-line summary of what was loaded and what was
+    left. A missing or unreadable file, or one with no tensor that fits, is a :class:`ConfigError` naming it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"pretrained {str(path)!r}: no such file; {WEIGHTS_HELP}")
+    state = _read_state_dict(path)
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    if not fits:
+        raise ConfigError(f"pretrained {path}: none of its {len(state)} tensors fits {type(model).__name__} by name "
+                          f"and shape (the file has {_some(list(state))}; the model {_some(list(own))}): is it "
+                          f"a file of another model? {WEIGHTS_HELP}")
+    model.load_state_dict(fits, strict=False)
+    left = [f"{k} (file {list(state[k].shape)}, model {list(v.shape)})" if k in state else f"{k} (not in the file)"
+            for k, v in own.items() if k not in fits]
+    unused = [k for k in state if k not in own]
+    return (f"pretrained {path}: loaded {len(fits)} of the model's {len(own)} tensors"
+            + (f"; left as initialised: {_some(left)}" if left else "")
+            + (f"; unused from the file: {_some(unused)}" if unused else ""))
 
 
 def make_method(cfg: TrainConfig, data: ImageData) -> Method:
@@ -74,7 +149,7 @@ def load_trained_model(path: str | os.PathLike, data: ImageData) -> nn.Module:
     cfg = config_from_dict(ckpt["config"])
     if cfg.data != data.name:
         raise ConfigError(f"{path} was trained on {cfg.data!r}, this run uses {data.name!r}")
-    model = build_model(cfg, make_method(cfg, data), data)
+    model = build_model(cfg, make_method(cfg, data), data)  # the checkpoint has the weights: not cfg.pretrained
     model.load_state_dict(ckpt["model"])
     return model.eval()
 
@@ -88,12 +163,14 @@ def load_data(name: str, data_dir: str | None) -> ImageData:
         raise ConfigError(f"--data {name}: {err}") from err
 
 
-def build_run(cfg: TrainConfig, world: World, device: torch.device) -> Run:
-    """Data, method and model of a resolved, checked ``cfg`` (the model on ``device``, DDP-wrapped if distributed)."""
+def build_run(cfg: TrainConfig, world: World, device: torch.device, load_pretrained: bool = True,
+              log: Callable[[str], None] = print) -> Run:
+    """Data, method and model of a resolved, checked ``cfg`` (the model on ``device``, DDP-wrapped if distributed).
+    ``load_pretrained``: load ``cfg.pretrained`` (not when resuming: the checkpoint has the weights)."""
     data = load_data(cfg.data, cfg.data_dir)
     method = make_method(cfg, data)
     seed_everything(cfg.seed)
-    model = build_model(cfg, method, data).to(device)
+    model = build_model(cfg, method, data, load_pretrained, log).to(device)
     local_batch = cfg.batch_size // world.size
     if local_batch == 1 and any(isinstance(m, _BATCH_NORMS) for m in model.modules()):
         raise ConfigError(f"batch_size {cfg.batch_size} leaves 1 image per process and step, and {cfg.model!r} has "

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from pyfast.backends import BACKENDS
-from pyfast.registry import DATASETS, METHODS, MODELS
+from pyfast.registry import DATASETS, METHODS, MODELS, RegistryError
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("cosine", "constant")
@@ -42,6 +42,10 @@ class TrainConfig:
     ``out`` that already holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (start over).
     ``on_nonfinite``: a step whose loss is NaN or infinite stops the run (``"stop"``, naming the step; the last
     checkpoint is kept) or is skipped without an optimiser step (``"skip"``, counted in the metrics).
+    ``model`` may also be ``timm:NAME`` or ``torchvision:NAME`` (:mod:`pyfast.models.zoo`). ``pretrained``: a local
+    weights file (``.pth`` / ``.pt`` state dict, a pyfast ``last.pt``, or ``.safetensors``) loaded into the model
+    before the method prepares it, tensors whose shape differs (a head for other classes) left as initialised; a
+    resumed run takes its weights from the checkpoint instead.
     """
 
     method: str = "standard"
@@ -65,6 +69,7 @@ class TrainConfig:
     device: str = "auto"
     backend: str = "auto"
     model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pretrained: str | None = None
     method_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     max_steps_per_epoch: int | None = None
     eval_batch_size: int = 500
@@ -76,7 +81,7 @@ class TrainConfig:
         method = METHODS.get(self.method).builder
         model = self.model or method.default_model
         data = self.data or method.default_data
-        out = self.out or f"runs/{self.method}-{model}-{data}"
+        out = self.out or f"runs/{self.method}-{model.replace(':', '-')}-{data}"  # timm:NAME -> timm-NAME
         return dataclasses.replace(self, model=model, data=data, out=out)
 
 
@@ -182,8 +187,11 @@ def check_config(cfg: TrainConfig) -> None:
 
     for name, registry in (("method", METHODS), ("model", MODELS), ("data", DATASETS)):
         value = getattr(cfg, name)
-        if value is not None and value not in registry:
-            raise ConfigError(f"{name} must be one of {', '.join(registry.names())}; got {value!r}")
+        if value is not None:
+            try:
+                registry.get(value)
+            except RegistryError as err:  # its message lists the names, or says where the library lists them
+                raise ConfigError(str(err)) from None
     integer("epochs", 1)
     integer("batch_size", 1)
     integer("seed", 0)

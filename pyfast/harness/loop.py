@@ -182,13 +182,14 @@ def _train(cfg: TrainConfig, world: World, device: torch.device, say: Callable[[
            interrupt: GracefulInterrupt) -> list[dict]:
     out = Path(cfg.out)
     ckpt_path = out / LAST
-    run = build_run(cfg, world, device)
+    resuming = cfg.resume and ckpt_path.exists()
+    run = build_run(cfg, world, device, load_pretrained=not resuming, log=say)
     run.interrupt = interrupt
     steps = steps_per_epoch(cfg, len(run.data.y_train))
     total_epochs = sum(s.epochs for s in run.stages)
 
     start, history, ckpt = 0, [], None
-    if cfg.resume and ckpt_path.exists():
+    if resuming:
         ckpt = load_checkpoint(ckpt_path)
         check_resumable(ckpt["config"], cfg, ckpt_path)
         start, history = ckpt["epoch"], ckpt["history"]

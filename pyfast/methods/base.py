@@ -9,6 +9,7 @@ To add a method: subclass :class:`Method`, override what differs, and register i
     @METHODS.register("my-method", "one line for `pyfast train --list`")
     class MyMethod(Method):
         default_model = "resnet18"
+        model_requirement = "any classifier with Linear layers"
         def prepare_model(self, model): ...
 """
 
@@ -19,6 +20,19 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+
+class ModelMismatchError(ValueError):
+    """Raised by :meth:`Method.prepare_model` for a model without what the method needs (the harness's message adds
+    the method's ``model_requirement``)."""
+
+
+def require_modules(model: nn.Module, kinds: type | tuple[type, ...], what: str) -> nn.Module:
+    """``model`` if one of its modules is an instance of ``kinds``; else a :class:`ModelMismatchError` saying that
+    it has no ``what``."""
+    if not any(isinstance(m, kinds) for m in model.modules()):
+        raise ModelMismatchError(f"{type(model).__name__} has no {what}")
+    return model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +55,12 @@ class Method:
     default_model = "resnet18"
     default_data = "digits"
     arg_defaults: ClassVar[dict[str, Any]] = {}  # the method's options and their defaults
+    # What the method needs of a model: one phrase for `pyfast train --list` and for the error of a model it cannot
+    # train. The harness refuses a model not in supported_models (when set) before building it, e.g. for a method
+    # whose model_options only its own models take; prepare_model raises ModelMismatchError for a built model that
+    # lacks what the method needs (see require_modules).
+    model_requirement: ClassVar[str] = "any classifier"
+    supported_models: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, cfg):
         self.cfg = cfg

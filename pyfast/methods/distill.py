@@ -33,7 +33,7 @@ from pyfast.losses import (
     pld_loss,
     rotated_copies,
 )
-from pyfast.methods.base import Method
+from pyfast.methods.base import Method, ModelMismatchError
 from pyfast.registry import METHODS, MODELS
 
 
@@ -49,6 +49,7 @@ class OfflineDistillation(Method, abc.ABC):
     """A student trained against a frozen teacher's logits; subclasses define :meth:`distill_loss`."""
 
     default_model = "resnet18"
+    model_requirement = "any classifier (the teacher: a pyfast train run on the same data, any model)"
     arg_defaults: ClassVar[dict] = {"teacher": None}
 
     def check_args(self) -> None:
@@ -140,7 +141,7 @@ class BDKD(Method):
 
     def check_args(self) -> None:
         if self.args["teacher_model"] not in MODELS:
-            raise ValueError(f"method_args: teacher_model must be one of {', '.join(MODELS.names())}, got "
+            raise ValueError(f"method_args: teacher_model must be one of {', '.join(MODELS.choices())}, got "
                              f"{self.args['teacher_model']!r}")
         if not isinstance(self.args["teacher_model_args"], dict):
             raise TypeError("method_args: teacher_model_args must be a mapping of model options")
@@ -165,15 +166,17 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _tap_shapes(model: nn.Module, layers: list[str], image_shape: tuple, arg: str, example: str) -> list[torch.Size]:
+def _tap_shapes(model: nn.Module, layers: list[str], image_shape: tuple, arg: str) -> list[torch.Size]:
     """Output shapes of the submodules ``layers`` of ``model`` on one zero image (in eval mode); a name that is not a
-    submodule is a ValueError naming the method argument ``arg``."""
+    submodule is a ModelMismatchError naming the method argument ``arg`` and the model's top-level modules."""
     for layer in layers:
         try:
             model.get_submodule(layer)
         except AttributeError:
-            raise ValueError(f"method_args: {arg} {layer!r} is not a submodule of {type(model).__name__} (name one "
-                             f"from model.named_modules(), e.g. {example})") from None
+            children = ", ".join(name for name, _ in model.named_children())
+            raise ModelMismatchError(
+                f"method_args: {arg} {layer!r} is not a submodule of {type(model).__name__} (name one from "
+                f"model.named_modules(); its top-level modules: {children})") from None
     was_training = model.training
     with torch.no_grad():
         _, outputs = _run_tapped(model.eval(), layers, torch.zeros(1, *image_shape))
@@ -217,6 +220,8 @@ class SelfDistilled(nn.Module):
 @METHODS.register("uskd", "USKD self-distillation: CE + target, Zipf non-target and weak-head terms (no teacher)")
 class USKD(Method):
     default_model = "resnet18"
+    model_requirement = ("a model with the submodule --method-arg feature_layer=NAME (default layers.5, a stage of "
+                         "resnet18; e.g. layer3 of timm:resnet18)")
     arg_defaults: ClassVar[dict] = {"feature_layer": "layers.5", "alpha": 0.1, "beta": 0.1, "mu": 0.1}
 
     def check_args(self) -> None:
@@ -225,7 +230,7 @@ class USKD(Method):
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         layer = self.args["feature_layer"]
-        (shape,) = _tap_shapes(model, [layer], self.data.image_shape, "feature_layer", "layers.5 for resnet18")
+        (shape,) = _tap_shapes(model, [layer], self.data.image_shape, "feature_layer")
         uskd = USKDLoss(shape[1], self.data.num_classes, self.args["alpha"], self.args["beta"], self.args["mu"])
         return SelfDistilled(model, layer, uskd)
 
@@ -279,6 +284,8 @@ class LSSKD(Method):
     """
 
     default_model = "resnet18"
+    model_requirement = ("a model with the [B, C, H, W]-output submodules --method-arg layers=[...] (default the four "
+                         "stages of resnet18; e.g. [layer1, layer2, layer3, layer4] of timm:resnet18)")
     arg_defaults: ClassVar[dict] = {"layers": ["layers.1", "layers.3", "layers.5", "layers.7"], "tau": 3.0,
                                     "sad_weight": 1.0, "kd_weight": 1.0, "ens_weight": 0.0, "feat_weight": 0.0,
                                     "alpha_max": 0.8,
@@ -307,10 +314,10 @@ class LSSKD(Method):
         if self.args["rotations"] > 1 and height != width:
             raise ValueError(f"method_args: rotations > 1 needs square images, {self.data.name} has {height}x{width}")
         layers = self.args["layers"]
-        shapes = _tap_shapes(model, layers, self.data.image_shape, "layers", "layers.1 for resnet18")
+        shapes = _tap_shapes(model, layers, self.data.image_shape, "layers")
         if any(len(s) != 4 for s in shapes):
-            raise ValueError(f"method_args: layers must name modules with [B, C, H, W] outputs, got shapes "
-                             f"{[tuple(s) for s in shapes]}")
+            raise ModelMismatchError(f"method_args: layers must name modules with [B, C, H, W] outputs, got shapes "
+                                     f"{[tuple(s) for s in shapes]}")
         out_ch = shapes[-1][1]
         heads = nn.ModuleList(SADHead(s[1], self.data.num_classes, self.args["rotations"], out_ch) for s in shapes)
         bank = EpochTargetBank(len(self.data.y_train), self.data.num_classes)

@@ -24,7 +24,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from pyfast.methods.base import Method, Stage
+from pyfast.methods.base import Method, ModelMismatchError, Stage
 from pyfast.models.resnet import BasicBlock
 from pyfast.models.vit import Block
 from pyfast.nn.gated import HardAttentionGate
@@ -44,6 +44,8 @@ def _positive(args: dict, name: str) -> None:
 @METHODS.register("gcab", "GCAB: task-incremental ViT with gated class-attention and HAT gradient routing")
 class GCAB(Method):
     default_model = "gcab-vit"
+    model_requirement = "the gcab-vit model (task tokens and gated class-attention)"
+    supported_models = ("gcab-vit",)
     arg_defaults: ClassVar[dict] = {"tasks": 5, "sparsity": 0.05, "s_max": 800.0}
 
     def check_args(self) -> None:
@@ -57,11 +59,6 @@ class GCAB(Method):
 
     def model_options(self) -> dict:
         return {"num_tasks": self.args["tasks"], "s_max": float(self.args["s_max"])}
-
-    def prepare_model(self, model):
-        if not hasattr(model, "gcab"):
-            raise ValueError(f"method gcab needs the gcab-vit model, got {type(model).__name__}")
-        return model
 
     def stages(self) -> list[Stage]:
         return [Stage(f"task{t}", self.cfg.epochs, {"task": t}) for t in range(self.args["tasks"])]
@@ -100,7 +97,8 @@ class GCAB(Method):
 
 def add_hard_attention_gates(model: nn.Module) -> nn.Module:
     """Put a :class:`pyfast.nn.HardAttentionGate` on every residual branch: ViT blocks (attention and MLP outputs)
-    and ResNet basic blocks (after the second BN). Returns the model; raises ValueError if it has neither."""
+    and ResNet basic blocks (after the second BN). Returns the model; raises ModelMismatchError (a ValueError) if it
+    has neither."""
     found = 0
     for m in model.modules():
         if isinstance(m, Block):
@@ -112,7 +110,8 @@ def add_hard_attention_gates(model: nn.Module) -> nn.Module:
             m.bn2 = nn.Sequential(m.bn2, HardAttentionGate(m.bn2.num_features, channel_dim=1))
             found += 1
     if not found:
-        raise ValueError(f"hard-attention gates need ViT or ResNet blocks, {type(model).__name__} has none")
+        raise ModelMismatchError(f"{type(model).__name__} has no pyfast.models.vit.Block or "
+                                 "pyfast.models.resnet.BasicBlock")
     return model
 
 
@@ -123,6 +122,8 @@ def gate_parameters(model: nn.Module) -> list[nn.Parameter]:
 @METHODS.register("hag-gr", "hard-attention gates on residual branches, trained by two-pass gradient routing")
 class HAGGR(Method):
     default_model = "vit-tiny"
+    model_requirement = ("a pyfast model with ViT blocks or ResNet basic blocks (vit-tiny, vit-small, resnet18, "
+                         "spectformer)")
     arg_defaults: ClassVar[dict] = {"gate_lr": 0.01, "accumulate": True}
 
     def check_args(self) -> None:

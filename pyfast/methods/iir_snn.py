@@ -19,6 +19,8 @@ from pyfast.registry import METHODS
 @METHODS.register("iir-snn", "IIR-SNN: spiking VGG-16 trained at T=5, then retrained at T=4..1 (--epochs per stage)")
 class IIRSNN(Method):
     default_model = "vgg16-snn"
+    model_requirement = "a spiking model with time steps T, vgg16-snn or snn-small"
+    supported_models = ("vgg16-snn", "snn-small")
     arg_defaults: ClassVar[dict] = {"timesteps": [5, 4, 3, 2, 1]}
 
     def check_args(self) -> None:
@@ -33,7 +35,4 @@ class IIRSNN(Method):
         return [Stage(f"T={t}", self.cfg.epochs, {"T": t}) for t in self.args["timesteps"]]
 
     def enter_stage(self, model, stage: Stage) -> None:
-        if not hasattr(model, "T"):
-            raise ValueError(f"iir-snn: model {type(model).__name__} has no attribute T (time steps); use a spiking "
-                             "model such as vgg16-snn or snn-small")
         model.T = stage.options["T"]

@@ -17,6 +17,8 @@ from pyfast.registry import METHODS
 @METHODS.register("karat", "Fourier-KArAt: ViT with learnable Kolmogorov-Arnold attention (G=3, r=12, blockwise)")
 class KArAt(Method):
     default_model = "vit-tiny"
+    model_requirement = "a pyfast ViT, vit-tiny or vit-small (its attention is built as Fourier-KArAt)"
+    supported_models = ("vit-tiny", "vit-small")
     arg_defaults: ClassVar[dict] = {"G": 3, "r": 12, "mode": "blockwise", "constant_term": True}
 
     def check_args(self) -> None:

@@ -25,7 +25,8 @@ import math
 from typing import ClassVar
 
 from pyfast.convert.ghost_bn import convert_to_ghost_bn
-from pyfast.methods.base import Method, Stage
+from pyfast.methods.base import Method, Stage, require_modules
+from pyfast.nn.ghost_bn import GhostBatchNorm1d, GhostBatchNorm2d
 from pyfast.registry import METHODS
 
 LR_SCALINGS = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}  # lr multiplier = (B_L / B_S) ** exponent
@@ -35,6 +36,7 @@ LR_SCALINGS = {"sqrt": 0.5, "linear": 1.0, "none": 0.0}  # lr multiplier = (B_L 
                                  "epochs x B_L/B_S for large batches")
 class LargeBatch(Method):
     default_model = "resnet18"
+    model_requirement = "a model with BatchNorm layers (they become ghost batch norms)"
     arg_defaults: ClassVar[dict] = {"ghost_batch_size": 128, "base_batch_size": 128, "lr_scaling": "sqrt",
                                     "regime_adaptation": True}
 
@@ -66,7 +68,8 @@ class LargeBatch(Method):
         return max(1, round(self.cfg.epochs * self.batch_ratio))
 
     def prepare_model(self, model):
-        return convert_to_ghost_bn(model, self.args["ghost_batch_size"])
+        model = convert_to_ghost_bn(model, self.args["ghost_batch_size"])
+        return require_modules(model, (GhostBatchNorm1d, GhostBatchNorm2d), "BatchNorm1d/2d layer")
 
     def stages(self) -> list[Stage]:
         return [Stage("train", self.epochs())]

@@ -10,13 +10,16 @@ from __future__ import annotations
 from typing import ClassVar
 
 from pyfast.convert import mesa
-from pyfast.methods.base import Method
+from pyfast.methods.base import Method, require_modules
+from pyfast.nn.mesa import Quantizer
 from pyfast.registry import METHODS
 
 
 @METHODS.register("mesa", "Mesa: ViT training with activations saved as 8-bit codes (about 1/4 of fp32 memory)")
 class Mesa(Method):
     default_model = "vit-tiny"
+    model_requirement = ("a model with layers Mesa quantizes (Linear, Conv2d, GELU, LayerNorm, Softmax, timm-style "
+                         "attention)")
     arg_defaults: ClassVar[dict] = {"policy": "all", "levels": 256, "stochastic": True}
 
     def check_args(self) -> None:
@@ -27,5 +30,6 @@ class Mesa(Method):
             raise TypeError(f"method_args: stochastic must be true or false, got {self.args['stochastic']!r}")
 
     def prepare_model(self, model):
-        return mesa.convert(model, policy=self.args["policy"], levels=self.args["levels"],
-                            stochastic=self.args["stochastic"])
+        model = mesa.convert(model, policy=self.args["policy"], levels=self.args["levels"],
+                             stochastic=self.args["stochastic"])
+        return require_modules(model, Quantizer, f"layer that Mesa's policy {self.args['policy']!r} quantizes")

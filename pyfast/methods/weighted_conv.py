@@ -11,13 +11,14 @@ import math
 from typing import ClassVar
 
 from pyfast.convert import wconv
-from pyfast.methods.base import Method
+from pyfast.methods.base import Method, require_modules
 from pyfast.registry import METHODS
 
 
 @METHODS.register("weighted-conv", "weighted convolution: each kxk kernel scaled by a learnable density (den)")
 class WeightedConv(Method):
     default_model = "resnet18"
+    model_requirement = "a model with k x k convolutions, k odd > 1"
     arg_defaults: ClassVar[dict] = {"den": None, "learnable_den": True, "den_lr": 1e-2, "den_weight_decay": 1e-2}
 
     def check_args(self) -> None:
@@ -29,7 +30,8 @@ class WeightedConv(Method):
             raise TypeError(f"method_args: learnable_den must be true or false, got {self.args['learnable_den']!r}")
 
     def prepare_model(self, model):
-        return wconv.convert(model, den=self.args["den"], learnable_den=self.args["learnable_den"])
+        model = wconv.convert(model, den=self.args["den"], learnable_den=self.args["learnable_den"])
+        return require_modules(model, wconv.WEIGHTED_TYPES, "k x k convolution with k odd > 1")
 
     def param_groups(self, model) -> list[dict]:
         return wconv.param_groups(model, lr=self.args["den_lr"], weight_decay=self.args["den_weight_decay"])
